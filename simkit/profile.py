@@ -1,0 +1,232 @@
+"""CostProfile: every per-operation cost the simulator uses, each with uncertainty and provenance.
+
+Calibration (calibration/probes.py, calibration/fit.py) writes one per host as JSON, keyed by a host
+fingerprint. `CostProfile.default()` holds published / typical Linux + CPython figures and is
+labelled uncalibrated: every parameter's source is "default" until a probe or a fit replaces it.
+
+Use in models: `profile["ctx_switch_s"]` is the value (a float); `profile.params["ctx_switch_s"]`
+is the Param with value, sd and source.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+PARAM_SOURCES = ("default", "probe", "fit")
+
+# name -> (default value, what it is). Defaults: typical x86-64 Linux 6.x with CPython 3.11 on
+# loopback; order of magnitude from lmbench-style figures and our own early measurements.
+PARAM_DOCS: dict[str, tuple[float, str]] = {
+    "ctx_switch_s": (3e-6, "a core switching to a different thread (same core), direct + cache cost"),
+    "wakeup_s": (6e-6, "waking a thread that will run on another core (IPI + scheduler)"),
+    "time_slice_s": (3e-3, "scheduler time slice when more threads are runnable than cores"),
+    "thread_spawn_s": (60e-6, "Python threading.Thread start + join"),
+    "fork_s": (1.5e-3, "fork of a Python worker process"),
+    "accept_s": (10e-6, "accept() syscall + Python socket object"),
+    "recv_base_s": (5e-6, "recv() syscall fixed cost, from Python"),
+    "recv_per_byte_s": (0.2e-9, "recv() cost per byte"),
+    "send_base_s": (9e-6, "send() syscall fixed cost (loopback: includes the peer's receive path)"),
+    "send_per_byte_s": (0.3e-9, "send() cost per byte"),
+    "epoll_wait_base_s": (4e-6, "epoll_wait / selector.select fixed cost, from Python"),
+    "epoll_per_event_s": (1.5e-6, "per ready event returned, incl. Python dispatch"),
+    "epoll_ctl_s": (2e-6, "epoll_ctl register/modify/unregister"),
+    "queue_handoff_s": (15e-6, "hand-off between Python threads through a queue + wake-up"),
+    "parse_s": (20e-6, "parse one request and build its response in Python (holds the GIL)"),
+    "gil_switch_interval_s": (5e-3, "sys.getswitchinterval(): a waiter forces the holder to drop the GIL"),
+    "gil_handoff_s": (8e-6, "cost of passing the GIL to another thread (condvar signal + wake-up)"),
+    "cpu_work_scale": (1.0, "actual / requested duration of cpu_us work (GIL released)"),
+    "gil_work_scale": (1.0, "actual / requested duration of gil_us work (GIL held)"),
+    "io_overshoot_s": (60e-6, "extra time a time.sleep(io_us) takes (timer slack, wake-up)"),
+    "client_cpu_per_request_s": (25e-6, "load generator CPU per request, when it shares the server's box"),
+    "loopback_rtt_s": (25e-6, "TCP round trip on loopback, no work"),
+    "rss_process_bytes": (20 * 2**20, "RSS of an idle Python server process"),
+    "rss_thread_bytes": (64 * 2**10, "RSS added by one idle Python thread"),
+    "thread_stack_virtual_bytes": (8 * 2**20, "virtual stack reserved per thread"),
+    "rss_conn_bytes": (3 * 2**10, "user-space RSS per open connection (socket object, buffers)"),
+    "kernel_bytes_per_socket": (4 * 2**10, "kernel memory per open TCP socket, idle"),
+}
+PARAM_NAMES: tuple[str, ...] = tuple(PARAM_DOCS)
+
+
+@dataclass(frozen=True)
+class Param:
+    value: float
+    sd: float = 0.0
+    source: str = "default"
+    spread: float | None = None  # probes: relative spread (IQR / median) of the repeats
+
+    def __post_init__(self) -> None:
+        for name in ("value", "sd"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
+            object.__setattr__(self, name, float(v))
+        if self.source not in PARAM_SOURCES:
+            raise ValueError(f"source: must be one of {', '.join(PARAM_SOURCES)}, got {self.source!r}")
+
+
+def host_fingerprint() -> dict[str, Any]:
+    """What makes one box's costs differ from another's."""
+    cpu_model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_model": cpu_model,
+        "cores": os.cpu_count() or 1,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def host_name(fingerprint: dict[str, Any] | None = None) -> str:
+    """A file-name-safe label for a host: hostname-cores."""
+    fp = fingerprint or host_fingerprint()
+    node = "".join(c if c.isalnum() or c in "-_" else "-" for c in platform.node() or "host")
+    return f"{node}-{fp['cores']}c"
+
+
+@dataclass(frozen=True)
+class CostProfile:
+    params: dict[str, Param]
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    calibrated: bool = False
+    validation: list[dict[str, Any]] = field(default_factory=list)  # held-out error table rows
+    failed_runs: list[dict[str, Any]] = field(default_factory=list)  # real runs that failed twice
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = [n for n in PARAM_NAMES if n not in self.params]
+        if missing:
+            raise ValueError(f"{missing[0]}: missing from the profile's params")
+        unknown = [n for n in self.params if n not in PARAM_DOCS]
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown profile parameter; known: {', '.join(PARAM_NAMES)}")
+        for name, p in self.params.items():
+            if not isinstance(p, Param):
+                raise ValueError(f"{name}: expected a Param, got {type(p).__name__}")
+
+    # -- access --------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> float:
+        try:
+            return self.params[name].value
+        except KeyError:
+            raise KeyError(f"{name}: not a profile parameter") from None
+
+    def values(self) -> dict[str, float]:
+        return {n: p.value for n, p in self.params.items()}
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def default(cls) -> CostProfile:
+        """Uncalibrated figures (sd = 50% of value); every source is 'default'."""
+        params = {n: Param(v, 0.5 * v, "default") for n, (v, _doc) in PARAM_DOCS.items()}
+        return cls(params=params, fingerprint={}, calibrated=False)
+
+    def with_params(self, source: str, sds: dict[str, float] | None = None, **values: float) -> CostProfile:
+        """Copy with some values replaced (and their source set), e.g. with_params('probe', ctx_switch_s=2e-6)."""
+        params = dict(self.params)
+        for name, value in values.items():
+            if name not in PARAM_DOCS:
+                raise ValueError(f"{name}: unknown profile parameter")
+            sd = (sds or {}).get(name, params[name].sd)
+            params[name] = Param(value, sd, source)
+        return replace(self, params=params)
+
+    def zeroed(self, keep: tuple[str, ...] = ("cpu_work_scale", "gil_work_scale", "gil_switch_interval_s",
+                                              "time_slice_s")) -> CostProfile:
+        """Every overhead set to 0 except `keep`: for checking models against queueing theory."""
+        params = {n: (p if n in keep else Param(0.0, 0.0, p.source)) for n, p in self.params.items()}
+        return replace(self, params=params)
+
+    # -- JSON --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "serverlab-profile/1",
+            "fingerprint": self.fingerprint,
+            "calibrated": self.calibrated,
+            "params": {
+                n: {"value": p.value, "sd": p.sd, "source": p.source, "spread": p.spread, "doc": PARAM_DOCS[n][1]}
+                for n, p in self.params.items()
+            },
+            "validation": self.validation,
+            "failed_runs": self.failed_runs,
+            "notes": self.notes,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CostProfile:
+        if not isinstance(data, dict) or data.get("format") != "serverlab-profile/1":
+            raise ValueError("format: not a serverlab-profile/1 document")
+        raw = data.get("params")
+        if not isinstance(raw, dict):
+            raise ValueError("params: missing or not a mapping")
+        params = {}
+        for name, p in raw.items():
+            if not isinstance(p, dict) or "value" not in p:
+                raise ValueError(f"{name}: parameter has no value")
+            params[name] = Param(p["value"], p.get("sd", 0.0), p.get("source", "default"), p.get("spread"))
+        return cls(
+            params=params,
+            fingerprint=dict(data.get("fingerprint") or {}),
+            calibrated=bool(data.get("calibrated", False)),
+            validation=list(data.get("validation") or []),
+            failed_runs=list(data.get("failed_runs") or []),
+            notes=dict(data.get("notes") or {}),
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False))
+        tmp.replace(path)  # atomic: a crash mid-write never leaves a truncated profile
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CostProfile:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"{path}: profile file not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: corrupt or truncated profile ({exc})") from None
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"{path}: invalid profile: {exc}") from None
+
+    # -- host check ----------------------------------------------------------------------------
+    def fingerprint_mismatch(self, here: dict[str, Any] | None = None) -> list[str]:
+        """Fingerprint fields that differ from this host (empty for an uncalibrated default)."""
+        if not self.fingerprint:
+            return []
+        here = here or host_fingerprint()
+        return [k for k in sorted(set(self.fingerprint) | set(here)) if self.fingerprint.get(k) != here.get(k)]
+
+    def warn_if_foreign(self) -> None:
+        diff = self.fingerprint_mismatch()
+        if diff:
+            here = host_fingerprint()
+            detail = ", ".join(f"{k}: profile {self.fingerprint.get(k)!r} vs here {here.get(k)!r}" for k in diff)
+            warnings.warn(f"cost profile was made on another host ({detail})", HostMismatchWarning, stacklevel=3)
+
+
+class HostMismatchWarning(UserWarning):
+    pass
+
+
+def default_profile_path(root: str | os.PathLike = "profiles") -> Path:
+    return Path(root) / f"{host_name()}.json"
