@@ -9,7 +9,7 @@ import click
 
 # subcommand -> (module, attribute)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("serverlab.cmd_real", "serve"),
+    "serve": ("serverlab.cmd_serve", "serve"),
     "load": ("serverlab.cmd_real", "load"),
     "measure": ("serverlab.cmd_real", "measure"),
     "simulate": ("serverlab.cmd_sim", "simulate"),

@@ -4,12 +4,6 @@ import click
 
 
 @click.command()
-def serve():
-    """Not built yet."""
-    raise click.ClickException("serve is not built yet")
-
-
-@click.command()
 def load():
     """Not built yet."""
     raise click.ClickException("load is not built yet")
