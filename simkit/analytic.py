@@ -1,0 +1,649 @@
+"""Fast queueing approximations: a cross-check for the simulator and a tool for coarse sweeps.
+
+Pure functions, no SimPy. Four layers:
+
+- Single stations: `mm1` and `mmc` (Erlang C) for open-loop Poisson arrivals with exponential
+  service; `erlang_c` on its own.
+- Closed networks: exact mean-value analysis (`mva`) for N clients with a think time and any mix of
+  queueing stations (single- or multi-server, the latter by the load-dependent multi-server MVA of
+  Menasce & Almeida) and delay stations. The simulator's default clients are closed loop, so MVA and
+  not M/M/c is the right reference there.
+- The Universal Scalability Law (`usl`, `fit_usl`): calibration's baseline curve.
+- `analytic(scenario, profile) -> Result` (source "analytic"): each architecture as a small network
+  of stations whose demands come from the CostProfile. It is a coarse, product-form approximation:
+  it ignores the GIL convoy effect, scheduling noise and batching in epoll, and charges each syscall
+  once per request. Use it to sanity-check the simulator and to prune sweeps, never as the answer.
+
+Every function validates its inputs and raises ValueError naming the offending argument; an open
+queue at or past saturation names the arrival rate, since that is the knob the caller turns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from simkit.profile import CostProfile
+from simkit.result import Result
+from simkit.scenario import Scenario
+
+__all__ = [
+    "QueueMetrics",
+    "Station",
+    "MVAResult",
+    "USLFit",
+    "erlang_c",
+    "mm1",
+    "mmc",
+    "mva",
+    "mva_multiserver",
+    "usl",
+    "fit_usl",
+    "Demands",
+    "demands",
+    "model_stations",
+    "open_network",
+    "analytic",
+]
+
+
+# -- validation helpers --------------------------------------------------------------------------
+def _positive(name: str, value: float, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return value
+
+
+def _count(name: str, value: int, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name}: expected an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+# -- open stations ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QueueMetrics:
+    """Steady state of one open station. Times in seconds, rates in requests per second."""
+
+    utilisation: float  # per server, 0..1
+    wait_probability: float  # P(an arrival queues)
+    wait_mean_s: float  # time in queue, before service
+    response_mean_s: float  # wait + service
+    number_in_system_mean: float  # Little: arrival rate x response
+    number_in_queue_mean: float
+
+    def response_quantile_s(self, q: float, service_rate_rps: float, servers: int) -> float:
+        """Quantile of the response time of an M/M/c station (exact, by root finding on the CDF)."""
+        return _mmc_response_quantile(q, self, service_rate_rps, servers)
+
+
+def erlang_c(servers: int, offered_load: float) -> float:
+    """Probability that an arrival waits in an M/M/c queue with offered load a = lambda/mu (Erlang C).
+
+    Computed through the Erlang B recursion, which stays stable for thousands of servers where the
+    textbook factorial form overflows.
+    """
+    c = _count("servers", servers)
+    a = _positive("offered_load", offered_load, allow_zero=True)
+    if a >= c:
+        raise ValueError(f"offered_load: {a:g} >= servers {c}: the queue is unstable (utilisation >= 1)")
+    if a == 0:
+        return 0.0
+    b = 1.0  # Erlang B with 0 servers
+    for k in range(1, c + 1):
+        b = a * b / (k + a * b)
+    rho = a / c
+    return b / (1.0 - rho + rho * b)
+
+
+def mmc(arrival_rate_rps: float, service_rate_rps: float, servers: int) -> QueueMetrics:
+    """M/M/c: Poisson arrivals, exponential service of rate mu per server, c servers, FCFS."""
+    lam = _positive("arrival_rate_rps", arrival_rate_rps, allow_zero=True)
+    mu = _positive("service_rate_rps", service_rate_rps)
+    c = _count("servers", servers)
+    a = lam / mu
+    if a >= c:
+        raise ValueError(
+            f"arrival_rate_rps: {lam:g} rps saturates {c} server(s) of {mu:g} rps each (utilisation {a / c:.3f} >= 1)"
+        )
+    pw = erlang_c(c, a)
+    wq = pw / (c * mu - lam) if lam > 0 else 0.0
+    response = wq + 1.0 / mu
+    return QueueMetrics(
+        utilisation=a / c,
+        wait_probability=pw,
+        wait_mean_s=wq,
+        response_mean_s=response,
+        number_in_system_mean=lam * response,
+        number_in_queue_mean=lam * wq,
+    )
+
+
+def mm1(arrival_rate_rps: float, service_rate_rps: float) -> QueueMetrics:
+    """M/M/1: mean response 1 / (mu - lambda)."""
+    return mmc(arrival_rate_rps, service_rate_rps, 1)
+
+
+def _mmc_response_quantile(q: float, m: QueueMetrics, mu: float, c: int) -> float:
+    from scipy.optimize import brentq
+
+    q = float(q)
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"q: must be in (0, 1), got {q!r}")
+    pw = m.wait_probability
+    theta = c * mu - m.utilisation * c * mu  # rate of the conditional wait: c mu - lambda
+
+    def survival(t: float) -> float:
+        # R = W + S, W = 0 w.p. 1 - pw else Exp(theta), S ~ Exp(mu) independent.
+        no_wait = (1.0 - pw) * math.exp(-mu * t)
+        if pw == 0.0:
+            return no_wait
+        if abs(theta - mu) < 1e-12 * mu:
+            waited = pw * math.exp(-mu * t) * (1.0 + mu * t)
+        else:
+            waited = pw * (theta * math.exp(-mu * t) - mu * math.exp(-theta * t)) / (theta - mu)
+        return no_wait + waited
+
+    hi = 1.0 / mu
+    while survival(hi) > 1.0 - q:
+        hi *= 2.0
+    return brentq(lambda t: survival(t) - (1.0 - q), 0.0, hi, xtol=1e-15, rtol=1e-10)
+
+
+# -- closed networks: MVA ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Station:
+    """A station of a closed or open network: a service demand per request and its servers.
+
+    servers=None is a delay (infinite-server) station: no queueing, the demand is pure latency.
+    overlap_s is the part of the demand that another station already charges to the request's
+    latency: time in a reactor loop is also time on a core, so the "cores" station adds only its
+    queueing to a request's response, not its service a second time. Exact product-form networks
+    leave it at 0; the architecture networks of `model_stations` use it (a coarse heuristic).
+    """
+
+    name: str
+    demand_s: float
+    servers: int | None = 1
+    overlap_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name: expected a non-empty string, got {self.name!r}")
+        object.__setattr__(self, "demand_s", _positive("demand_s", self.demand_s, allow_zero=True))
+        if self.servers is not None:
+            object.__setattr__(self, "servers", _count("servers", self.servers))
+        overlap = _positive("overlap_s", self.overlap_s, allow_zero=True)
+        if overlap > self.demand_s * (1 + 1e-12):
+            raise ValueError(f"overlap_s: {overlap:g} exceeds demand_s {self.demand_s:g}")
+        object.__setattr__(self, "overlap_s", min(overlap, self.demand_s))
+
+
+@dataclass(frozen=True)
+class MVAResult:
+    clients: int
+    throughput_rps: float
+    response_s: float  # mean time in the stations (excludes the think time and any overlap_s)
+    queue_lengths: dict[str, float]  # mean number at each station
+    residence_s: dict[str, float]  # mean time at each station per request
+    utilisation: dict[str, float]  # busy servers / servers (delay stations: mean number busy)
+
+    @property
+    def number_in_system(self) -> float:
+        return sum(self.queue_lengths.values())
+
+
+def mva(clients: int, think_s: float, stations: Sequence[Station]) -> MVAResult:
+    """Exact mean-value analysis of a single-class closed network.
+
+    `clients` customers cycle between a think (delay) of `think_s` and the stations. Multi-server
+    stations use the load-dependent recursion on the marginal probabilities p(j | n), j < servers
+    (Menasce & Almeida, Capacity Planning for Web Services, ch. 12); it is exact for product-form
+    networks, O(clients x sum of servers), and needs only the probabilities of fewer busy servers
+    than the station has. The recursion's p(0 | n) can dip below zero by rounding near saturation;
+    clamping it at 0 keeps the result within rounding of the exact value. A station's overlap_s is
+    left out of the cycle time (see Station); with every overlap 0 the analysis is exact.
+    """
+    n_total = _count("clients", clients)
+    z = _positive("think_s", think_s, allow_zero=True)
+    if not stations:
+        raise ValueError("stations: need at least one station")
+    names = [s.name for s in stations]
+    if len(set(names)) != len(names):
+        raise ValueError(f"stations: duplicate station names {names}")
+    if z == 0 and all(s.demand_s == 0 for s in stations):
+        raise ValueError("stations: every demand and the think time are 0; throughput would be infinite")
+
+    k = len(stations)
+    demand = [s.demand_s for s in stations]
+    overlap = sum(s.overlap_s for s in stations)
+    queue = [0.0] * k
+    resid = [0.0] * k
+    # Marginal probabilities p(j | n-1), j = 0..m-1, for multi-server stations only. Servers beyond
+    # the client count are never all busy, so a station with m >= clients is capped at clients.
+    probs: list[np.ndarray | None] = []
+    weights: list[np.ndarray | None] = []
+    for s in stations:
+        if s.servers is not None and s.servers > 1:
+            m = min(s.servers, n_total + 1)
+            p = np.zeros(m)
+            p[0] = 1.0
+            probs.append(p)
+            weights.append(np.arange(m - 1, 0, -1, dtype=float))  # (m - j) for j = 1..m-1
+        else:
+            probs.append(None)
+            weights.append(None)
+    servers_eff = [None if s.servers is None else min(s.servers, n_total + 1) for s in stations]
+
+    x = 0.0
+    for n in range(1, n_total + 1):
+        for i, s in enumerate(stations):
+            d = demand[i]
+            if s.servers is None:
+                resid[i] = d
+            elif probs[i] is None:
+                resid[i] = d * (1.0 + queue[i])
+            else:
+                m = servers_eff[i]
+                p = probs[i]
+                # sum_{j=1}^{m-1} (m - j) p(j - 1 | n - 1)
+                resid[i] = d / m * (1.0 + queue[i] + float(weights[i] @ p[: m - 1]))
+        total = z + sum(resid) - overlap
+        x_prev, x = x, n / total
+        for i in range(k):
+            queue[i] = x * resid[i]
+            p = probs[i]
+            if p is not None:
+                m = servers_eff[i]
+                new = np.empty_like(p)
+                j = np.arange(1, m, dtype=float)
+                new[1:] = demand[i] * x / j * p[:-1]
+                p0 = 1.0 - (x * demand[i] + float(weights[i] @ new[1:])) / m
+                new[0] = max(p0, 0.0)
+                probs[i] = new
+        # Past saturation each extra client only lengthens the bottleneck's queue: X is flat and the
+        # recursion's remaining steps are a straight line, so finish them in closed form. This keeps
+        # 100k-client sweeps fast.
+        if n < n_total and n > 64 and x - x_prev <= 1e-13 * x:
+            b = max(range(k), key=lambda i: -1.0 if stations[i].servers is None
+                    else demand[i] / servers_eff[i])
+            extra = n_total - n
+            queue[b] += extra
+            resid[b] += extra / x
+            break
+
+    util = {}
+    for i, s in enumerate(stations):
+        util[s.name] = x * demand[i] / (servers_eff[i] if s.servers is not None else 1)
+    return MVAResult(
+        clients=n_total,
+        throughput_rps=x,
+        response_s=sum(resid) - overlap,
+        queue_lengths={s.name: queue[i] for i, s in enumerate(stations)},
+        residence_s={s.name: resid[i] for i, s in enumerate(stations)},
+        utilisation=util,
+    )
+
+
+def mva_multiserver(clients: int, think_s: float, demand_s: float, servers: int) -> MVAResult:
+    """N clients with think time Z and one station of c servers (the machine-repairman model)."""
+    return mva(clients, think_s, [Station("station", demand_s, servers)])
+
+
+def open_network(arrival_rate_rps: float, stations: Sequence[Station]) -> tuple[float, dict[str, QueueMetrics]]:
+    """Jackson approximation: each station an independent M/M/c at the same arrival rate.
+
+    Returns (mean response in seconds, per-station metrics). Raises ValueError naming
+    arrival_rate_rps when any station saturates.
+    """
+    lam = _positive("arrival_rate_rps", arrival_rate_rps)
+    per: dict[str, QueueMetrics] = {}
+    total = 0.0
+    for s in stations:
+        if s.demand_s == 0:
+            continue
+        if s.servers is None:
+            total += s.demand_s - s.overlap_s
+            continue
+        try:
+            metrics = mmc(lam, 1.0 / s.demand_s, s.servers)
+        except ValueError as exc:
+            raise ValueError(f"arrival_rate_rps: station {s.name!r}: {exc}") from None
+        per[s.name] = metrics
+        total += metrics.response_mean_s - s.overlap_s
+    return total, per
+
+
+# -- Universal Scalability Law -------------------------------------------------------------------
+def usl(n, lambda_: float, sigma: float, kappa: float):
+    """Gunther's USL: X(N) = lambda N / (1 + sigma (N - 1) + kappa N (N - 1)).
+
+    lambda_ is the throughput of one unit of concurrency, sigma the contention (serial fraction),
+    kappa the coherency (crosstalk) penalty. Accepts a scalar or an array of N.
+    """
+    n_arr = np.asarray(n, dtype=float)
+    return lambda_ * n_arr / (1.0 + sigma * (n_arr - 1.0) + kappa * n_arr * (n_arr - 1.0))
+
+
+@dataclass(frozen=True)
+class USLFit:
+    lambda_: float
+    sigma: float
+    kappa: float
+    lambda_sd: float
+    sigma_sd: float
+    kappa_sd: float
+    rmse_rel: float  # root mean square relative residual on the fitted points
+
+    def predict(self, n):
+        return usl(n, self.lambda_, self.sigma, self.kappa)
+
+    @property
+    def peak_n(self) -> float:
+        """Concurrency of peak throughput, sqrt((1 - sigma) / kappa); inf when kappa == 0."""
+        return math.sqrt(max(1.0 - self.sigma, 0.0) / self.kappa) if self.kappa > 0 else math.inf
+
+
+def fit_usl(n, x) -> USLFit:
+    """Least-squares USL fit, in relative error, with 1-sd uncertainties from the covariance.
+
+    n: concurrency levels (>= 1), x: measured throughputs (> 0). Needs three distinct n. Relative
+    residuals, so a high-throughput point does not drown the shape of the curve.
+    """
+    from scipy.optimize import curve_fit
+
+    n_arr = np.asarray(n, dtype=float)
+    x_arr = np.asarray(x, dtype=float)
+    if n_arr.ndim != 1 or x_arr.ndim != 1 or n_arr.shape != x_arr.shape:
+        raise ValueError(f"x: expected a 1-D sequence as long as n ({n_arr.shape} vs {x_arr.shape})")
+    if not np.all(np.isfinite(n_arr)) or np.any(n_arr < 1):
+        raise ValueError("n: every concurrency level must be finite and >= 1")
+    if not np.all(np.isfinite(x_arr)) or np.any(x_arr <= 0):
+        raise ValueError("x: every throughput must be finite and > 0")
+    if len(np.unique(n_arr)) < 3:
+        raise ValueError("n: need at least three distinct concurrency levels to fit three parameters")
+
+    # Start lambda_ from the lowest-concurrency point's throughput per unit of concurrency.
+    i0 = int(np.argmin(n_arr))
+    p0 = (x_arr[i0] / n_arr[i0], 0.01, 1e-4)
+    params, cov = curve_fit(
+        usl,
+        n_arr,
+        x_arr,
+        p0=p0,
+        sigma=x_arr,  # relative residuals
+        absolute_sigma=False,
+        bounds=([0.0, 0.0, 0.0], [np.inf, 1.0, np.inf]),
+        maxfev=20_000,
+    )
+    sds = np.sqrt(np.clip(np.diag(cov), 0.0, np.inf)) if np.all(np.isfinite(cov)) else np.full(3, np.inf)
+    resid = (usl(n_arr, *params) - x_arr) / x_arr
+    return USLFit(
+        lambda_=float(params[0]),
+        sigma=float(params[1]),
+        kappa=float(params[2]),
+        lambda_sd=float(sds[0]),
+        sigma_sd=float(sds[1]),
+        kappa_sd=float(sds[2]),
+        rmse_rel=float(np.sqrt(np.mean(resid**2))),
+    )
+
+
+# -- the seven architectures as station networks ---------------------------------------------------
+@dataclass(frozen=True)
+class Demands:
+    """Per-request costs of one scenario, in seconds, from the profile."""
+
+    python_s: float  # Python-level handling per request, holds the GIL: recv, parse, send, epoll
+    cpu_work_s: float  # cpu_us work, GIL released
+    gil_work_s: float  # gil_us work, GIL held
+    io_s: float  # io_us blocking wait: no CPU
+    per_conn_s: float  # accept and setup per connection, amortised over its requests (GIL held)
+    rtt_s: float  # client-side loopback round trip: pure delay
+
+    @property
+    def cpu_s(self) -> float:
+        """Core time per request: what the utilisation law multiplies by throughput."""
+        return self.python_s + self.cpu_work_s + self.gil_work_s + self.per_conn_s
+
+    @property
+    def gil_s(self) -> float:
+        """GIL-held time per request."""
+        return self.python_s + self.gil_work_s + self.per_conn_s
+
+
+def demands(scenario: Scenario, profile: CostProfile | None = None) -> Demands:
+    """Per-request demands of a scenario under a profile, with each model's own extra costs.
+
+    Charges one epoll_wait per request (no batching credit) to the event-loop models, a switch and a
+    cross-core wake-up per request to m2 (its thread sleeps in recv), a thread spawn per connection
+    to m2 and per request to m7, two queue hand-offs per request to m4, one per connection to m5.
+    """
+    profile = profile or CostProfile.default()
+    p = profile
+    w = scenario.workload
+    name = scenario.model.name
+    epoll = p["epoll_wait_base_s"] + p["epoll_per_event_s"]
+    extra, extra_conn = 0.0, 0.0
+    if name == "m1_iterative":
+        epoll = 0.0
+    elif name == "m2_thread_per_conn":
+        epoll = 0.0
+        extra = p["ctx_switch_s"] + p["wakeup_s"]
+        extra_conn = p["thread_spawn_s"]
+    elif name == "m4_reactor_workers":
+        extra = 2 * p["queue_handoff_s"]
+    elif name == "m5_multi_reactor":
+        extra_conn = p["queue_handoff_s"]
+    elif name == "m6_prefork" and scenario.model.dispatch == "fdpass":
+        extra_conn = p["accept_s"] + p["send_base_s"]  # master accepts, then passes the fd
+    elif name == "m7_reactor_spawn":
+        extra = p["thread_spawn_s"] + 2 * p["epoll_ctl_s"]
+    python_s = (
+        p["recv_base_s"] + p["recv_per_byte_s"] * w.request_bytes
+        + p["parse_s"]
+        + p["send_base_s"] + p["send_per_byte_s"] * w.resp_bytes
+        + epoll + extra
+    )
+    per_conn = 0.0
+    if w.requests_per_conn is not None:  # None: keep-alive for the run, setup amortised to nothing
+        per_conn = (p["accept_s"] + 2 * p["epoll_ctl_s"] + extra_conn) / w.requests_per_conn
+    return Demands(
+        python_s=python_s,
+        cpu_work_s=w.cpu_us * 1e-6 * p["cpu_work_scale"],
+        gil_work_s=w.gil_us * 1e-6 * p["gil_work_scale"],
+        io_s=(w.io_us * 1e-6 + p["io_overshoot_s"]) if w.io_us > 0 else 0.0,
+        per_conn_s=per_conn,
+        rtt_s=p["loopback_rtt_s"],
+    )
+
+
+def model_stations(scenario: Scenario, profile: CostProfile | None = None) -> list[Station]:
+    """The coarse station network of one scenario (see the module docstring for what it leaves out).
+
+    - m1, m3: one thread does everything, io included (the thread blocks in it): one server. m1
+      also holds its thread across a connection's think times between requests (closed loop).
+    - m5, m6: `threads` / `processes` loops, each doing everything inline: a multi-server station
+      (shared-queue approximation of the round-robin / kernel split).
+    - m4: the loop thread (recv/parse/send, hand-offs) and a pool of `pool` workers for the work.
+    - m2, m7: a thread per connection (m7: per request, after the loop's dispatch): io is a delay.
+    The GIL is one server per multi-threaded Python process (gil=True); m6's processes each have
+    their own. "cores" appears where more threads can run than there are cores. Stations whose time
+    is also time on another station (a loop's CPU on a core) carry it in overlap_s.
+    """
+    profile = profile or CostProfile.default()
+    m, w = scenario.model, scenario.workload
+    cores = scenario.hardware.cores
+    d = demands(scenario, profile)
+    name = m.name
+    gil = m.gil
+    st: list[Station] = []
+    if name in ("m1_iterative", "m3_reactor"):
+        hold = 0.0
+        if name == "m1_iterative" and w.mode == "closed" and w.requests_per_conn is not None:
+            k = w.requests_per_conn
+            hold = (k - 1) / k * (d.rtt_s + w.think_s)  # waits in recv for the same client's next request
+        st.append(Station("thread", d.cpu_s + d.io_s + hold, 1))
+    elif name in ("m5_multi_reactor", "m6_prefork"):
+        loops = m.threads if name == "m5_multi_reactor" else m.processes
+        st.append(Station("loops", d.cpu_s + d.io_s, loops))
+        if gil and name == "m5_multi_reactor" and loops > 1:
+            st.append(Station("gil", d.gil_s, 1, overlap_s=d.gil_s))
+        if loops > cores:
+            st.append(Station("cores", d.cpu_s, cores, overlap_s=d.cpu_s))
+    elif name == "m4_reactor_workers":
+        st.append(Station("loop", d.python_s + d.per_conn_s, 1))
+        st.append(Station("pool", d.cpu_work_s + d.gil_work_s + d.io_s, m.pool))
+        if gil:
+            st.append(Station("gil", d.gil_s, 1, overlap_s=d.gil_s))
+        if m.pool + 1 > cores:
+            st.append(Station("cores", d.cpu_s, cores, overlap_s=d.cpu_s))
+    else:  # m2, m7
+        executors = w.connections
+        counted = 0.0
+        if name == "m7_reactor_spawn":
+            p = profile
+            loop_s = p["epoll_wait_base_s"] + p["epoll_per_event_s"] + 2 * p["epoll_ctl_s"] + p["thread_spawn_s"]
+            st.append(Station("loops", loop_s, m.threads))
+            counted = loop_s
+        if gil and executors > 1:
+            st.append(Station("gil", d.gil_s, 1, overlap_s=counted))
+            counted = d.gil_s
+        st.append(Station("cores", d.cpu_s, min(cores, executors), overlap_s=counted))
+        if d.io_s:
+            st.append(Station("io", d.io_s, None))
+    if d.rtt_s:
+        st.append(Station("network", d.rtt_s, None))
+    return st
+
+
+def _peaks(scenario: Scenario, profile: CostProfile, busy: float) -> dict[str, int]:
+    m, w = scenario.model, scenario.workload
+    conns = w.connections + w.idle_connections
+    processes = m.processes + 1 if m.name == "m6_prefork" else 1
+    threads = {
+        "m1_iterative": 1,
+        "m2_thread_per_conn": 1 + conns,
+        "m3_reactor": 1,
+        "m4_reactor_workers": 1 + m.pool,
+        "m5_multi_reactor": 1 + m.threads,
+        "m6_prefork": processes,
+        "m7_reactor_spawn": 1 + m.threads + math.ceil(busy),
+    }[m.name]
+    rss = (
+        processes * profile["rss_process_bytes"]
+        + threads * profile["rss_thread_bytes"]
+        + conns * (profile["rss_conn_bytes"] + profile["kernel_bytes_per_socket"])
+    )
+    return {"threads_peak": threads, "processes_peak": processes, "rss_peak_bytes": int(rss),
+            "fds_peak": conns + 4 * processes}
+
+
+def _failure(scenario: Scenario, peaks: dict[str, int]) -> str:
+    m, hw, w = scenario.model, scenario.hardware, scenario.workload
+    if peaks["threads_peak"] > hw.threads_max:
+        return "threads_max"
+    if peaks["rss_peak_bytes"] > hw.memory_bytes:
+        return "memory"
+    per_process = w.connections + w.idle_connections
+    if m.name == "m6_prefork":
+        per_process = math.ceil(per_process / m.processes)
+    if per_process + 4 > hw.fd_limit:
+        return "fd_limit"
+    return ""
+
+
+def analytic(scenario: Scenario, profile: CostProfile | None = None) -> Result:
+    """A coarse Result for one scenario: exact MVA of `model_stations` for closed loop, a Jackson
+    network of M/M/c stations for open loop.
+
+    Mean latency is N/X - think in closed loop (Little). Quantiles treat the queueing delay as
+    exponential on top of the no-wait latency (exact for M/M/1's waiting part, a rough guide
+    elsewhere). An open loop at or past capacity returns the capacity as throughput, NaN latencies
+    and failure "saturated": a sweep wants a row, not an exception. m1 with keep-alive-forever
+    clients serves one connection only and reports the others as timeouts. Open-loop m1 ignores
+    that a connection holds the thread between its requests.
+    """
+    if not isinstance(scenario, Scenario):
+        raise ValueError(f"scenario: expected a Scenario, got {type(scenario).__name__}")
+    if profile is None:
+        profile = CostProfile.default()
+    if not isinstance(profile, CostProfile):
+        raise ValueError(f"profile: expected a CostProfile, got {type(profile).__name__}")
+    w = scenario.workload
+    d = demands(scenario, profile)
+    stations = model_stations(scenario, profile)
+    base = d.cpu_s + d.io_s + d.rtt_s  # latency with no queueing anywhere
+    timeouts = 0
+    failure = ""
+    if w.mode == "closed":
+        clients = w.connections
+        think = w.think_s
+        if scenario.model.name == "m1_iterative":
+            if w.requests_per_conn is None:
+                clients = 1  # keep-alive forever: the first connection holds the only thread
+                timeouts = w.connections - 1
+            else:
+                # Per-request units: the thread station carries the in-session think and RTT.
+                k = w.requests_per_conn
+                think = w.think_s / k
+                stations = [s if s.name != "network" else Station("network", d.rtt_s / k, None) for s in stations]
+        if think == 0 and all(s.demand_s == 0 for s in stations):
+            raise ValueError("cpu_us: every cost and the work are 0; throughput would be infinite")
+        net = mva(clients, think, stations)
+        x = net.throughput_rps
+        mean = clients / x - w.think_s
+        util = max((net.utilisation[s.name] for s in stations if s.servers is not None), default=0.0)
+        wait_prob = min(1.0, util)
+    else:
+        lam = w.rate_rps
+        capacity = min((s.servers / s.demand_s for s in stations if s.servers is not None and s.demand_s > 0),
+                       default=math.inf)
+        if lam >= capacity:
+            failure, x, mean, wait_prob = "saturated", capacity, math.nan, 1.0
+        else:
+            x = lam
+            mean, per = open_network(lam, stations)
+            wait_prob = max((q.wait_probability for q in per.values()), default=0.0)
+
+    quantiles = {}
+    for label, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)):
+        excess = mean - base
+        if math.isnan(mean):
+            quantiles[label] = math.nan
+        elif excess <= 0 or wait_prob <= 0 or 1.0 - q >= wait_prob:
+            quantiles[label] = max(base, 0.0) if excess > 0 else mean
+        else:
+            # Wait = 0 w.p. 1 - pw, else exponential with mean excess / pw.
+            quantiles[label] = base + (excess / wait_prob) * math.log(wait_prob / (1.0 - q))
+
+    busy = x * (mean if not math.isnan(mean) else 0.0)
+    peaks = _peaks(scenario, profile, busy)
+    failure = failure or _failure(scenario, peaks)
+    ctx_per_request = 0.0 if scenario.model.name in ("m1_iterative", "m3_reactor") else 2.0
+    return Result(
+        scenario=scenario,
+        source="analytic",
+        throughput_rps=x,
+        latency_mean_s=mean,
+        latency_p50_s=quantiles["p50"],
+        latency_p90_s=quantiles["p90"],
+        latency_p99_s=quantiles["p99"],
+        latency_p999_s=quantiles["p999"],
+        completed=int(x * w.duration_s),
+        errors_timeout=timeouts,
+        cpu_util=min(x * d.cpu_s, float(scenario.hardware.cores)),
+        ctx_switches_per_s=x * ctx_per_request,
+        failure=failure,
+        **peaks,
+    )
