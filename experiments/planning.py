@@ -1,0 +1,364 @@
+"""Capacity planning on a sweep's DataFrame: pure functions, no I/O.
+
+`build_grid` turns one base Scenario into the cross product models x cores x connections,
+`capacity` finds for each model the largest load that meets an SLO within a memory budget and
+classifies why the next load up breaks, `winner_map` says which model serves each
+(connections, cores) cell best, and `recommend` turns both into a choice with reasons in words.
+The frame is always the contract frame of simkit.result.columns() (extra columns are ignored).
+
+`sweep` is re-exported here so a planning script needs one import (it lives in experiments.sweep,
+which owns the process pool / Dask engines).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from simkit.scenario import MODEL_NAMES, ModelSpec, Scenario, model_name
+
+# Reasons capacity() can give, in the order they are checked (hard failures first: a run that
+# ran out of memory also has a terrible p99, and the memory is the reason, not the latency).
+REASONS: dict[str, str] = {
+    "memory": "runs out of memory (RSS past the budget)",
+    "threads_max": "hits the thread/process limit (threads_max)",
+    "fd_limit": "runs out of file descriptors (fd_limit)",
+    "backlog": "the listen backlog overflows: connections refused or timed out",
+    "errors": "clients see errors (resets) above the tolerated rate",
+    "gil": "the GIL serialises the Python work: CPU stuck near one core although more are free",
+    "single_thread": "one thread does all the work: CPU stuck near one core although more are free",
+    "cpu": "every core is busy (CPU saturated)",
+    "latency": "p99 latency exceeds the SLO before the CPU saturates (queueing or blocking waits)",
+}
+# Models that can use several cores through threads of ONE Python process (so the GIL binds).
+_THREADED_ONE_PROCESS = ("m2_thread_per_conn", "m4_reactor_workers", "m5_multi_reactor", "m7_reactor_spawn")
+# Models that are one thread by design whatever the core count.
+_SINGLE_THREAD = ("m1_iterative", "m3_reactor")
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """How each model's knobs follow the core count (a model sized for 1 core wastes 63 of 64).
+
+    m5/m7 I/O threads and m6 processes: `*_per_core` x cores (at least 1). The m4 worker pool:
+    `m4_pool_per_core` x cores, at least `m4_pool_min` (blocking io_us work wants a large pool).
+    """
+
+    m4_pool_per_core: float = 4.0
+    m4_pool_min: int = 4
+    m5_threads_per_core: float = 1.0
+    m6_processes_per_core: float = 1.0
+    m7_threads_per_core: float = 1.0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{f.name}: must be a number > 0, got {value!r}")
+
+    def spec(self, name: str, cores: int, base: ModelSpec | None = None) -> ModelSpec:
+        """The ModelSpec for model `name` on `cores` cores (other knobs from `base`)."""
+        base = base or ModelSpec()
+        name = model_name(name)
+        knobs: dict[str, Any] = {"name": name, "threads": 1, "processes": 1, "pool": 0}
+        if name == "m4_reactor_workers":
+            knobs["pool"] = max(self.m4_pool_min, round(self.m4_pool_per_core * cores))
+        elif name == "m5_multi_reactor":
+            knobs["threads"] = max(1, round(self.m5_threads_per_core * cores))
+        elif name == "m6_prefork":
+            knobs["processes"] = max(1, round(self.m6_processes_per_core * cores))
+        elif name == "m7_reactor_spawn":
+            knobs["threads"] = max(1, round(self.m7_threads_per_core * cores))
+        return dataclasses.replace(base, **knobs)
+
+
+def build_grid(
+    base: Scenario,
+    models: Sequence[str | int | ModelSpec] | None = None,
+    cores: Sequence[int] | None = None,
+    connections: Sequence[int] | None = None,
+    sizing: Sizing | None = None,
+) -> list[Scenario]:
+    """models x cores x connections, in that nesting order (the order rows come back in).
+
+    A model given by name/number is sized for each core count by `sizing`; a ModelSpec is used as
+    given. Omitted axes keep the base scenario's value.
+    """
+    sizing = sizing or Sizing()
+    models = list(models) if models is not None else list(MODEL_NAMES)
+    cores = list(cores) if cores is not None else [base.hardware.cores]
+    connections = list(connections) if connections is not None else [base.workload.connections]
+    for axis, values in (("models", models), ("cores", cores), ("connections", connections)):
+        if not values:
+            raise ValueError(f"{axis}: empty list")
+    for axis, values in (("cores", cores), ("connections", connections)):
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{axis}: expected integers >= 1, got {v!r}")
+    grid = []
+    for m in models:
+        for c in cores:
+            spec = m if isinstance(m, ModelSpec) else sizing.spec(m, c, base.model)
+            for n in connections:
+                grid.append(base.replace(model=spec, cores=c, connections=n))
+    return grid
+
+
+# -- capacity ----------------------------------------------------------------------------------
+
+def _error_rate(row: pd.Series) -> float:
+    errors = float(row["errors_refused"]) + float(row["errors_timeout"]) + float(row["errors_reset"])
+    total = errors + float(row["completed"])
+    return errors / total if total > 0 else 1.0
+
+
+def classify(row: pd.Series | dict, slo_p99_s: float, memory_bytes: float, max_error_rate: float = 1e-3) -> str:
+    """Why one sweep row misses the SLO/budget: a key of REASONS, or "" when it meets both.
+
+    CPU vs GIL vs single thread is read from cpu_util: "cpu" when cpu_util reaches ~85% of the
+    cores; "gil" when a multi-threaded one-process Python model with gil_us work is stuck near one
+    core while more are available, or its GIL-held work (throughput x gil_us) fills >= 60% of one
+    core; "single_thread" for m1/m3 stuck at one core by design.
+    """
+    row = pd.Series(row) if isinstance(row, dict) else row
+    failure = str(row.get("failure") or "")
+    if failure == "nan":
+        failure = ""
+    if failure == "memory" or float(row["rss_peak_bytes"]) > memory_bytes:
+        return "memory"
+    if failure in ("threads_max", "fd_limit", "backlog"):
+        return failure
+    if failure:
+        return failure  # e.g. "server_died": passed through, named as the simulator named it
+    err = _error_rate(row)
+    refused_or_timeout = float(row["errors_refused"]) + float(row["errors_timeout"])
+    if err > max_error_rate:
+        return "backlog" if refused_or_timeout > 0 else "errors"
+    p99 = float(row["latency_p99_s"]) if row["latency_p99_s"] is not None else math.nan
+    if not math.isnan(p99) and p99 <= slo_p99_s and float(row["completed"]) > 0:
+        return ""
+    cores = float(row["cores"])
+    util = float(row["cpu_util"])
+    if util >= 0.85 * cores:
+        return "cpu"
+    if cores > 1:
+        model = str(row["model"])
+        one_core = 0.6 <= util <= 1.3
+        if one_core and (model in _SINGLE_THREAD or (model == "m6_prefork" and int(row.get("processes", 1)) == 1)):
+            return "single_thread"
+        gil_us = float(row.get("gil_us", 0.0) or 0.0)
+        if model in _THREADED_ONE_PROCESS and bool(row.get("gil", True)) and gil_us > 0:
+            # The GIL is one "core" shared by the process: held gil_us per request (plus parsing,
+            # which the frame does not carry, so this lower bound is compared loosely). Threads may
+            # still use several cores for GIL-free cpu_us work, so cpu_util alone can miss it.
+            gil_busy = float(row["throughput_rps"]) * gil_us * 1e-6
+            if one_core or gil_busy >= 0.6:
+                return "gil"
+    return "latency"
+
+
+def _detail(row: pd.Series, reason: str, slo_p99_s: float, memory_bytes: float) -> str:
+    n, c = int(row["connections"]), int(row["cores"])
+    p99 = float(row["latency_p99_s"])
+    p99_txt = "no completed requests" if math.isnan(p99) else f"p99 {p99 * 1e3:.3g} ms"
+    at = f"at {n:,} connections on {c} cores"
+    if reason == "memory":
+        return f"{at}: RSS {row['rss_peak_bytes'] / 2**30:.3g} GiB vs budget {memory_bytes / 2**30:.3g} GiB"
+    if reason in ("threads_max", "fd_limit"):
+        return f"{at}: {REASONS[reason]} (threads {int(row['threads_peak']):,}, fds {int(row['fds_peak']):,})"
+    if reason in ("backlog", "errors"):
+        return (f"{at}: {_error_rate(row):.1%} of requests failed (refused {int(row['errors_refused']):,}, "
+                f"timeout {int(row['errors_timeout']):,}, reset {int(row['errors_reset']):,})")
+    if reason in ("cpu", "gil", "single_thread", "latency"):
+        return f"{at}: {p99_txt} > SLO {slo_p99_s * 1e3:.3g} ms, CPU {float(row['cpu_util']):.2f} of {c} cores"
+    return f"{at}: simulator reported failure {reason!r}"
+
+
+CAPACITY_COLUMNS = [
+    "model", "meets_slo", "max_connections", "cores", "throughput_rps", "latency_p99_s", "rss_peak_bytes",
+    "breaks_at_connections", "breaks_at_cores", "reason", "why",
+]
+
+
+def capacity(
+    frame: pd.DataFrame,
+    slo_p99_s: float,
+    memory_bytes: float,
+    *,
+    max_error_rate: float = 1e-3,
+    cores: int | None = None,
+) -> pd.DataFrame:
+    """For each model: the largest connection count meeting the SLO and budget, and why it breaks.
+
+    A row "meets" when p99 <= slo_p99_s, no failure, errors <= max_error_rate of requests and
+    rss_peak_bytes <= memory_bytes. Across core counts (or only at `cores=` when given) the model's
+    capacity is its largest meeting connection count, on the fewest cores that reach it. `reason`
+    classifies the next load up on the largest core count in the sweep (the limit that more cores
+    do not lift) or, for a model that meets nowhere, its smallest load on the most cores; "" when
+    nothing in the frame breaks it.
+    One row per model, in MODEL_NAMES order.
+    """
+    _check_positive("slo_p99_s", slo_p99_s)
+    _check_positive("memory_bytes", memory_bytes)
+    if frame.empty:
+        raise ValueError("frame: empty sweep, nothing to plan from")
+    data = frame if cores is None else frame[frame["cores"] == cores]
+    if data.empty:
+        raise ValueError(f"cores: no rows with cores == {cores}; present: {sorted(frame['cores'].unique())}")
+    reasons = data.apply(lambda r: classify(r, slo_p99_s, memory_bytes, max_error_rate), axis=1)
+    data = data.assign(_reason=reasons)
+    out = []
+    order = [m for m in MODEL_NAMES if m in set(data["model"])]
+    for model in order:
+        rows = data[data["model"] == model]
+        ok = rows[rows["_reason"] == ""]
+        record: dict[str, Any] = {"model": model, "meets_slo": not ok.empty}
+        if not ok.empty:
+            best = ok.sort_values(["connections", "cores"], ascending=[False, True]).iloc[0]
+            record.update(max_connections=int(best["connections"]), cores=int(best["cores"]),
+                          throughput_rps=float(best["throughput_rps"]), latency_p99_s=float(best["latency_p99_s"]),
+                          rss_peak_bytes=int(best["rss_peak_bytes"]))
+            # The next load up breaks on every core count (else it would be the capacity); explain it
+            # on the largest machine in the sweep: that is the limit more cores do not lift.
+            above = rows[(rows["connections"] > best["connections"]) & (rows["_reason"] != "")]
+            broken = above.sort_values(["connections", "cores"], ascending=[True, False])
+        else:
+            record.update(max_connections=0, cores=None, throughput_rps=math.nan, latency_p99_s=math.nan,
+                          rss_peak_bytes=None)
+            broken = rows.sort_values(["connections", "cores"], ascending=[True, False])
+        if broken.empty:
+            record.update(breaks_at_connections=None, breaks_at_cores=None, reason="",
+                          why="meets the SLO at every load in the sweep")
+        else:
+            b = broken.iloc[0]
+            record.update(breaks_at_connections=int(b["connections"]), breaks_at_cores=int(b["cores"]),
+                          reason=b["_reason"], why=_detail(b, b["_reason"], slo_p99_s, memory_bytes))
+        out.append(record)
+    result = pd.DataFrame(out, columns=CAPACITY_COLUMNS)
+    for col in ("cores", "rss_peak_bytes", "breaks_at_connections", "breaks_at_cores"):
+        result[col] = result[col].astype("Int64")
+    return result
+
+
+def _check_positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: must be a number > 0, got {value!r}")
+
+
+def meets(frame: pd.DataFrame, slo_p99_s: float, memory_bytes: float, max_error_rate: float = 1e-3) -> pd.Series:
+    """Boolean Series: which rows meet the SLO within the budget."""
+    return frame.apply(lambda r: classify(r, slo_p99_s, memory_bytes, max_error_rate) == "", axis=1)
+
+
+def winner_map(frame: pd.DataFrame, slo_p99_s: float, memory_bytes: float, max_error_rate: float = 1e-3) -> pd.DataFrame:
+    """One row per (connections, cores) cell: the model with the highest throughput among those
+    that meet the SLO and budget there ("" when none does), with its throughput and p99.
+
+    Ties (within 2% throughput: simulation noise) go to the lower p99, then the lower RSS.
+    """
+    ok = frame[meets(frame, slo_p99_s, memory_bytes, max_error_rate)] if not frame.empty else frame
+    cells = frame[["connections", "cores"]].drop_duplicates().sort_values(["connections", "cores"])
+    rows = []
+    for n, c in cells.itertuples(index=False):
+        cand = ok[(ok["connections"] == n) & (ok["cores"] == c)]
+        if cand.empty:
+            rows.append({"connections": int(n), "cores": int(c), "winner": "", "throughput_rps": math.nan,
+                         "latency_p99_s": math.nan, "candidates": 0})
+            continue
+        top = cand["throughput_rps"].max()
+        near = cand[cand["throughput_rps"] >= 0.98 * top].sort_values(["latency_p99_s", "rss_peak_bytes"])
+        w = near.iloc[0]
+        rows.append({"connections": int(n), "cores": int(c), "winner": w["model"],
+                     "throughput_rps": float(w["throughput_rps"]), "latency_p99_s": float(w["latency_p99_s"]),
+                     "candidates": len(cand)})
+    return pd.DataFrame(rows, columns=["connections", "cores", "winner", "throughput_rps", "latency_p99_s",
+                                       "candidates"])
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    model: str  # "" when no model meets the SLO anywhere in the sweep
+    reasons: tuple[str, ...]  # plain-word sentences
+    ranking: tuple[str, ...]  # every model, best first
+
+
+def recommend(frame: pd.DataFrame, slo_p99_s: float, memory_bytes: float, max_error_rate: float = 1e-3) -> Recommendation:
+    """The model to build: the one that wins the most cells of the winner map, then the one that
+    holds the SLO at the largest load, then on the fewest cores. Reasons are sentences a person
+    can act on, including why the runner-up lost and where the recommended model itself breaks."""
+    cap = capacity(frame, slo_p99_s, memory_bytes, max_error_rate=max_error_rate)
+    wins = winner_map(frame, slo_p99_s, memory_bytes, max_error_rate)
+    n_cells = len(wins)
+    win_counts = wins["winner"].value_counts()
+    meet_counts = frame[meets(frame, slo_p99_s, memory_bytes, max_error_rate)]["model"].value_counts()
+
+    def key(rec: pd.Series) -> tuple:
+        return (int(win_counts.get(rec["model"], 0)), int(rec["max_connections"]),
+                int(meet_counts.get(rec["model"], 0)), -(rec["cores"] if pd.notna(rec["cores"]) else 10**9))
+
+    ranked = sorted((r for _, r in cap.iterrows()), key=key, reverse=True)
+    ranking = tuple(r["model"] for r in ranked)
+    slo_txt = f"p99 <= {slo_p99_s * 1e3:.3g} ms within {memory_bytes / 2**30:.3g} GiB"
+    if not ranked or not ranked[0]["meets_slo"]:
+        reasons = [f"No model meets {slo_txt} anywhere in this sweep."]
+        reasons += [f"{r['model']}: {REASONS.get(r['reason'], r['reason'])} ({r['why']})." for r in ranked]
+        return Recommendation("", tuple(reasons), ranking)
+    best = ranked[0]
+    reasons = [
+        f"{best['model']} meets {slo_txt} at up to {int(best['max_connections']):,} connections "
+        f"({int(best['cores'])} cores: {best['throughput_rps']:,.0f} req/s, p99 {best['latency_p99_s'] * 1e3:.3g} ms, "
+        f"RSS {best['rss_peak_bytes'] / 2**20:,.0f} MiB).",
+        f"It is the best choice in {int(win_counts.get(best['model'], 0))} of {n_cells} (connections x cores) "
+        f"cells of the winner map, and meets the SLO in {int(meet_counts.get(best['model'], 0))} of them.",
+    ]
+    if best["reason"]:
+        reasons.append(f"Where it stops: {REASONS.get(best['reason'], best['reason'])} ({best['why']}).")
+    else:
+        reasons.append("Nothing in this sweep breaks it.")
+    for other in ranked[1:3]:
+        if other["meets_slo"]:
+            lead = (f"{other['model']} holds up to {int(other['max_connections']):,} connections "
+                    f"and wins {_cells(int(win_counts.get(other['model'], 0)))}")
+        else:
+            lead = f"{other['model']} never meets the SLO"
+        tail = f"; it breaks because {REASONS.get(other['reason'], other['reason'])} ({other['why']})" \
+            if other["reason"] else ""
+        reasons.append(lead + tail + ".")
+    return Recommendation(best["model"], tuple(reasons), ranking)
+
+
+def _cells(k: int) -> str:
+    return f"{k} cell" if k == 1 else f"{k} cells"
+
+
+def extrapolation(frame: pd.DataFrame, max_cores: int, max_connections: int) -> pd.Series:
+    """How far each row reaches past the calibrated range: max(cores / max_cores,
+    connections / max_connections, 1). 1 means inside the range; past 10 deserves a flag."""
+    if max_cores < 1 or max_connections < 1:
+        raise ValueError(f"max_cores/max_connections: must be >= 1, got {max_cores}, {max_connections}")
+    ratio = pd.concat([frame["cores"] / max_cores, frame["connections"] / max_connections], axis=1).max(axis=1)
+    return ratio.clip(lower=1.0)
+
+
+def calibrated_range(validation: Iterable[dict], fallback_cores: int, fallback_connections: int) -> tuple[int, int]:
+    """Largest cores and connections among a profile's training/validation rows (a row counts
+    when it has a `cores` or `connections` key); the fallback (this box) when there are none."""
+    cores = [int(r["cores"]) for r in validation if isinstance(r, dict) and _is_num(r.get("cores"))]
+    conns = [int(r["connections"]) for r in validation if isinstance(r, dict) and _is_num(r.get("connections"))]
+    return (max(cores) if cores else fallback_cores, max(conns) if conns else fallback_connections)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 1
+
+
+def sweep(*args: Any, **kwargs: Any) -> pd.DataFrame:
+    """See experiments.sweep.sweep (imported lazily: planning stays free of executors)."""
+    from experiments.sweep import sweep as _sweep
+
+    return _sweep(*args, **kwargs)

@@ -1,0 +1,226 @@
+"""Run many simulations in parallel: a local process pool by default, or a Dask cluster.
+
+`sweep(base, models=..., cores=..., connections=...)` simulates every point of the grid and returns
+the contract DataFrame (simkit.result.columns(), rows in grid order: models x cores x connections),
+so a local run and a Dask run of the same sweep give the same frame. Every point must come back:
+when a worker dies or a simulation raises, `SweepIncomplete` lists the missing scenarios instead of
+handing back a partial frame that a report would present as complete.
+
+Points above `analytic_above` connections can be answered by simkit.analytic (a fast queueing
+approximation) instead of the simulator; the `source` column says which ("sim" or "analytic").
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from experiments.planning import Sizing, build_grid
+from simkit.profile import CostProfile, default_profile_path
+from simkit.result import Result, to_frame
+from simkit.scenario import ModelSpec, Scenario, available_cores
+
+SimulateFn = Callable[..., Result]
+
+
+class SweepIncomplete(RuntimeError):
+    """Some scenarios of a sweep have no result. `missing` holds (index, scenario, why) tuples;
+    `partial` the frame of the rows that did come back (for diagnosis, not for a report)."""
+
+    def __init__(self, missing: list[tuple[int, Scenario, str]], total: int, partial: pd.DataFrame):
+        self.missing = missing
+        self.total = total
+        self.partial = partial
+        lines = [f"sweep incomplete: {len(missing)} of {total} scenarios have no result:"]
+        for idx, sc, why in missing[:25]:
+            lines.append(f"  #{idx} {describe(sc)}: {why}")
+        if len(missing) > 25:
+            lines.append(f"  ... and {len(missing) - 25} more")
+        super().__init__("\n".join(lines))
+
+
+def describe(scenario: Scenario) -> str:
+    m = scenario.model
+    knobs = {"m4_reactor_workers": f" pool={m.pool}", "m5_multi_reactor": f" threads={m.threads}",
+             "m6_prefork": f" processes={m.processes}", "m7_reactor_spawn": f" threads={m.threads}"}.get(m.name, "")
+    return (f"{m.name}{knobs} cores={scenario.hardware.cores} connections={scenario.workload.connections} "
+            f"seed={scenario.seed}")
+
+
+def resolve_profile(profile: CostProfile | str | os.PathLike | None) -> CostProfile:
+    """None: this host's calibrated profile when one exists, else the uncalibrated default."""
+    if isinstance(profile, CostProfile):
+        return profile
+    if profile is None:
+        path = default_profile_path()
+        return CostProfile.load(path) if path.exists() else CostProfile.default()
+    return CostProfile.load(Path(profile))
+
+
+def _default_simulate() -> SimulateFn:
+    import simkit
+
+    fn = getattr(simkit, "simulate", None)
+    if fn is None:
+        from simkit.sim import simulate as fn  # noqa: PLC0415
+    return fn
+
+
+def _default_analytic() -> SimulateFn:
+    from simkit.analytic import analytic
+
+    return analytic
+
+
+def run_point(fn: SimulateFn, scenario: Scenario, profile: CostProfile) -> Result:
+    """One point, in whichever process runs it. Module level so the pool and Dask can pickle it."""
+    result = fn(scenario, profile)
+    if not isinstance(result, Result):
+        raise TypeError(f"{getattr(fn, '__name__', fn)} returned {type(result).__name__}, not a Result")
+    return result
+
+
+def sweep(
+    base_scenario: Scenario,
+    models: Sequence[str | int | ModelSpec] | None = None,
+    cores: Sequence[int] | None = None,
+    connections: Sequence[int] | None = None,
+    profile: CostProfile | str | os.PathLike | None = None,
+    engine: Any = "local",
+    simulate: SimulateFn | None = None,
+    progress: bool = True,
+    *,
+    sizing: Sizing | None = None,
+    workers: int | None = None,
+    analytic_above: int | None = None,
+    analytic: SimulateFn | None = None,
+    scenarios: Sequence[Scenario] | None = None,
+    description: str = "simulating",
+) -> pd.DataFrame:
+    """Simulate models x cores x connections around `base_scenario`; return the contract frame.
+
+    engine: "local" (process pool, `workers` processes, default all cores), "serial" (this process,
+    for debugging), a dask.distributed Client, or a scheduler address "tcp://HOST:PORT".
+    simulate: defaults to simkit.simulate; injectable so tests and other simulators plug in (it must be
+    picklable, i.e. a module-level function, for the process pool).
+    analytic_above: points with more connections than this use `analytic` (default simkit.analytic)
+    instead of `simulate`. scenarios: an explicit list that replaces the grid.
+    """
+    if scenarios is None:
+        scenarios = build_grid(base_scenario, models, cores, connections, sizing)
+    scenarios = list(scenarios)
+    if not scenarios:
+        raise ValueError("scenarios: empty sweep")
+    prof = resolve_profile(profile)
+    sim_fn = simulate or _default_simulate()
+    fns: list[SimulateFn] = []
+    ana_fn = None
+    for sc in scenarios:
+        if analytic_above is not None and sc.workload.connections > analytic_above:
+            ana_fn = ana_fn or analytic or _default_analytic()
+            fns.append(ana_fn)
+        else:
+            fns.append(sim_fn)
+    if engine == "serial":
+        runner = _run_serial
+    elif engine == "local" or engine is None:
+        runner = _run_local
+    else:
+        runner = _run_dask
+    results, missing = runner(engine, fns, scenarios, prof, workers, progress, description)
+    done = [results[i] for i in range(len(scenarios)) if i in results]
+    frame = to_frame(done)
+    if missing:
+        raise SweepIncomplete(sorted(missing, key=lambda m: m[0]), len(scenarios), frame)
+    return frame
+
+
+# -- engines: each returns ({index: Result}, [(index, scenario, why), ...]) ---------------------
+
+def _progress(enabled: bool, total: int, description: str):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=False)
+    task = bar.add_task(description, total=total)
+    return bar, task
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _run_serial(_engine, fns, scenarios, profile, _workers, progress, description):
+    results, missing = {}, []
+    bar, task = _progress(progress, len(scenarios), description)
+    with bar:
+        for i, (fn, sc) in enumerate(zip(fns, scenarios, strict=True)):
+            try:
+                results[i] = run_point(fn, sc, profile)
+            except Exception as exc:  # noqa: BLE001 - reported per scenario, never swallowed
+                missing.append((i, sc, _why(exc)))
+            bar.advance(task)
+    return results, missing
+
+
+def _run_local(_engine, fns, scenarios, profile, workers, progress, description):
+    n_workers = max(1, min(workers or available_cores(), len(scenarios)))
+    results, missing = {}, []
+    bar, task = _progress(progress, len(scenarios), description)
+    with bar, cf.ProcessPoolExecutor(max_workers=n_workers) as pool:
+        futures = {pool.submit(run_point, fn, sc, profile): i
+                   for i, (fn, sc) in enumerate(zip(fns, scenarios, strict=True))}
+        for fut in cf.as_completed(futures):
+            i = futures[fut]
+            try:
+                results[i] = fut.result()
+            except BrokenProcessPool:
+                missing.append((i, scenarios[i], "worker process died (BrokenProcessPool)"))
+            except Exception as exc:  # noqa: BLE001
+                missing.append((i, scenarios[i], _why(exc)))
+            bar.advance(task)
+    return results, missing
+
+
+def _run_dask(engine, fns, scenarios, profile, _workers, progress, description):
+    from distributed import Client, as_completed
+
+    own = isinstance(engine, str)
+    if own and not engine.startswith(("tcp://", "tls://", "inproc://", "ucx://")):
+        raise ValueError(f"engine: expected 'local', 'serial', a dask Client or an address like "
+                         f"tcp://HOST:PORT, got {engine!r}")
+    client = Client(engine, timeout="20s") if own else engine
+    results, missing = {}, []
+    try:
+        # One scattered copy of the profile instead of one per task.
+        [prof_future] = client.scatter([profile], broadcast=True)
+        futures = [client.submit(run_point, fn, sc, prof_future, pure=False, key=f"serverlab-point-{i}-{os.getpid()}-"
+                                 f"{id(scenarios)}") for i, (fn, sc) in enumerate(zip(fns, scenarios, strict=True))]
+        index = {f.key: i for i, f in enumerate(futures)}
+        bar, task = _progress(progress, len(scenarios), f"{description} (dask)")
+        with bar:
+            for fut in as_completed(futures):
+                i = index[fut.key]
+                try:
+                    results[i] = fut.result()
+                except Exception as exc:  # noqa: BLE001 - KilledWorker, CommClosedError, the sim's own errors
+                    missing.append((i, scenarios[i], _why(exc)))
+                bar.advance(task)
+    finally:
+        if own:
+            client.close()
+    return results, missing
