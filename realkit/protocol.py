@@ -1,0 +1,346 @@
+"""The HTTP/1.1 subset every real server speaks (DESIGN §4).
+
+    GET /work?cpu_us=200&gil_us=20&io_us=0&resp_bytes=64 HTTP/1.1   -> the work, then resp_bytes bytes
+    GET / HTTP/1.1                                                  -> zero work, body b"ok\\n"
+
+Rules (so standard clients, wrk, ab and curl, can drive every server):
+- Keep-alive by default for HTTP/1.1, `Connection: close` honoured; HTTP/1.0 closes unless it asks
+  for `Connection: keep-alive`.
+- Pipelined requests are parsed one after another from one buffer; servers answer them in order.
+- Malformed request -> 400 and close. Header block (request line + headers + blank line) over 8 KiB
+  -> 431 and close. Unknown path -> 404, connection kept. A method other than GET -> 405, kept.
+- `X-Request-Id` is echoed back when present (printable ASCII only), so a client can check that each
+  response belongs to its request even across pipelining and reconnects.
+- Every response carries Content-Length. A request body announced by Content-Length (up to 1 MiB) is
+  read and ignored; Transfer-Encoding is refused with 400 (no chunked bodies: no smuggling games).
+
+The parser is incremental and pull-based: `feed()` appends bytes from any number of recv calls,
+`next_request()` returns the next complete Request or None. Pulling (rather than returning every
+request a recv produced) lets a server apply back-pressure: it stops pulling while its output is
+blocked, and stops reading while `buffered` is large.
+
+This module does no I/O and no work: `response_bytes(request)` builds the answer; the server does
+the work the request asks for (realkit.work) before sending it.
+"""
+
+from __future__ import annotations
+
+import math
+
+MAX_HEADER_BYTES = 8 * 1024
+MAX_BODY_BYTES = 1 << 20
+# Caps on what one request may ask for: a server is a lab instrument, not a denial-of-service target.
+MAX_WORK_US = 10_000_000.0
+MAX_RESP_BYTES = 64 << 20
+
+ROOT = 0  # GET /
+WORK = 1  # GET /work?...
+ERROR = 2  # answer with `status`
+
+_REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    431: b"Request Header Fields Too Large",
+}
+_CRLF2 = b"\r\n\r\n"
+_VERSIONS = {b"HTTP/1.1": True, b"HTTP/1.0": False}  # version -> keep-alive by default
+ROOT_BODY = b"ok\n"
+_WORK_KEYS = {b"cpu_us": 0, b"gil_us": 1, b"io_us": 2, b"resp_bytes": 3}
+
+
+class ProtocolError(Exception):
+    """A request the server must refuse; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class Request:
+    """One parsed request. kind is ROOT, WORK or ERROR; for ERROR, `status` says which answer."""
+
+    __slots__ = (
+        "kind",
+        "status",
+        "keep_alive",
+        "request_id",
+        "cpu_us",
+        "gil_us",
+        "io_us",
+        "resp_bytes",
+        "target",
+        "http10",
+    )
+
+    def __init__(
+        self,
+        kind: int,
+        keep_alive: bool,
+        request_id: bytes | None = None,
+        status: int = 200,
+        cpu_us: float = 0.0,
+        gil_us: float = 0.0,
+        io_us: float = 0.0,
+        resp_bytes: int = 0,
+        target: bytes = b"/",
+        http10: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.status = status
+        self.keep_alive = keep_alive
+        self.request_id = request_id
+        self.cpu_us = cpu_us
+        self.gil_us = gil_us
+        self.io_us = io_us
+        self.resp_bytes = resp_bytes
+        self.target = target
+        self.http10 = http10  # an HTTP/1.0 client must be told "Connection: keep-alive" explicitly
+
+    @property
+    def has_work(self) -> bool:
+        return self.kind == WORK and (self.cpu_us > 0 or self.gil_us > 0 or self.io_us > 0)
+
+    def __repr__(self) -> str:
+        kind = ("ROOT", "WORK", "ERROR")[self.kind]
+        return (
+            f"Request({kind}, status={self.status}, keep_alive={self.keep_alive}, id={self.request_id!r}, "
+            f"cpu_us={self.cpu_us:g}, gil_us={self.gil_us:g}, io_us={self.io_us:g}, resp_bytes={self.resp_bytes})"
+        )
+
+
+def error_request(status: int) -> Request:
+    return Request(ERROR, keep_alive=False, status=status)
+
+
+def parse_work_query(query: bytes) -> tuple[float, float, float, int]:
+    """`cpu_us=200&gil_us=20&io_us=0&resp_bytes=64` -> (cpu_us, gil_us, io_us, resp_bytes).
+
+    Missing keys are zero, unknown keys are ignored, a bad or out-of-range value raises ProtocolError(400).
+    """
+    values: list[float] = [0.0, 0.0, 0.0, 0.0]
+    if query:
+        for part in query.split(b"&"):
+            if not part:
+                continue
+            key, _, raw = part.partition(b"=")
+            index = _WORK_KEYS.get(key)
+            if index is None:
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ProtocolError(400, f"{key.decode('latin-1')}: not a number") from None
+            if not math.isfinite(value) or value < 0:
+                raise ProtocolError(400, f"{key.decode('latin-1')}: must be a finite number >= 0")
+            values[index] = value
+    cpu_us, gil_us, io_us, resp = values
+    if max(cpu_us, gil_us, io_us) > MAX_WORK_US:
+        raise ProtocolError(400, f"work: at most {MAX_WORK_US:g} us per kind")
+    if resp > MAX_RESP_BYTES or resp != int(resp):
+        raise ProtocolError(400, f"resp_bytes: an integer <= {MAX_RESP_BYTES}")
+    return cpu_us, gil_us, io_us, int(resp)
+
+
+def parse_head(head: bytes) -> tuple[Request, int]:
+    """Parse one header block (without the final blank line) -> (request, body bytes to skip).
+
+    Raises ProtocolError for anything malformed.
+    """
+    lines = head.split(b"\r\n")
+    n_breaks = len(lines) - 1
+    # A bare CR or LF inside a line is a smuggling vector: refuse rather than guess.
+    if head.count(b"\n") != n_breaks or head.count(b"\r") != n_breaks:
+        raise ProtocolError(400, "bare CR or LF")
+    try:
+        method, target, version = lines[0].split(b" ")
+    except ValueError:
+        raise ProtocolError(400, "request line is not 'METHOD TARGET VERSION'") from None
+    keep_alive = _VERSIONS.get(version)
+    if keep_alive is None:
+        raise ProtocolError(400, "version must be HTTP/1.1 or HTTP/1.0")
+    if not method.isalpha() or not method.isupper():
+        raise ProtocolError(400, "bad method")
+    if not target.startswith(b"/"):
+        raise ProtocolError(400, "target must be origin-form (start with /)")
+
+    request_id = None
+    body = 0
+    seen_length = False
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name[-1:] in b" \t" or name[:1] in b" \t":
+            raise ProtocolError(400, "bad header line")
+        value = value.strip(b" \t")
+        lname = name.lower()
+        if lname == b"connection":
+            tokens = {t.strip() for t in value.lower().split(b",")}
+            if b"close" in tokens:
+                keep_alive = False
+            elif b"keep-alive" in tokens:
+                keep_alive = True
+        elif lname == b"x-request-id":
+            if not _printable(value):
+                raise ProtocolError(400, "X-Request-Id must be printable ASCII")
+            request_id = value
+        elif lname == b"content-length":
+            if seen_length or not value.isdigit():
+                raise ProtocolError(400, "bad or repeated Content-Length")
+            seen_length = True
+            body = int(value)
+            if body > MAX_BODY_BYTES:
+                raise ProtocolError(400, "body too large")
+        elif lname == b"transfer-encoding":
+            raise ProtocolError(400, "Transfer-Encoding not supported")
+
+    http10 = version == b"HTTP/1.0"
+    if method != b"GET":
+        return Request(ERROR, keep_alive, request_id, status=405, target=target, http10=http10), body
+    path, _, query = target.partition(b"?")
+    if path == b"/":
+        return Request(ROOT, keep_alive, request_id, target=target, http10=http10), body
+    if path == b"/work":
+        cpu_us, gil_us, io_us, resp = parse_work_query(query)
+        return Request(WORK, keep_alive, request_id, 200, cpu_us, gil_us, io_us, resp, target, http10), body
+    return Request(ERROR, keep_alive, request_id, status=404, target=target, http10=http10), body
+
+
+def _printable(value: bytes) -> bool:
+    # Visible ASCII and spaces only: the id is echoed into a header, so it must not break one.
+    return all(32 <= b < 127 for b in value)
+
+
+class RequestParser:
+    """Incremental parser for one connection.
+
+    feed(data) with whatever recv returned; then call next_request() until it returns None.
+    After a fatal error (400 / 431) next_request() returns one ERROR request, then None forever:
+    the server answers it and closes the connection.
+    """
+
+    __slots__ = ("_buf", "_skip", "_dead", "max_header_bytes")
+
+    def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
+        self._buf = b""
+        self._skip = 0  # body bytes of the previous request still to discard
+        self._dead = False
+        self.max_header_bytes = max_header_bytes
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet consumed by a request."""
+        return len(self._buf)
+
+    @property
+    def dead(self) -> bool:
+        return self._dead
+
+    def feed(self, data: bytes) -> None:
+        if self._dead or not data:
+            return
+        if self._skip:
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return
+            data = data[self._skip :]
+            self._skip = 0
+        self._buf = self._buf + data if self._buf else data
+
+    def next_request(self) -> Request | None:
+        buf = self._buf
+        if self._dead or not buf:
+            return None
+        end = buf.find(_CRLF2)
+        if end < 0:
+            # Still incomplete: refuse once it cannot fit any more. Tolerate stray CRLFs between
+            # requests (RFC 9112 §2.2) so they do not count against the limit.
+            if len(buf) > self.max_header_bytes:
+                return self._fail(431)
+            return None
+        if end + 4 > self.max_header_bytes:
+            return self._fail(431)
+        head = buf[:end]
+        if head.startswith(b"\r\n"):
+            head = head.lstrip(b"\r\n")
+        rest = buf[end + 4 :]
+        try:
+            request, body = parse_head(head)
+        except ProtocolError as exc:
+            return self._fail(exc.status)
+        if body:
+            if len(rest) >= body:
+                rest = rest[body:]
+            else:
+                self._skip = body - len(rest)
+                rest = b""
+        self._buf = rest
+        return request
+
+    def _fail(self, status: int) -> Request:
+        self._dead = True
+        self._buf = b""
+        return error_request(status)
+
+
+# -- responses ------------------------------------------------------------------------------------
+_HEAD_CACHE: dict[tuple[int, int, bool, bool], bytes] = {}
+_BODY_CACHE: dict[int, bytes] = {}
+
+
+def _head(status: int, length: int, keep_alive: bool, http10_keepalive: bool = False) -> bytes:
+    key = (status, length, keep_alive, http10_keepalive)
+    head = _HEAD_CACHE.get(key)
+    if head is None:
+        parts = [
+            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+            % (status, _REASONS[status], length)
+        ]
+        if status == 405:
+            parts.append(b"Allow: GET\r\n")
+        if not keep_alive:
+            parts.append(b"Connection: close\r\n")
+        elif http10_keepalive:
+            parts.append(b"Connection: keep-alive\r\n")
+        head = b"".join(parts)
+        if len(_HEAD_CACHE) < 4096:
+            _HEAD_CACHE[key] = head
+    return head
+
+
+def work_body(resp_bytes: int) -> bytes:
+    """The body of /work: exactly resp_bytes bytes (a repeating, checkable pattern)."""
+    body = _BODY_CACHE.get(resp_bytes)
+    if body is None:
+        body = (b"0123456789abcdef" * (resp_bytes // 16 + 1))[:resp_bytes]
+        if resp_bytes <= 1 << 20 and len(_BODY_CACHE) < 1024:
+            _BODY_CACHE[resp_bytes] = body
+    return body
+
+
+def _error_body(status: int) -> bytes:
+    return b"%d %s\n" % (status, _REASONS[status])
+
+
+# Precomputed answers to the hot case (GET / without an id), built once.
+_ROOT_KEEP = _head(200, len(ROOT_BODY), True) + b"\r\n" + ROOT_BODY
+_ROOT_CLOSE = _head(200, len(ROOT_BODY), False) + b"\r\n" + ROOT_BODY
+
+
+def response_bytes(request: Request) -> bytes:
+    """The full response (head and body) for a request whose work, if any, is done."""
+    kind = request.kind
+    rid = request.request_id
+    if kind == ROOT and rid is None and not request.http10:
+        return _ROOT_KEEP if request.keep_alive else _ROOT_CLOSE
+    if kind == ROOT:
+        status, body = 200, ROOT_BODY
+    elif kind == WORK:
+        status, body = 200, work_body(request.resp_bytes)
+    else:
+        status, body = request.status, _error_body(request.status)
+    head = _head(status, len(body), request.keep_alive, request.http10)
+    if rid is not None:
+        return b"".join((head, b"X-Request-Id: ", rid, b"\r\n\r\n", body))
+    return b"".join((head, b"\r\n", body))
