@@ -580,3 +580,23 @@ def start_thread(target: Callable, *args, name: str | None = None, daemon: bool 
 def wait_readable(fds: list[int], timeout_s: float | None) -> list[int]:
     ready, _, _ = select.select(fds, [], [], timeout_s)
     return ready
+
+
+def acceptor_loop(
+    listener: socket.socket, stopper: Stopper, dispatch: Callable[[list[socket.socket]], bool]
+) -> None:
+    """A thread that only accepts (m2, m5, m7): wait on the listen socket and the stop pipe, accept
+    what is queued, hand it to `dispatch` (False means "overloaded: back off"). On stop, accept what
+    the kernel already queued, hand that over too, and close the listen socket."""
+    try:
+        while not stopper.is_set:
+            if listener.fileno() not in wait_readable([listener.fileno(), stopper.fd], None):
+                continue
+            socks, fd_limit = accept_batch(listener, 64)
+            if (socks and not dispatch(socks)) or fd_limit:
+                stopper.wait(ACCEPT_BACKOFF_S)
+        socks, _ = accept_batch(listener, 1 << 20)
+        if socks:
+            dispatch(socks)
+    finally:
+        listener.close()
