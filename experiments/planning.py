@@ -122,7 +122,7 @@ def classify(row: pd.Series | dict, slo_p99_s: float, memory_bytes: float, max_e
 
     CPU vs GIL vs single thread is read from cpu_util: "cpu" when cpu_util reaches ~85% of the
     cores; "gil" when a multi-threaded one-process Python model with gil_us work is stuck near one
-    core while more are available, or its GIL-held work (throughput x gil_us) fills >= 60% of one
+    core while more are available, or its GIL-held work (throughput x gil_us) fills >= 40% of one
     core; "single_thread" for m1/m3 stuck at one core by design.
     """
     row = pd.Series(row) if isinstance(row, dict) else row
@@ -157,7 +157,7 @@ def classify(row: pd.Series | dict, slo_p99_s: float, memory_bytes: float, max_e
             # which the frame does not carry, so this lower bound is compared loosely). Threads may
             # still use several cores for GIL-free cpu_us work, so cpu_util alone can miss it.
             gil_busy = float(row["throughput_rps"]) * gil_us * 1e-6
-            if one_core or gil_busy >= 0.6:
+            if one_core or gil_busy >= 0.4:
                 return "gil"
     return "latency"
 
@@ -288,9 +288,10 @@ class Recommendation:
 
 
 def recommend(frame: pd.DataFrame, slo_p99_s: float, memory_bytes: float, max_error_rate: float = 1e-3) -> Recommendation:
-    """The model to build: the one that wins the most cells of the winner map, then the one that
-    holds the SLO at the largest load, then on the fewest cores. Reasons are sentences a person
-    can act on, including why the runner-up lost and where the recommended model itself breaks."""
+    """The model to build: the one that holds the SLO at the largest load (capacity is what the
+    user is buying), then the one that wins the most cells of the winner map, then the one that
+    meets the SLO most often, then on the fewest cores. Reasons are sentences a person can act on,
+    including why the runners-up lost and where the recommended model itself breaks."""
     cap = capacity(frame, slo_p99_s, memory_bytes, max_error_rate=max_error_rate)
     wins = winner_map(frame, slo_p99_s, memory_bytes, max_error_rate)
     n_cells = len(wins)
@@ -298,7 +299,7 @@ def recommend(frame: pd.DataFrame, slo_p99_s: float, memory_bytes: float, max_er
     meet_counts = frame[meets(frame, slo_p99_s, memory_bytes, max_error_rate)]["model"].value_counts()
 
     def key(rec: pd.Series) -> tuple:
-        return (int(win_counts.get(rec["model"], 0)), int(rec["max_connections"]),
+        return (int(rec["max_connections"]), int(win_counts.get(rec["model"], 0)),
                 int(meet_counts.get(rec["model"], 0)), -(rec["cores"] if pd.notna(rec["cores"]) else 10**9))
 
     ranked = sorted((r for _, r in cap.iterrows()), key=key, reverse=True)

@@ -152,8 +152,7 @@ def plot_winner_map(wins: pd.DataFrame, path: Path, slo_text: str) -> Path:
             labels[i][j] = "none"
     from matplotlib.colors import ListedColormap
 
-    cmap = ListedColormap([_COLORS[m] for m in MODEL_NAMES])
-    cmap.set_bad("#eeeeee")
+    cmap = ListedColormap([_COLORS[m] for m in MODEL_NAMES]).with_extremes(bad="#eeeeee")
     fig = Figure(figsize=(1.0 + 0.9 * len(cores), 1.0 + 0.5 * len(conns)), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)

@@ -1,16 +1,84 @@
-"""Placeholder: filled in by its issue."""
+"""`serverlab whatif` (a what-if report from a workload file) and `serverlab demo` (what `make demo` runs)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
 
 import click
 
 
-@click.command()
-def whatif():
-    """Not built yet."""
-    raise click.ClickException("whatif is not built yet")
+def _engine(dask_address: str | None):
+    if dask_address is None:
+        return "local"
+    if not dask_address.startswith(("tcp://", "tls://")):
+        raise click.BadParameter(f"expected tcp://HOST:PORT, got {dask_address!r}", param_hint="--dask")
+    return dask_address
+
+
+def _run(workload: str | None, profile: str | None, dask_address: str | None, out: str) -> Path:
+    from experiments.sweep import SweepIncomplete
+    from experiments.whatif import load_whatif, run_whatif
+
+    try:
+        spec = load_whatif(workload)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--workload") from None
+    if profile is not None and not Path(profile).exists():
+        raise click.BadParameter(f"{profile}: profile file not found", param_hint="--profile")
+    n = len(spec.scenarios())
+    click.echo(f"what-if: {len(spec.models)} models x {len(spec.connections)} connection counts x "
+               f"{len(spec.cores)} core counts = {n} points ({spec.source})")
+    t0 = time.perf_counter()
+    try:
+        files = run_whatif(spec, profile, engine=_engine(dask_address), out_root=out)
+    except SweepIncomplete as exc:
+        raise click.ClickException(f"{exc}\nNo report written: it would present a partial sweep as complete.") from None
+    except ValueError as exc:  # a corrupt profile, a bad engine address
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"recommended: {files.recommendation.model or 'no model meets the SLO'}")
+    click.echo(f"report written in {time.perf_counter() - t0:.1f} s: {files.html}")
+    return files.html
 
 
 @click.command()
-def demo():
-    """Not built yet."""
-    raise click.ClickException("demo is not built yet")
+@click.option("--workload", "-w", type=click.Path(dir_okay=False), default=None,
+              help="what-if TOML file [default: experiments/whatif.toml]")
+@click.option("--profile", "-p", type=click.Path(dir_okay=False), default=None,
+              help="cost profile JSON [default: profiles/<host>.json, else the uncalibrated default]")
+@click.option("--dask", "dask_address", default=None, metavar="tcp://HOST:PORT",
+              help="run the sweep on this Dask scheduler instead of the local process pool")
+@click.option("--out", "out", type=click.Path(file_okay=False), default="reports", show_default=True,
+              help="directory in which whatif-<host>-<date>/ is written")
+def whatif(workload, profile, dask_address, out):
+    """Sweep models x connections x cores in the simulator and write a what-if report."""
+    _run(workload, profile, dask_address, out)
 
+
+@click.command()
+@click.option("--out", "out", type=click.Path(file_okay=False), default="reports", show_default=True)
+@click.option("--dask", "dask_address", default=None, metavar="tcp://HOST:PORT")
+def demo(out, dask_address):
+    """Calibrate this host if it has no profile (quick), then write the default what-if report."""
+    from simkit.profile import default_profile_path
+
+    t0 = time.perf_counter()
+    path = default_profile_path()
+    profile: str | None = str(path)
+    if path.exists():
+        click.echo(f"profile for this host: {path}")
+    else:
+        click.echo(f"no profile for this host at {path}: running a quick calibration first")
+        try:
+            from calibration import calibrate
+
+            calibrate(quick=True, out=path)
+        except Exception as exc:  # noqa: BLE001 - the demo still reports, loudly labelled uncalibrated
+            click.secho(f"quick calibration failed ({type(exc).__name__}: {exc}); continuing with the "
+                        "UNCALIBRATED default profile - the report says so.", fg="red", err=True)
+        if not path.exists():
+            profile = None
+        else:
+            click.echo(f"calibrated in {time.perf_counter() - t0:.0f} s: {path}")
+    html = _run(None, profile, dask_address, out)
+    click.echo(f"demo done in {time.perf_counter() - t0:.0f} s. Open {html}")

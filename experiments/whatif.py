@@ -1,0 +1,255 @@
+"""The what-if pipeline: whatif.toml -> sweep -> capacity / winner map -> report directory.
+
+`load_whatif(path)` parses and validates a workload file strictly (tomllib): an unknown section or
+key, a wrong type or an out-of-range value raises ValueError naming `section.key` and what is
+allowed, so a typo never silently falls back to a default. `run_whatif(spec, ...)` runs the sweep
+and writes reports/whatif-<host>-<date>/. See experiments/whatif.toml for the documented defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import os
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from experiments.planning import Sizing, build_grid
+from experiments.report import ReportFiles, ReportInputs, write_report
+from experiments.sweep import sweep
+from simkit.profile import CostProfile, default_profile_path, host_name
+from simkit.scenario import DISPATCH_MODES, MODEL_NAMES, Hardware, ModelSpec, Scenario, Workload, model_name
+
+DEFAULT_WORKLOAD = Path(__file__).with_name("whatif.toml")
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    base: Scenario  # connections / cores / model are replaced by the grid
+    models: tuple[str, ...]
+    connections: tuple[int, ...]
+    cores: tuple[int, ...]
+    slo_p99_s: float
+    memory_bytes: int
+    max_error_rate: float = 1e-3
+    sizing: Sizing = dataclasses.field(default_factory=Sizing)
+    analytic_above: int | None = None  # connections above which simkit.analytic answers instead of the sim
+    workers: int | None = None
+    source: str = "(built in)"
+
+    def scenarios(self) -> list[Scenario]:
+        return build_grid(self.base, self.models, self.cores, self.connections, self.sizing)
+
+    def describe(self) -> list[str]:
+        wl = self.base.workload
+        hw = self.base.hardware
+        lines = [
+            f"Workload file: {self.source}.",
+            f"Clients: {wl.mode} loop, think {wl.think_s:g} s, "
+            + ("keep-alive" if wl.requests_per_conn is None else f"{wl.requests_per_conn} requests per connection")
+            + (f", {wl.idle_connections:,} extra idle connections" if wl.idle_connections else "") + ".",
+            f"Work per request: cpu_us={wl.cpu_us:g} (GIL released), gil_us={wl.gil_us:g} (GIL held), "
+            f"io_us={wl.io_us:g} (blocking wait), response {wl.resp_bytes} bytes.",
+            f"Limits: fd_limit {hw.fd_limit:,} per process, threads_max {hw.threads_max:,}, somaxconn "
+            f"{hw.somaxconn:,}, memory {hw.memory_bytes / 2**30:.3g} GiB.",
+            f"Simulated window per point: {wl.warmup_s:g} s warm-up + {wl.duration_s:g} s measured, seed "
+            f"{self.base.seed}.",
+            f"Sizing: m4 pool = max({self.sizing.m4_pool_min}, {self.sizing.m4_pool_per_core:g} x cores), "
+            f"m5 threads = {self.sizing.m5_threads_per_core:g} x cores, m6 processes = "
+            f"{self.sizing.m6_processes_per_core:g} x cores, m7 threads = {self.sizing.m7_threads_per_core:g} x cores.",
+        ]
+        if self.analytic_above is not None:
+            lines.append(f"Points above {self.analytic_above:,} connections come from simkit.analytic (a queueing "
+                         "approximation without the GIL convoy or scheduling detail), not the simulator; the "
+                         "`source` column of results.csv says which.")
+        return lines
+
+
+# -- schema: section -> key -> (kind, bounds / choices, required) --------------------------------
+# kinds: "int", "float", "bool", "str", "ints" (non-empty list of int), "models" (non-empty list)
+_WORKLOAD_KEYS = ("mode", "rate_rps", "arrival", "think_s", "requests_per_conn", "idle_connections", "cpu_us",
+                  "gil_us", "io_us", "request_bytes", "resp_bytes", "timeout_s")
+SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
+    "slo": {"p99_ms": ("float", (1e-3, 1e7)), "max_error_rate": ("float", (0.0, 1.0))},
+    "budget": {"memory_gib": ("float", (1e-3, 1e6))},
+    "grid": {"models": ("models", MODEL_NAMES), "connections": ("ints", (1, 10_000_000)),
+             "cores": ("ints", (1, 4096))},
+    "workload": {
+        "mode": ("str", ("closed", "open")), "rate_rps": ("float", (1e-9, 1e9)),
+        "arrival": ("str", ("poisson", "constant")), "think_s": ("float", (0.0, 3600.0)),
+        "requests_per_conn": ("int", (1, 10**9)), "idle_connections": ("int", (0, 10_000_000)),
+        "cpu_us": ("float", (0.0, 1e7)), "gil_us": ("float", (0.0, 1e7)), "io_us": ("float", (0.0, 1e8)),
+        "request_bytes": ("int", (16, 2**24)), "resp_bytes": ("int", (0, 2**30)),
+        "timeout_s": ("float", (1e-3, 3600.0)),
+    },
+    "hardware": {"fd_limit": ("int", (16, 2**31 - 1)), "somaxconn": ("int", (1, 2**31 - 1)),
+                 "threads_max": ("int", (1, 2**31 - 1))},
+    "sizing": {"m4_pool_per_core": ("float", (1e-3, 1e4)), "m4_pool_min": ("int", (1, 65536)),
+               "m5_threads_per_core": ("float", (1e-3, 1e3)), "m6_processes_per_core": ("float", (1e-3, 1e3)),
+               "m7_threads_per_core": ("float", (1e-3, 1e3)), "gil": ("bool", None),
+               "backlog": ("int", (1, 2**31 - 1)), "dispatch": ("str", DISPATCH_MODES),
+               "keepalive_timeout_s": ("float", (1e-3, 86400.0))},
+    "sim": {"duration_s": ("float", (1e-3, 3600.0)), "warmup_s": ("float", (0.0, 3600.0)),
+            "seed": ("int", (0, 2**31 - 1)), "analytic_above_connections": ("int", (0, 10_000_000)),
+            "workers": ("int", (1, 1024))},
+}
+REQUIRED = {"slo": ("p99_ms",), "budget": ("memory_gib",), "grid": ("models", "connections", "cores")}
+
+
+def _check(section: str, key: str, value: Any) -> Any:
+    kind, spec = SCHEMA[section][key]
+    name = f"{section}.{key}"
+
+    def number(v: Any, integer: bool) -> float | int:
+        ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+        if isinstance(v, bool) or not ok or (isinstance(v, float) and not math.isfinite(v)):
+            raise ValueError(f"{name}: expected {'an integer' if integer else 'a number'} in "
+                             f"{spec[0]:g}..{spec[1]:g}, got {v!r}")
+        if not spec[0] <= v <= spec[1]:
+            raise ValueError(f"{name}: {v!r} is out of range; allowed {spec[0]:g}..{spec[1]:g}")
+        return v
+
+    if kind in ("int", "float"):
+        return number(value, kind == "int")
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if kind == "str":
+        if value not in spec:
+            raise ValueError(f"{name}: {value!r} is not allowed; allowed: {', '.join(spec)}")
+        return value
+    if kind == "ints":
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"{name}: expected a non-empty list of integers in {spec[0]:g}..{spec[1]:g}, "
+                             f"got {value!r}")
+        values = [number(v, True) for v in value]
+        if len(set(values)) != len(values):
+            raise ValueError(f"{name}: duplicate values in {values!r}")
+        return tuple(sorted(values))
+    if kind == "models":
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"{name}: expected a non-empty list; allowed: {', '.join(MODEL_NAMES)} (or 1..7, m1..m7)")
+        out = []
+        for v in value:
+            try:
+                out.append(model_name(v))
+            except ValueError:
+                raise ValueError(f"{name}: unknown model {v!r}; allowed: {', '.join(MODEL_NAMES)} "
+                                 "(or 1..7, m1..m7)") from None
+        if len(set(out)) != len(out):
+            raise ValueError(f"{name}: a model is listed twice in {value!r}")
+        return tuple(out)
+    raise AssertionError(kind)  # pragma: no cover - SCHEMA only uses the kinds above
+
+
+def parse_whatif(data: dict[str, Any], source: str = "(dict)") -> WhatIf:
+    """Validate a parsed whatif.toml document and build the WhatIf it describes."""
+    unknown = sorted(set(data) - set(SCHEMA))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown section; allowed: {', '.join(SCHEMA)}")
+    clean: dict[str, dict[str, Any]] = {}
+    for section, keys in SCHEMA.items():
+        table = data.get(section, {})
+        if not isinstance(table, dict):
+            raise ValueError(f"{section}: expected a [{section}] table, got {type(table).__name__}")
+        bad = sorted(set(table) - set(keys))
+        if bad:
+            raise ValueError(f"{section}.{bad[0]}: unknown key; allowed: {', '.join(keys)}")
+        for key in REQUIRED.get(section, ()):
+            if key not in table:
+                raise ValueError(f"{section}.{key}: required")
+        clean[section] = {k: _check(section, k, v) for k, v in table.items()}
+
+    slo, budget, grid, sim = clean["slo"], clean["budget"], clean["grid"], clean["sim"]
+    memory_bytes = int(budget["memory_gib"] * 2**30)
+    sizing_keys = {f.name for f in dataclasses.fields(Sizing)}
+    sizing = Sizing(**{k: v for k, v in clean["sizing"].items() if k in sizing_keys})
+    model_knobs = {k: v for k, v in clean["sizing"].items() if k not in sizing_keys}
+    wl_kwargs = dict(clean["workload"])
+    wl_kwargs["duration_s"] = sim.get("duration_s", 1.0)
+    wl_kwargs["warmup_s"] = sim.get("warmup_s", 0.2)
+    wl_kwargs["connections"] = grid["connections"][0]
+    try:
+        workload = Workload(**wl_kwargs)
+    except ValueError as exc:
+        raise ValueError(f"workload.{exc}") from None
+    try:
+        hardware = Hardware(cores=grid["cores"][0], memory_bytes=memory_bytes, **clean["hardware"])
+        model = ModelSpec(**model_knobs)
+    except ValueError as exc:
+        raise ValueError(f"hardware/sizing: {exc}") from None
+    base = Scenario(model=model, hardware=hardware, workload=workload, seed=sim.get("seed", 1))
+    above = sim.get("analytic_above_connections")
+    return WhatIf(
+        base=base, models=grid["models"], connections=grid["connections"], cores=grid["cores"],
+        slo_p99_s=slo["p99_ms"] / 1e3, memory_bytes=memory_bytes, max_error_rate=slo.get("max_error_rate", 1e-3),
+        sizing=sizing, analytic_above=above if above else None, workers=sim.get("workers"), source=source,
+    )
+
+
+def load_whatif(path: str | os.PathLike | None = None) -> WhatIf:
+    path = Path(path) if path is not None else DEFAULT_WORKLOAD
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: workload file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        return parse_whatif(data, source=str(path))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def resolve_profile_labelled(profile: CostProfile | str | os.PathLike | None) -> tuple[CostProfile, str]:
+    """The profile to use and a label saying where it came from (for the report)."""
+    if isinstance(profile, CostProfile):
+        return profile, "given in code" + ("" if profile.calibrated else " (uncalibrated)")
+    if profile is None:
+        path = default_profile_path()
+        if not path.exists():
+            return CostProfile.default(), f"built-in default (no {path} for this host)"
+        profile = path
+    return CostProfile.load(profile), str(profile)
+
+
+def report_dir(out_root: str | os.PathLike = "reports", when: dt.datetime | None = None) -> Path:
+    when = when or dt.datetime.now(dt.UTC)
+    return Path(out_root) / f"whatif-{host_name()}-{when:%Y-%m-%d}"
+
+
+def run_whatif(
+    spec: WhatIf,
+    profile: CostProfile | str | os.PathLike | None = None,
+    *,
+    engine: Any = "local",
+    out_root: str | os.PathLike = "reports",
+    out_dir: str | os.PathLike | None = None,
+    simulate: Callable | None = None,
+    analytic: Callable | None = None,
+    progress: bool = True,
+) -> ReportFiles:
+    """Sweep the grid, then write the report. Raises SweepIncomplete (no report) when points are missing."""
+    prof, label = resolve_profile_labelled(profile)
+    if prof.calibrated:
+        prof.warn_if_foreign()
+    t0 = time.perf_counter()
+    frame = sweep(spec.base, profile=prof, engine=engine, simulate=simulate, progress=progress,
+                  workers=spec.workers, analytic_above=spec.analytic_above, analytic=analytic,
+                  scenarios=spec.scenarios(), description="what-if sweep")
+    elapsed = time.perf_counter() - t0
+    now = dt.datetime.now(dt.UTC)
+    target = Path(out_dir) if out_dir is not None else report_dir(out_root, now)
+    inputs = ReportInputs(
+        frame=frame, slo_p99_s=spec.slo_p99_s, memory_bytes=spec.memory_bytes, profile=prof, profile_label=label,
+        host=host_name(), date=f"{now:%Y-%m-%d %H:%M} UTC", workload_lines=tuple(spec.describe()),
+        max_error_rate=spec.max_error_rate, elapsed_s=elapsed,
+    )
+    return write_report(inputs, target)

@@ -1,0 +1,148 @@
+"""capacity(), winner_map(), recommend() on synthetic frames: one model per failure reason."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from experiments.planning import (
+    REASONS,
+    Sizing,
+    build_grid,
+    calibrated_range,
+    capacity,
+    classify,
+    extrapolation,
+    recommend,
+    winner_map,
+)
+from simkit.result import Result, columns, to_frame
+from simkit.scenario import MODEL_NAMES, Hardware, ModelSpec, Scenario, Workload
+
+SLO = 0.050
+BUDGET = 4 * 2**30
+
+
+def _row(model, cores, conns, *, gil_us=0.0, **metrics):
+    spec = ModelSpec(name=model, pool=8 if model == "m4_reactor_workers" else 0)
+    sc = Scenario(model=spec, hardware=Hardware(cores=cores, memory_bytes=64 * 2**30),
+                  workload=Workload(connections=conns, cpu_us=100, gil_us=gil_us))
+    base = dict(throughput_rps=1000.0, latency_p99_s=0.010, completed=10_000, cpu_util=0.5,
+                rss_peak_bytes=100 * 2**20, threads_peak=4)
+    base.update(metrics)
+    return Result(scenario=sc, source="sim", **base)
+
+
+# model -> (metrics of its breaking row at 1,000 connections on 8 cores, expected reason)
+BREAKS = {
+    "m1_iterative": (dict(latency_p99_s=0.4, cpu_util=1.0), "single_thread"),
+    "m2_thread_per_conn": (dict(failure="threads_max", threads_peak=30_000), "threads_max"),
+    "m3_reactor": (dict(errors_refused=500, latency_p99_s=0.02), "backlog"),
+    "m4_reactor_workers": (dict(latency_p99_s=0.3, cpu_util=1.05, gil_us=50.0), "gil"),
+    "m5_multi_reactor": (dict(latency_p99_s=0.2, cpu_util=7.9), "cpu"),
+    "m6_prefork": (dict(rss_peak_bytes=5 * 2**30), "memory"),
+    "m7_reactor_spawn": (dict(failure="fd_limit"), "fd_limit"),
+}
+
+
+def _frame():
+    rows = []
+    for model, (metrics, _reason) in BREAKS.items():
+        metrics = dict(metrics)
+        gil_us = metrics.pop("gil_us", 0.0)
+        for cores in (1, 8):
+            rows.append(_row(model, cores, 100, gil_us=gil_us))
+        # 1,000 connections break on both core counts; the reason is read on the larger machine.
+        rows.append(_row(model, 1, 1000, gil_us=gil_us, latency_p99_s=1.0, cpu_util=1.0))
+        rows.append(_row(model, 8, 1000, gil_us=gil_us, **metrics))
+    return to_frame(rows)
+
+
+def test_capacity_names_each_failure_reason():
+    cap = capacity(_frame(), SLO, BUDGET)
+    assert list(cap["model"]) == list(MODEL_NAMES)
+    for rec in cap.itertuples():
+        assert rec.meets_slo, rec.model
+        assert rec.max_connections == 100
+        assert rec.cores == 1  # fewest cores that reach the capacity
+        assert rec.breaks_at_connections == 1000
+        assert rec.reason == BREAKS[rec.model][1], (rec.model, rec.reason, rec.why)
+        assert rec.reason in REASONS and rec.why
+
+
+def test_latency_reason_for_blocking_work_and_tolerated_errors():
+    ok = _row("m3_reactor", 4, 10, errors_timeout=1, completed=100_000)  # 0.001% errors: tolerated
+    slow = _row("m3_reactor", 4, 100, latency_p99_s=2.0, cpu_util=0.1)  # blocking io: CPU idle, p99 high
+    assert classify(ok.to_row(), SLO, BUDGET) == ""
+    assert classify(slow.to_row(), SLO, BUDGET) == "latency"
+    assert classify(_row("m3_reactor", 4, 10, errors_reset=50).to_row(), SLO, BUDGET) == "errors"
+    assert classify(_row("m3_reactor", 4, 10, failure="server_died").to_row(), SLO, BUDGET) == "server_died"
+    nan = _row("m3_reactor", 4, 10, latency_p99_s=math.nan, completed=0)
+    assert classify(nan.to_row(), SLO, BUDGET) != ""
+
+
+def test_model_that_never_meets_and_one_that_never_breaks():
+    frame = to_frame([_row("m2_thread_per_conn", 2, n, failure="memory") for n in (10, 100)]
+                     + [_row("m5_multi_reactor", 2, n) for n in (10, 100)])
+    cap = capacity(frame, SLO, BUDGET).set_index("model")
+    assert not cap.loc["m2_thread_per_conn", "meets_slo"]
+    assert cap.loc["m2_thread_per_conn", "max_connections"] == 0
+    assert cap.loc["m2_thread_per_conn", "reason"] == "memory"
+    assert cap.loc["m2_thread_per_conn", "breaks_at_connections"] == 10
+    assert cap.loc["m5_multi_reactor", "reason"] == ""
+    assert cap.loc["m5_multi_reactor", "max_connections"] == 100
+
+
+def test_capacity_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="slo_p99_s"):
+        capacity(_frame(), 0, BUDGET)
+    with pytest.raises(ValueError, match="memory_bytes"):
+        capacity(_frame(), SLO, -1)
+    with pytest.raises(ValueError, match="frame"):
+        capacity(pd.DataFrame(columns=columns()), SLO, BUDGET)
+    with pytest.raises(ValueError, match="cores"):
+        capacity(_frame(), SLO, BUDGET, cores=3)
+
+
+def test_winner_map_and_recommendation():
+    rows = [_row(m, c, n, throughput_rps=t * c) for m, t in (("m3_reactor", 1000.0), ("m6_prefork", 900.0))
+            for c in (1, 4) for n in (10, 100)]
+    rows += [_row("m6_prefork", c, 1000, throughput_rps=3000.0 * c) for c in (1, 4)]
+    rows += [_row("m3_reactor", c, 1000, latency_p99_s=0.5, cpu_util=1.0) for c in (1, 4)]
+    frame = to_frame(rows)
+    wins = winner_map(frame, SLO, BUDGET)
+    assert len(wins) == 6
+    # m3 and m6 within 2% tie -> lower p99 (equal) -> lower RSS (equal): first of the sorted pair; at 1000 m6 only.
+    assert set(wins[wins["connections"] == 1000]["winner"]) == {"m6_prefork"}
+    rec = recommend(frame, SLO, BUDGET)
+    assert rec.model == "m6_prefork"
+    assert rec.model in rec.reasons[0] and "1,000 connections" in rec.reasons[0]
+    assert any("m3_reactor" in r for r in rec.reasons)
+    nothing = recommend(to_frame([_row("m1_iterative", 1, 10, failure="backlog")]), SLO, BUDGET)
+    assert nothing.model == "" and "No model" in nothing.reasons[0]
+
+
+def test_build_grid_sizes_models_per_core_count():
+    base = Scenario(workload=Workload(cpu_us=10))
+    grid = build_grid(base, ["m4", "m5", 6, ModelSpec(name="m7", threads=3)], [1, 16], [10, 20])
+    assert len(grid) == 4 * 2 * 2
+    by = {(s.model.name, s.hardware.cores, s.workload.connections): s for s in grid}
+    assert by[("m4_reactor_workers", 16, 10)].model.pool == 64
+    assert by[("m4_reactor_workers", 1, 10)].model.pool == 4
+    assert by[("m5_multi_reactor", 16, 20)].model.threads == 16
+    assert by[("m6_prefork", 16, 20)].model.processes == 16
+    assert by[("m7_reactor_spawn", 16, 20)].model.threads == 3  # a ModelSpec is taken as given
+    assert grid[0].workload.cpu_us == 10
+    with pytest.raises(ValueError, match="cores"):
+        build_grid(base, ["m3"], [0], [10])
+    with pytest.raises(ValueError, match="m4_pool_per_core"):
+        Sizing(m4_pool_per_core=0)
+
+
+def test_extrapolation_and_calibrated_range():
+    frame = to_frame([_row("m3_reactor", c, n) for c, n in ((1, 10), (2, 2000), (64, 10), (8, 100_000))])
+    ext = extrapolation(frame, 2, 1000)
+    assert list(ext.round(3)) == [1.0, 2.0, 32.0, 100.0]
+    rows = [{"model": "m3", "cores": 1, "connections": 500}, {"cores": 2, "connections": 5000}, {"x": 1}]
+    assert calibrated_range(rows, 99, 99) == (2, 5000)
+    assert calibrated_range([], 2, 1000) == (2, 1000)
