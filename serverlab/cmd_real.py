@@ -1,16 +1,127 @@
-"""Placeholder: filled in by its issue."""
+"""`serverlab load` (drive any server on loopback) and `serverlab measure` (one Scenario, for real)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
 
 import click
 
+from serverlab.options import print_result, scenario_options
+
+
+def _fmt_s(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if value < 1e-3:
+        return f"{value * 1e6:.0f} us"
+    if value < 1:
+        return f"{value * 1e3:.2f} ms"
+    return f"{value:.3f} s"
+
+
+def _print_report(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"load {summary['url']} ({summary['mode']} loop)", show_header=False)
+    table.add_row("throughput", f"{summary['throughput_rps']:,.0f} req/s over {summary['duration_s']:.2f} s")
+    table.add_row("completed", f"{summary['completed']:,}")
+    for key in ("latency_mean_s", "latency_p50_s", "latency_p90_s", "latency_p99_s", "latency_p999_s",
+                "latency_max_s"):
+        table.add_row(key.removeprefix("latency_").removesuffix("_s"), _fmt_s(summary[key]))
+    table.add_row("errors", ", ".join(f"{k}={summary['errors_' + k]}"
+                                      for k in ("refused", "timeout", "reset", "http", "client")))
+    table.add_row("in flight at end", str(summary["in_flight"]))
+    if summary["mode"] == "open":
+        table.add_row("late sends", f"{summary['late_sends']} (mean lag {_fmt_s(summary['send_lag_mean_s'])}, "
+                                    f"max {_fmt_s(summary['max_send_lag_s'])})")
+    if summary["spec_idle_connections"]:
+        table.add_row("idle held", f"{summary['idle_open']} of {summary['spec_idle_connections']} "
+                                   f"({summary['idle_failed']} failed attempts)")
+    table.add_row("loadgen CPU", f"{summary['loadgen_cpu_util']:.2f} cores, "
+                                 f"peak RSS {summary['loadgen_rss_peak_bytes'] / 2**20:.0f} MiB")
+    Console().print(table)
+
 
 @click.command()
-def load():
-    """Not built yet."""
-    raise click.ClickException("load is not built yet")
+@click.option("--url", required=True, help="http://127.0.0.1:PORT/work?cpu_us=100")
+@click.option("--connections", "-c", type=int, default=10, show_default=True,
+              help="closed loop: connections; open loop: cap on concurrent connections")
+@click.option("--duration", "duration_s", type=float, default=10.0, show_default=True, help="seconds measured")
+@click.option("--warmup", "warmup_s", type=float, default=0.0, show_default=True, help="seconds before measuring")
+@click.option("--rate", "rate_rps", type=float, default=None, help="open loop at this many requests/s")
+@click.option("--arrival", type=click.Choice(["poisson", "constant"]), default="poisson", show_default=True)
+@click.option("--think", "think_s", type=float, default=0.0, show_default=True, help="closed loop think time, s")
+@click.option("--requests-per-conn", type=int, default=None, help="reconnect after this many requests")
+@click.option("--idle", "idle_connections", type=int, default=0, show_default=True,
+              help="extra connections held open without traffic")
+@click.option("--timeout", "timeout_s", type=float, default=10.0, show_default=True, help="per request, s")
+@click.option("--processes", type=int, default=1, show_default=True,
+              help="generator worker processes (0: run in this process)")
+@click.option("--cpus", default=None, help="pin the generator to these CPUs, e.g. 1 or 2-3")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--allow-remote", is_flag=True, help="allow a non-loopback URL (default: loopback only)")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="append the summary as a CSV row to FILE")
+def load(url, connections, duration_s, warmup_s, rate_rps, arrival, think_s, requests_per_conn,
+         idle_connections, timeout_s, processes, cpus, seed, allow_remote, as_json, csv_path):
+    """Load a server with the serverlab wire protocol and print what was observed."""
+    from realkit.loadgen import LoadGenError, LoadSpec, run_load
+    from serverlab.options import parse_cores
+
+    try:
+        spec = LoadSpec(
+            url=url, connections=connections, duration_s=duration_s, warmup_s=warmup_s,
+            mode="open" if rate_rps is not None else "closed", rate_rps=rate_rps, arrival=arrival,
+            think_s=think_s, requests_per_conn=requests_per_conn, idle_connections=idle_connections,
+            timeout_s=timeout_s, processes=processes, cpus=tuple(parse_cores(cpus)) if cpus else None,
+            seed=seed, allow_remote=allow_remote,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        report = run_load(spec)
+    except LoadGenError as exc:
+        raise click.ClickException(str(exc)) from None
+    summary = report.summary()
+    summary["spec_idle_connections"] = spec.idle_connections
+    if csv_path:
+        import os
+
+        new = not os.path.exists(csv_path) or os.path.getsize(csv_path) == 0
+        with open(csv_path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(summary))
+            if new:
+                writer.writeheader()
+            writer.writerow(summary)
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        _print_report(summary)
 
 
 @click.command()
-def measure():
-    """Not built yet."""
-    raise click.ClickException("measure is not built yet")
+@scenario_options
+@click.option("--json", "as_json", is_flag=True, help="print the Result as JSON")
+def measure(scenario, as_json):
+    """Run one scenario for real on this box (server pinned, load generator on the other CPUs)."""
+    import warnings
 
+    from realkit.loadgen import LoadGenError
+    from realkit.runner import ServerStartError
+    from realkit.runner import measure as run_measure
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = run_measure(scenario)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        except (ServerStartError, LoadGenError) as exc:
+            raise click.ClickException(str(exc)) from None
+    for w in caught:
+        click.echo(f"note: {w.message}", err=True)
+    print_result(result, as_json)

@@ -1,0 +1,928 @@
+"""Load generator for the serverlab wire protocol (DESIGN §4): closed loop, open loop, idle connections.
+
+The instrument must not lie about latency, so:
+- open loop times every request from its *intended* send time (the arrival process), never from when
+  the generator managed to send it: a stalled server cannot slow the arrivals down and hide its stall
+  (no coordinated omission). Sends later than `late_threshold_s` are counted, so a generator that cannot
+  keep up says so;
+- every failure is an observation, counted by kind: `refused` (connect refused or failed), `timeout`
+  (no answer within timeout_s), `reset` (the server reset or closed a connection with a request
+  outstanding), `http` (a non-2xx answer), `client` (the generator itself failed, e.g. EMFILE);
+- latencies go into a log-bucketed histogram (HdrHistogram style): fixed memory, <= relative_error
+  error, mergeable across processes.
+
+Speed matters (a slow generator measures itself): each connection is a raw asyncio Protocol that
+writes pre-built request bytes and frames responses by Content-Length alone, on uvloop when installed.
+Several worker processes may share the load; their histograms and counters are merged.
+
+Time is time.monotonic() everywhere (CLOCK_MONOTONIC, comparable across processes), so the runner can
+line up the measurement window with its process monitor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+import ipaddress
+import math
+import multiprocessing
+import os
+import random
+import resource
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+ERROR_KINDS: tuple[str, ...] = ("refused", "timeout", "reset", "http", "client")
+
+# Errnos that mean the connection could not be made (the server side refused or was unreachable).
+_CONNECT_ERRNOS = {errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL}
+# Errnos that mean the generator itself ran out of something: a fault of the instrument, not the server.
+_CLIENT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class LoadGenError(RuntimeError):
+    """The load generator itself failed (a worker crashed or never reported)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Histogram
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HistogramConfig:
+    """Bucket layout: bucket i covers [lowest_s * r**i, lowest_s * r**(i+1)) with r = (1+e)**2, so the
+    geometric midpoint of a bucket is within relative error e of every value in it."""
+
+    lowest_s: float = 1e-6
+    highest_s: float = 3600.0
+    relative_error: float = 0.005
+
+    def __post_init__(self) -> None:
+        if not (self.lowest_s > 0 and math.isfinite(self.lowest_s)):
+            raise ValueError(f"lowest_s: must be > 0, got {self.lowest_s!r}")
+        if not (self.highest_s > self.lowest_s and math.isfinite(self.highest_s)):
+            raise ValueError(f"highest_s: must be > lowest_s, got {self.highest_s!r}")
+        if not (0 < self.relative_error < 0.5):
+            raise ValueError(f"relative_error: must be in (0, 0.5), got {self.relative_error!r}")
+
+    @property
+    def ratio(self) -> float:
+        return (1.0 + self.relative_error) ** 2
+
+    @property
+    def n_buckets(self) -> int:
+        return int(math.ceil(math.log(self.highest_s / self.lowest_s) / math.log(self.ratio))) + 1
+
+
+class LatencyHistogram:
+    """Log-bucketed latency histogram (seconds). Memory is fixed (~2k int64 buckets by default) however
+    many values go in; percentiles are within `relative_error` of the exact order statistic.
+
+    Values below lowest_s land in bucket 0, above highest_s in the last bucket (and are counted in
+    `overflow`); min, max, sum are kept exactly so the mean is exact and extreme percentiles are clamped
+    to what was really seen.
+    """
+
+    __slots__ = ("config", "counts", "count", "total_s", "min_s", "max_s", "overflow", "_log_lo", "_log_r")
+
+    def __init__(self, config: HistogramConfig | None = None) -> None:
+        self.config = config or HistogramConfig()
+        self.counts = np.zeros(self.config.n_buckets, dtype=np.int64)
+        self.count = 0
+        self.total_s = 0.0
+        self.min_s = math.inf
+        self.max_s = 0.0
+        self.overflow = 0
+        self._log_lo = math.log(self.config.lowest_s)
+        self._log_r = math.log(self.config.ratio)
+
+    def _index(self, values: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            idx = np.floor((np.log(np.maximum(values, 1e-300)) - self._log_lo) / self._log_r)
+        return np.clip(idx, 0, len(self.counts) - 1).astype(np.int64)
+
+    def record(self, value_s: float) -> None:
+        self.record_many(np.asarray([value_s], dtype=np.float64))
+
+    def record_many(self, values_s) -> None:
+        values = np.asarray(values_s, dtype=np.float64).ravel()
+        if values.size == 0:
+            return
+        if not np.all(np.isfinite(values)) or np.any(values < 0):
+            raise ValueError("values_s: latencies must be finite and >= 0")
+        self.counts += np.bincount(self._index(values), minlength=len(self.counts))
+        self.count += int(values.size)
+        self.total_s += float(values.sum())
+        self.min_s = min(self.min_s, float(values.min()))
+        self.max_s = max(self.max_s, float(values.max()))
+        self.overflow += int(np.count_nonzero(values > self.config.highest_s))
+
+    def merge(self, other: LatencyHistogram) -> LatencyHistogram:
+        """Add another histogram's counts into this one (same layout required); returns self."""
+        if other.config != self.config:
+            raise ValueError("config: histograms with different bucket layouts cannot be merged")
+        self.counts += other.counts
+        self.count += other.count
+        self.total_s += other.total_s
+        self.min_s = min(self.min_s, other.min_s)
+        self.max_s = max(self.max_s, other.max_s)
+        self.overflow += other.overflow
+        return self
+
+    @property
+    def mean_s(self) -> float:
+        return self.total_s / self.count if self.count else math.nan
+
+    def _representative(self, idx: np.ndarray) -> np.ndarray:
+        # Geometric midpoint of each bucket.
+        return np.exp(self._log_lo + (idx + 0.5) * self._log_r)
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile (0..100) in seconds, NaN when empty."""
+        return float(self.percentiles([q])[0])
+
+    def percentiles(self, qs) -> np.ndarray:
+        qs = np.asarray(qs, dtype=np.float64)
+        if np.any((qs < 0) | (qs > 100)):
+            raise ValueError("q: percentiles must be in 0..100")
+        if self.count == 0:
+            return np.full(qs.shape, math.nan)
+        cum = np.cumsum(self.counts)
+        # Nearest rank: the smallest bucket holding the ceil(q/100 * n)-th value (1-based).
+        ranks = np.maximum(1, np.ceil(qs / 100.0 * self.count))
+        idx = np.searchsorted(cum, ranks, side="left")
+        return np.clip(self._representative(idx), self.min_s, self.max_s)
+
+    # -- transport between processes: plain, picklable, JSON-able ---------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        nz = np.flatnonzero(self.counts)
+        return {
+            "config": dataclasses.asdict(self.config),
+            "index": nz.tolist(),
+            "counts": self.counts[nz].tolist(),
+            "count": self.count,
+            "total_s": self.total_s,
+            "min_s": self.min_s if self.count else None,
+            "max_s": self.max_s,
+            "overflow": self.overflow,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatencyHistogram:
+        hist = cls(HistogramConfig(**data["config"]))
+        hist.counts[np.asarray(data["index"], dtype=np.int64)] = np.asarray(data["counts"], dtype=np.int64)
+        hist.count = int(data["count"])
+        hist.total_s = float(data["total_s"])
+        hist.min_s = math.inf if data["min_s"] is None else float(data["min_s"])
+        hist.max_s = float(data["max_s"])
+        hist.overflow = int(data["overflow"])
+        return hist
+
+
+# ---------------------------------------------------------------------------------------------------
+# Spec and report
+# ---------------------------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What load to apply. `connections` is the number of load-carrying connections in closed loop, and
+    the cap on concurrent connections in open loop (arrivals beyond it wait, their latency still running
+    from the intended send time)."""
+
+    url: str
+    connections: int = 10
+    duration_s: float = 5.0
+    warmup_s: float = 0.0
+    mode: str = "closed"  # closed | open
+    rate_rps: float | None = None
+    arrival: str = "poisson"  # poisson | constant
+    think_s: float = 0.0
+    requests_per_conn: int | None = None  # None: keep-alive forever; k: reconnect after k requests
+    idle_connections: int = 0
+    timeout_s: float = 10.0
+    request_bytes: int | None = None  # pad the request with a header up to this size
+    processes: int = 1  # 0: run in this process (and thread); n >= 1: n worker processes
+    cpus: tuple[int, ...] | None = None  # pin the worker processes to these CPUs
+    seed: int = 1
+    late_threshold_s: float = 0.002
+    connect_concurrency: int = 256  # connects in flight at once (a burst beyond the backlog only drops SYNs)
+    use_uvloop: bool = True
+    allow_remote: bool = False
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme != "http" or not parts.hostname or parts.port is None:
+            raise ValueError(f"url: expected http://HOST:PORT/path, got {self.url!r}")
+        if not self.allow_remote and not is_loopback(parts.hostname):
+            raise ValueError(f"url: {parts.hostname} is not a loopback address; pass allow_remote=True (--allow-remote) to load it")
+        for name in ("connections", "idle_connections", "processes", "seed", "connect_concurrency"):
+            value = getattr(self, name)
+            minimum = 1 if name in ("connections", "connect_concurrency") else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+        if self.mode not in ("closed", "open"):
+            raise ValueError(f"mode: must be closed or open, got {self.mode!r}")
+        if self.mode == "open" and (self.rate_rps is None or not self.rate_rps > 0):
+            raise ValueError(f"rate_rps: open loop needs a rate > 0, got {self.rate_rps!r}")
+        if self.arrival not in ("poisson", "constant"):
+            raise ValueError(f"arrival: must be poisson or constant, got {self.arrival!r}")
+        for name, strict in (("duration_s", True), ("warmup_s", False), ("think_s", False), ("timeout_s", True),
+                             ("late_threshold_s", False)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (strict and value == 0):
+                raise ValueError(f"{name}: must be {'>' if strict else '>='} 0, got {value!r}")
+        if self.requests_per_conn is not None and (not isinstance(self.requests_per_conn, int)
+                                                   or self.requests_per_conn < 1):
+            raise ValueError(f"requests_per_conn: expected None or an integer >= 1, got {self.requests_per_conn!r}")
+        if self.request_bytes is not None and (not isinstance(self.request_bytes, int) or self.request_bytes < 16):
+            raise ValueError(f"request_bytes: expected None or an integer >= 16, got {self.request_bytes!r}")
+        if self.cpus is not None:
+            cpus = tuple(self.cpus)
+            if not cpus or any(not isinstance(c, int) or c < 0 for c in cpus):
+                raise ValueError(f"cpus: expected a non-empty list of CPU numbers, got {self.cpus!r}")
+            object.__setattr__(self, "cpus", cpus)
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return int(urlsplit(self.url).port or 80)
+
+    @property
+    def target(self) -> str:
+        parts = urlsplit(self.url)
+        return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+    def request(self) -> bytes:
+        """The exact bytes sent for every request (built once)."""
+        head = f"GET {self.target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+        pad = (self.request_bytes or 0) - len(head) - len("X-Pad: \r\n\r\n")
+        if pad > 0:
+            head += "X-Pad: " + "x" * pad + "\r\n"
+        return (head + "\r\n").encode("ascii")
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What happened in the measurement window [window_start_s, window_end_s] (time.monotonic())."""
+
+    spec: LoadSpec
+    window_start_s: float
+    window_end_s: float
+    completed: int
+    errors_refused: int
+    errors_timeout: int
+    errors_reset: int
+    errors_http: int
+    errors_client: int
+    issued: int  # requests whose send (intended send, open loop) fell in the window
+    in_flight: int  # requests outstanding (or waiting for a connection) when the window closed
+    late_sends: int  # open loop: sent later than late_threshold_s after their intended time
+    max_send_lag_s: float
+    # Open loop: mean delay between intended and actual send. It is inside every open-loop latency: the
+    # event loop's timers have ~1 ms granularity, so expect a few hundred microseconds here.
+    send_lag_mean_s: float
+    connects: int  # successful connection set-ups in the window (active connections)
+    idle_open: int  # idle connections held when the window closed
+    idle_failed: int  # idle connection attempts that failed (any kind), all run long
+    loadgen_cpu_s: float  # CPU (user+sys) the generator's processes used in the window
+    loadgen_rss_peak_bytes: int  # the largest generator process's peak RSS
+    histogram: LatencyHistogram = field(repr=False, compare=False)
+
+    @property
+    def duration_s(self) -> float:
+        return max(self.window_end_s - self.window_start_s, 1e-9)
+
+    @property
+    def throughput_rps(self) -> float:
+        return self.completed / self.duration_s
+
+    @property
+    def loadgen_cpu_util(self) -> float:
+        return self.loadgen_cpu_s / self.duration_s
+
+    @property
+    def errors(self) -> int:
+        return self.errors_refused + self.errors_timeout + self.errors_reset + self.errors_http + self.errors_client
+
+    def latency_s(self, q: float) -> float:
+        return self.histogram.percentile(q)
+
+    def summary(self) -> dict[str, Any]:
+        """Flat, JSON-able summary (no histogram buckets)."""
+        p50, p90, p99, p999 = self.histogram.percentiles([50, 90, 99, 99.9])
+        out: dict[str, Any] = {
+            "url": self.spec.url,
+            "mode": self.spec.mode,
+            "connections": self.spec.connections,
+            "rate_rps": self.spec.rate_rps,
+            "duration_s": self.duration_s,
+            "throughput_rps": self.throughput_rps,
+            "latency_mean_s": self.histogram.mean_s,
+            "latency_p50_s": float(p50),
+            "latency_p90_s": float(p90),
+            "latency_p99_s": float(p99),
+            "latency_p999_s": float(p999),
+            "latency_max_s": self.histogram.max_s if self.histogram.count else math.nan,
+        }
+        for f in dataclasses.fields(self):
+            if f.name not in ("spec", "histogram"):
+                out[f.name] = getattr(self, f.name)
+        out["loadgen_cpu_util"] = self.loadgen_cpu_util
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+
+
+_COUNTERS = ("completed", "errors_refused", "errors_timeout", "errors_reset", "errors_http", "errors_client",
+             "issued", "in_flight", "late_sends", "connects", "idle_open", "idle_failed")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The generator (one event loop)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _classify(exc: BaseException | None) -> str:
+    """Error kind of a connection that failed with a request outstanding (None: plain EOF)."""
+    if exc is None or isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+        return "reset"
+    if isinstance(exc, (ConnectionRefusedError,)):
+        return "refused"
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return "timeout"
+    if isinstance(exc, OSError):
+        if exc.errno in _CLIENT_ERRNOS:
+            return "client"
+        if exc.errno in _CONNECT_ERRNOS:
+            return "refused"
+        return "reset"
+    return "client"
+
+
+class _Framer:
+    """Frames HTTP/1.1 responses by Content-Length. Returns complete responses' status classes."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def feed(self, data: bytes) -> tuple[int, int]:
+        """-> (responses completed, of which non-2xx). Raises ValueError on a response it cannot frame."""
+        buf = self.buf + data if self.buf else data
+        done = bad = 0
+        pos = 0
+        n = len(buf)
+        while True:
+            hend = buf.find(b"\r\n\r\n", pos)
+            if hend < 0:
+                break
+            i = buf.find(b"Content-Length:", pos, hend)
+            if i < 0:
+                head = buf[pos:hend].lower()
+                j = head.find(b"content-length:")
+                if j < 0:
+                    raise ValueError("response without Content-Length")
+                i = pos + j
+            k = buf.find(b"\r\n", i, hend + 2)
+            end = hend + 4 + int(buf[i + 15:k])
+            if end > n:
+                break
+            if buf[pos + 9] != 50:  # b"2": the status class
+                bad += 1
+            done += 1
+            pos = end
+        self.buf = buf[pos:] if pos < n else b""
+        return done, bad
+
+
+class _Generator:
+    """All connections of one worker, on one event loop."""
+
+    def __init__(self, spec: LoadSpec, share: int, n_shares: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.spec = spec
+        self.loop = loop
+        self.request = spec.request()
+        self.host, self.port = spec.host, spec.port
+        # This worker's share of the connections and of the arrival rate.
+        self.n_conns = spec.connections // n_shares + (1 if share < spec.connections % n_shares else 0)
+        self.n_idle = spec.idle_connections // n_shares + (1 if share < spec.idle_connections % n_shares else 0)
+        self.rate = (spec.rate_rps or 0.0) / n_shares
+        self.share, self.n_shares = share, n_shares
+        self.rng = random.Random(spec.seed * 7919 + share)
+        self.hist = LatencyHistogram()
+        self.lat: list[float] = []
+        self.c = dict.fromkeys(_COUNTERS, 0)
+        self.max_lag = 0.0
+        self.lag_sum = 0.0  # open loop: total send lag over lag_n sends (the generator's own delay)
+        self.lag_n = 0
+        self.recording = False
+        self.stopping = False
+        self.active: set[_Conn] = set()  # connected or connecting load connections
+        self.idle: set[_IdleConn] = set()
+        self.free: list[_Conn] = []  # open loop: connected, nothing outstanding
+        self.waiting: deque[float] = deque()  # open loop: intended send times with no connection yet
+        self.sem = asyncio.Semaphore(max(1, spec.connect_concurrency // n_shares))
+        self.tasks: set[asyncio.Task] = set()
+        self.t_stop = math.inf
+        self.next_t = math.inf
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+    def error(self, kind: str) -> None:
+        if self.recording:
+            self.c["errors_" + kind] += 1
+
+    def spawn(self, coro) -> None:
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def flush(self) -> None:
+        if self.lat:
+            self.hist.record_many(self.lat)
+            self.lat.clear()
+
+    # -- connections -------------------------------------------------------------------------------
+    async def _connect(self, factory) -> tuple[Any, BaseException | None]:
+        async with self.sem:
+            if self.stopping:
+                return None, None
+            try:
+                _, proto = await asyncio.wait_for(
+                    self.loop.create_connection(factory, self.host, self.port), self.spec.timeout_s
+                )
+                return proto, None
+            except (TimeoutError, OSError) as exc:
+                return None, exc
+
+    async def open_load_conn(self, t_req: float | None, delay: float = 0.0) -> None:
+        """Open one load connection for a request whose clock started at t_req (None: now). The connect
+        time is part of that request's latency: a short-lived connection pays for its set-up."""
+        if delay:
+            await asyncio.sleep(delay)
+        if self.stopping:
+            return
+        if t_req is None:
+            t_req = time.monotonic()
+            if self.recording:
+                self.c["issued"] += 1
+        conn = _Conn(self)
+        conn.t_req = t_req
+        self.active.add(conn)
+        proto, exc = await self._connect(lambda: conn)
+        if proto is not None:
+            if self.recording:
+                self.c["connects"] += 1
+            return
+        self.active.discard(conn)
+        if self.stopping:
+            return
+        if conn.t_req is not None:  # else the timeout sweep already counted it
+            conn.t_req = None
+            self.error("timeout" if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) else _classify(exc))
+        self.lost(conn, failed_connect=True)
+
+    def lost(self, conn: _Conn, failed_connect: bool = False) -> None:
+        """A load connection is gone; replace it as the mode requires. After a failed connect, back off a
+        little so a refusing server costs counted errors, not a busy spin."""
+        self.active.discard(conn)
+        if self.stopping:
+            return
+        if self.spec.mode == "closed":
+            self.spawn(self.open_load_conn(None, delay=0.01 if failed_connect else 0.0))
+            return
+        try:
+            self.free.remove(conn)
+        except ValueError:
+            pass
+        if failed_connect:
+            self.loop.call_later(0.01, self.maybe_open)
+        else:
+            self.maybe_open()
+
+    async def open_idle_conn(self) -> None:
+        conn = _IdleConn(self)
+        proto, exc = await self._connect(lambda: conn)
+        if proto is None and not self.stopping:
+            self.c["idle_failed"] += 1
+
+    # -- open loop -------------------------------------------------------------------------------
+    def maybe_open(self) -> None:
+        """Open loop: each waiting request gets a new connection while under the cap; its latency
+        keeps running from its intended send time through the connect."""
+        while self.waiting and len(self.active) < self.n_conns and not self.stopping:
+            self.spawn(self.open_load_conn(self.waiting.popleft()))
+
+    def next_gap(self) -> float:
+        if self.spec.arrival == "poisson":
+            return self.rng.expovariate(self.rate)
+        return 1.0 / self.rate
+
+    def note_lag(self, t_req: float, now: float) -> None:
+        if self.recording:
+            lag = now - t_req
+            self.lag_sum += lag
+            self.lag_n += 1
+            if lag > self.spec.late_threshold_s:
+                self.c["late_sends"] += 1
+            if lag > self.max_lag:
+                self.max_lag = lag
+
+    def dispatch(self) -> None:
+        """Open loop: issue every arrival that is due, then sleep until the next one."""
+        if self.stopping:
+            return
+        now = time.monotonic()
+        t = self.next_t
+        while t <= now and t < self.t_stop:
+            if self.recording:
+                self.c["issued"] += 1
+            if self.free:
+                self.free.pop().send(t)
+                self.note_lag(t, now)
+            else:
+                self.waiting.append(t)
+            t += self.next_gap()
+        self.next_t = t
+        if self.waiting:
+            self.maybe_open()
+        if t < self.t_stop:
+            self.loop.call_later(max(0.0, t - time.monotonic()), self.dispatch)
+
+    def conn_free(self, conn: _Conn) -> None:
+        """Open loop: a connection has nothing outstanding: serve the oldest waiting request, or wait."""
+        if self.waiting:
+            t = self.waiting.popleft()
+            conn.send(t)
+            self.note_lag(t, time.monotonic())
+        else:
+            self.free.append(conn)
+
+    # -- periodic: timeouts and histogram flush ----------------------------------------------------
+    def tick(self) -> None:
+        if self.stopping:
+            return
+        self.flush()
+        now = time.monotonic()
+        deadline = now - self.spec.timeout_s
+        for conn in list(self.active):
+            if conn.t_req is not None and conn.t_req < deadline:
+                conn.t_req = None
+                self.error("timeout")
+                if conn.transport is not None:
+                    conn.timed_out = True
+                    conn.transport.abort()  # connection_lost replaces it
+        while self.waiting and self.waiting[0] < deadline:
+            self.waiting.popleft()
+            self.error("timeout")
+        self.loop.call_later(0.1, self.tick)
+
+    # -- phases ------------------------------------------------------------------------------------
+    async def prepare(self) -> None:
+        """Open and hold the idle connections (before any load, so the load sees them all)."""
+        if self.n_idle:
+            await asyncio.gather(*(self.open_idle_conn() for _ in range(self.n_idle)))
+
+    async def run(self, t0: float) -> dict[str, Any]:
+        spec = self.spec
+        self._window_start = t0 + spec.warmup_s
+        t_end = self._window_start + spec.duration_s
+        self.t_stop = t_end
+        delay = t0 - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.loop.call_later(0.1, self.tick)
+        if spec.mode == "closed":
+            for _ in range(self.n_conns):
+                self.spawn(self.open_load_conn(None))
+        else:
+            # Constant arrivals from several workers interleave rather than coincide.
+            self.next_t = t0 + (self.share / (self.rate * self.n_shares) if spec.arrival == "constant"
+                                else self.next_gap())
+            self.dispatch()
+        await asyncio.sleep(max(0.0, self._window_start - time.monotonic()))
+        self.flush()
+        self.lat.clear()
+        self.hist = LatencyHistogram()
+        cpu0 = _cpu_s(self.spec.processes == 0)
+        ws = time.monotonic()
+        self.recording = True
+        await asyncio.sleep(max(0.0, t_end - time.monotonic()))
+        self.recording = False
+        we = time.monotonic()
+        cpu1 = _cpu_s(self.spec.processes == 0)
+        self.flush()
+        self.c["in_flight"] = sum(1 for c in self.active if c.t_req is not None) + len(self.waiting)
+        self.c["idle_open"] = sum(1 for c in self.idle if c.transport is not None)
+        await self.shutdown()
+        out = dict(self.c)
+        out.update(
+            window_start_s=ws,
+            window_end_s=we,
+            max_send_lag_s=self.max_lag,
+            send_lag_sum_s=self.lag_sum,
+            send_lag_n=self.lag_n,
+            loadgen_cpu_s=cpu1 - cpu0,
+            histogram=self.hist.to_dict(),
+        )
+        return out
+
+    async def shutdown(self) -> None:
+        self.stopping = True
+        for conn in list(self.active) + list(self.idle):
+            if conn.transport is not None:
+                conn.transport.abort()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # let connection_lost callbacks run
+
+
+def _cpu_s(thread_only: bool) -> float:
+    """User+sys CPU seconds of this process (or only this thread, when sharing a process with others)."""
+    ru = resource.getrusage(resource.RUSAGE_THREAD if thread_only else resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+class _Conn(asyncio.Protocol):
+    """One load-carrying connection: one request outstanding at a time."""
+
+    __slots__ = ("g", "transport", "t_req", "n_done", "framer", "timed_out")
+
+    def __init__(self, g: _Generator) -> None:
+        self.g = g
+        self.transport: asyncio.Transport | None = None
+        self.t_req: float | None = None  # start (intended start, open loop) of the outstanding request
+        self.n_done = 0
+        self.framer = _Framer()
+        self.timed_out = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        g = self.g
+        if g.stopping:
+            transport.abort()
+            return
+        if g.spec.mode == "open":
+            g.note_lag(self.t_req, time.monotonic())
+        transport.write(g.request)
+
+    def send(self, t_req: float) -> None:
+        self.t_req = t_req
+        self.transport.write(self.g.request)
+
+    def _next(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        g = self.g
+        self.t_req = time.monotonic()
+        if g.recording:
+            g.c["issued"] += 1
+        self.transport.write(g.request)
+
+    def data_received(self, data: bytes) -> None:
+        g = self.g
+        try:
+            done, bad = self.framer.feed(data)
+        except ValueError:
+            g.error("http")
+            self.t_req = None
+            self.transport.abort()
+            return
+        if not done:
+            return
+        if self.t_req is None:  # an answer to a request already counted as timed out, or unsolicited
+            return
+        now = time.monotonic()
+        if g.recording:
+            if bad:
+                g.c["errors_http"] += 1
+            else:
+                g.c["completed"] += 1
+                g.lat.append(now - self.t_req)
+        self.t_req = None
+        self.n_done += 1
+        spec = g.spec
+        if spec.requests_per_conn is not None and self.n_done >= spec.requests_per_conn:
+            self.transport.close()
+            return
+        if spec.mode == "closed":
+            if spec.think_s:
+                g.loop.call_later(spec.think_s, self._next)
+            else:
+                self.t_req = now
+                if g.recording:
+                    g.c["issued"] += 1
+                self.transport.write(g.request)
+        elif not g.stopping:
+            g.conn_free(self)
+
+    def eof_received(self):
+        return False  # close our side too
+
+    def connection_lost(self, exc) -> None:
+        g = self.g
+        self.transport = None
+        if self.t_req is not None and not self.timed_out and not g.stopping:
+            g.error(_classify(exc))
+            self.t_req = None
+        g.lost(self)
+
+
+class _IdleConn(asyncio.Protocol):
+    """Held open, never used. If the server closes it (keep-alive timer), it is reopened."""
+
+    __slots__ = ("g", "transport")
+
+    def __init__(self, g: _Generator) -> None:
+        self.g = g
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.g.idle.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+        self.g.idle.discard(self)
+        if not self.g.stopping:
+            self.g.spawn(self.g.open_idle_conn())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running: in this process, or in worker processes
+# ---------------------------------------------------------------------------------------------------
+
+
+def _new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
+    if use_uvloop:
+        try:
+            import uvloop
+
+            return uvloop.new_event_loop()
+        except ImportError:  # uvloop is optional: plain asyncio is slower but correct
+            pass
+    return asyncio.new_event_loop()
+
+
+def raise_nofile(needed: int) -> int:
+    """Raise this process's RLIMIT_NOFILE soft limit towards `needed` (never above the hard limit;
+    never lowered). Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
+    return soft
+
+
+def _fds_needed(spec: LoadSpec, n_shares: int) -> int:
+    return (spec.connections + spec.idle_connections) // max(1, n_shares) + 128
+
+
+def _worker(spec: LoadSpec, share: int, n_shares: int, pipe) -> None:
+    """Worker process body: prepare, report ready, wait for the start time, run, report."""
+    try:
+        if spec.cpus is not None:
+            cpus = spec.cpus
+            os.sched_setaffinity(0, {cpus[share]} if n_shares <= len(cpus) else set(cpus))
+        raise_nofile(_fds_needed(spec, n_shares))
+        loop = _new_loop(spec.use_uvloop)
+        asyncio.set_event_loop(loop)
+        gen = _Generator(spec, share, n_shares, loop)
+        loop.run_until_complete(gen.prepare())
+        pipe.send(("ready", None))
+        msg, t0 = pipe.recv()
+        if msg != "go":
+            return
+        out = loop.run_until_complete(gen.run(t0))
+        out["loadgen_rss_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        pipe.send(("done", out))
+        loop.close()
+    except BaseException:  # report any crash to the parent rather than dying silently
+        try:
+            pipe.send(("error", traceback.format_exc()))
+        except Exception:
+            pass
+        raise
+
+
+def _merge(spec: LoadSpec, parts: list[dict[str, Any]]) -> LoadReport:
+    hist = LatencyHistogram.from_dict(parts[0]["histogram"])
+    for part in parts[1:]:
+        hist.merge(LatencyHistogram.from_dict(part["histogram"]))
+    counters = {name: sum(int(p[name]) for p in parts) for name in _COUNTERS}
+    return LoadReport(
+        spec=spec,
+        window_start_s=min(p["window_start_s"] for p in parts),
+        window_end_s=max(p["window_end_s"] for p in parts),
+        max_send_lag_s=max(p["max_send_lag_s"] for p in parts),
+        send_lag_mean_s=(sum(p["send_lag_sum_s"] for p in parts) / max(1, sum(p["send_lag_n"] for p in parts))),
+        loadgen_cpu_s=sum(p["loadgen_cpu_s"] for p in parts),
+        loadgen_rss_peak_bytes=max(int(p.get("loadgen_rss_peak_bytes", 0)) for p in parts),
+        histogram=hist,
+        **counters,
+    )
+
+
+def run_load(spec: LoadSpec, on_ready=None) -> LoadReport:
+    """Apply `spec`'s load and return what was observed in its measurement window.
+
+    `on_ready(t0)` (optional) is called once every worker holds its idle connections, with the
+    monotonic time the load starts at; the window is [t0 + warmup_s, t0 + warmup_s + duration_s].
+    Raises LoadGenError if a worker crashes or does not report in time.
+    """
+    if spec.processes == 0:
+        raise_nofile(_fds_needed(spec, 1))
+        loop = _new_loop(spec.use_uvloop)
+        try:
+            gen = _Generator(spec, 0, 1, loop)
+            loop.run_until_complete(gen.prepare())
+            t0 = time.monotonic() + 0.01
+            if on_ready:
+                on_ready(t0)
+            part = loop.run_until_complete(gen.run(t0))
+        finally:
+            loop.close()
+        part["loadgen_rss_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return _merge(spec, [part])
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
+    n = spec.processes
+    pipes, procs = [], []
+    try:
+        for share in range(n):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(spec, share, n, child), daemon=True,
+                               name=f"serverlab-loadgen-{share}")
+            proc.start()
+            child.close()
+            pipes.append(parent)
+            procs.append(proc)
+        # Start-up (interpreter, imports) plus opening idle connections: generous but bounded.
+        prep_deadline = time.monotonic() + 60.0 + spec.timeout_s + spec.idle_connections / 500.0
+        for i, pipe in enumerate(pipes):
+            _expect(pipe, procs[i], "ready", prep_deadline)
+        t0 = time.monotonic() + 0.05
+        if on_ready:
+            on_ready(t0)
+        for pipe in pipes:
+            pipe.send(("go", t0))
+        run_deadline = t0 + spec.warmup_s + spec.duration_s + 30.0
+        parts = [_expect(pipe, procs[i], "done", run_deadline) for i, pipe in enumerate(pipes)]
+        for proc in procs:
+            proc.join(5.0)
+        return _merge(spec, parts)
+    finally:
+        for pipe in pipes:
+            try:
+                pipe.send(("stop", None))
+            except (OSError, ValueError):
+                pass
+        for proc in procs:
+            if proc.is_alive():
+                proc.join(1.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
+
+
+def _expect(pipe, proc, what: str, deadline: float) -> Any:
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LoadGenError(f"load generator worker {proc.name} did not report {what!r} in time")
+        if pipe.poll(min(left, 0.5)):
+            try:
+                msg, payload = pipe.recv()
+            except EOFError:
+                raise LoadGenError(f"load generator worker {proc.name} died (exit code {proc.exitcode})") from None
+            if msg == "error":
+                raise LoadGenError(f"load generator worker {proc.name} crashed:\n{payload}")
+            if msg == what:
+                return payload
+        elif not proc.is_alive():
+            raise LoadGenError(f"load generator worker {proc.name} died (exit code {proc.exitcode})")
