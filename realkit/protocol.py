@@ -43,6 +43,7 @@ _REASONS = {
     404: b"Not Found",
     405: b"Method Not Allowed",
     431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",  # a bug in the server, never a client's fault
 }
 _CRLF2 = b"\r\n\r\n"
 _VERSIONS = {b"HTTP/1.1": True, b"HTTP/1.0": False}  # version -> keep-alive by default

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 from realkit import work
 from realkit.servers.base import Stopper, install_signal_handlers
-from simkit.scenario import MODEL_NAMES, ModelSpec
+from simkit.scenario import MODEL_NAMES, ModelSpec, model_name
 
 __all__ = ["MODEL_NAMES", "run_server", "Stopper", "model_spec"]
 
@@ -43,7 +43,10 @@ def model_spec(
     keepalive_timeout_s: float = 30.0,
 ) -> ModelSpec:
     """A validated ModelSpec from CLI-style options (pool defaults to 4 for m4, else 0)."""
-    name = ModelSpec(name=model).name
+    try:
+        name = model_name(model)
+    except ValueError as exc:
+        raise ValueError(f"name: {exc}") from None
     return ModelSpec(
         name=name,
         threads=threads,

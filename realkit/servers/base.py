@@ -145,10 +145,15 @@ def tune(sock: socket.socket) -> None:
 
 # -- the request handler ----------------------------------------------------------------------------
 def handle(request: protocol.Request) -> bytes:
-    """Do the work the request asks for, then build its response."""
-    if request.kind == WORK:
-        work.do_work(request.cpu_us, request.gil_us, request.io_us)
-    return response_bytes(request)
+    """Do the work the request asks for, then build its response (a 500 if that fails: a bug)."""
+    try:
+        if request.kind == WORK:
+            work.do_work(request.cpu_us, request.gil_us, request.io_us)
+        return response_bytes(request)
+    except Exception as exc:  # noqa: BLE001 - a worker thread must outlive a bad request
+        log(f"internal error on {request!r}: {exc!r}")
+        request.keep_alive = False
+        return response_bytes(protocol.error_request(500))
 
 
 # -- blocking connections (m1, m2) ------------------------------------------------------------------
@@ -393,7 +398,6 @@ class Reactor:
         if not data:
             # The peer finished sending: answer what is complete, then close.
             conn.eof = True
-            conn.close_after = True
             if not conn.out and not conn.busy:
                 self.close_conn(conn)
             else:
@@ -469,6 +473,8 @@ class Reactor:
             return
         self.set_mask(conn, self.read_mask(conn))
         self.after_drain(conn)
+        if conn.eof and not (conn.busy or conn.out or conn.closed):
+            self.close_conn(conn)  # the peer sent its last request and has every answer
 
     def read_mask(self, conn: Conn) -> int:
         return (0 if conn.eof else EPOLLIN) | (select.EPOLLONESHOT if self.oneshot else 0)
