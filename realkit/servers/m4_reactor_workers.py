@@ -18,7 +18,9 @@ class WorkerPoolReactor(Reactor):
         super().__init__(keepalive_s, name=name)
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.in_flight = 0
-        self.workers = [threading.Thread(target=self._worker, name=f"m4-worker-{i}", daemon=True) for i in range(pool)]
+        self.workers = [
+            threading.Thread(target=self._worker, name=f"m4-worker-{i}", daemon=True) for i in range(pool)
+        ]
         for thread in self.workers:
             thread.start()
 
