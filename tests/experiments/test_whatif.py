@@ -106,3 +106,32 @@ def test_cli_whatif(tmp_path, monkeypatch):
     assert res.exit_code == 2 and "workload.color: unknown key" in res.output
     res = runner.invoke(main, ["whatif", "--dask", "localhost:1"])
     assert res.exit_code == 2 and "tcp://HOST:PORT" in res.output
+
+
+@pytest.mark.timeout(110)
+def test_demo_calibrates_when_no_profile_then_reports(tmp_path, monkeypatch):
+    import calibration
+    from simkit.profile import CostProfile, default_profile_path
+
+    calls = []
+
+    def fake_calibrate(out=None, quick=False, **kw):
+        calls.append((out, quick))
+        profile = CostProfile.default()
+        import dataclasses
+
+        dataclasses.replace(profile, calibrated=True).save(out)
+        return out
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(calibration, "calibrate", fake_calibrate, raising=False)
+    monkeypatch.setattr(sweep_mod, "_default_simulate", lambda: fake_simulate)
+    monkeypatch.setattr(sweep_mod, "_default_analytic", lambda: fake_analytic)
+    res = CliRunner().invoke(main, ["demo"])
+    assert res.exit_code == 0, res.output
+    assert calls == [(default_profile_path(), True)]
+    assert "Open " in res.output and "index.html" in res.output
+    page = next(Path("reports").glob("whatif-*/index.html")).read_text()
+    assert "UNCALIBRATED" not in page  # the demo used the profile it just made
+    res = CliRunner().invoke(main, ["demo"])  # second run: the profile exists, no calibration
+    assert res.exit_code == 0 and len(calls) == 1
