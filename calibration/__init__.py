@@ -1,0 +1,205 @@
+"""calibration: make simkit reproduce realkit on this box, and prove it on held-out points (DESIGN §7).
+
+`calibrate()` is the whole pipeline: probes -> real runs on a grid -> parameters measured from the
+runs -> least-squares fit on the training points -> held-out validation against the USL baseline ->
+profile JSON (fingerprint, calibrated=True, validation table, failed runs) and the table as CSV.
+
+The measure and simulate functions are parameters (realkit.measure / simkit.simulate by default) so
+tests can run the pipeline against fakes.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from calibration.fit import (
+    FIT_PARAMS,
+    FitResult,
+    GridPoint,
+    Run,
+    SimBatch,
+    apply_measured,
+    build_grid,
+    fit,
+    run_grid,
+)
+from calibration.probes import run_probes
+from calibration.validate import USLBaseline, json_safe, summarize, validate, write_csv
+from simkit.profile import CostProfile, default_profile_path, host_fingerprint
+from simkit.scenario import MODEL_NAMES, available_cores
+
+# progress(stage, detail, done, total)
+StageProgress = Callable[[str, str, int, int], None]
+STAGES = ("probes", "real runs", "fit", "validation", "refit")
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    profile: CostProfile
+    path: Path | None
+    csv_path: Path | None
+    summary: dict[str, Any]
+    runs: list[Run]
+    fit: FitResult
+    refit: FitResult | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+def _default_measure():
+    from realkit.runner import measure
+
+    return measure
+
+
+def _default_simulate():
+    from simkit import simulate
+
+    return simulate
+
+
+def raise_nofile(needed: int) -> int:
+    """Raise RLIMIT_NOFILE's soft limit toward `needed` (as far as the hard limit allows)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        return want
+    return soft
+
+
+def calibrate(
+    out: str | Path | None = None,
+    quick: bool = False,
+    *,
+    measure: Callable | None = None,
+    simulate: Callable | None = None,
+    progress: StageProgress | None = None,
+    models: Sequence[str] = MODEL_NAMES,
+    grid: Sequence[GridPoint] | None = None,
+    base: CostProfile | None = None,
+    probes: bool = True,
+    fit_names: Sequence[str] = FIT_PARAMS,
+    max_evaluations: int | None = None,
+    fit_time_budget_s: float | None = None,
+    target_requests: int | None = None,
+    workers: int | None = None,
+    refit_all: bool | None = None,
+    write: bool = True,
+) -> CalibrationReport:
+    """Probes + grid + fit + validation; writes the profile (out, or profiles/<host>.json) and a CSV
+    of the held-out table beside it (same name, .csv)."""
+    t_start = time.monotonic()
+    measure = measure or _default_measure()
+    sim_is_default = simulate is None
+    simulate = simulate or _default_simulate()
+    refit_all = (not quick) if refit_all is None else refit_all
+    max_evaluations = max_evaluations or (8 if quick else 20)
+    fit_time_budget_s = fit_time_budget_s or (50.0 if quick else 300.0)
+    target_requests = target_requests or (800 if quick else 1500)
+    if workers is None:
+        # A process pool pays for itself only with the real (slow) simulator and a second core.
+        workers = 2 if (sim_is_default and available_cores() >= 2) else 1
+
+    def say(stage: str, detail: str, done: int, total: int) -> None:
+        if progress:
+            progress(stage, detail, done, total)
+
+    def stage_cb(stage: str):
+        return lambda detail, done, total: say(stage, detail, done, total)
+
+    # 1. probes
+    profile = base or CostProfile.default()
+    if probes:
+        profile, _results = run_probes(profile, quick=quick, progress=stage_cb("probes"))
+    else:
+        profile = replace(profile, fingerprint=host_fingerprint())
+
+    # 2. real runs
+    points = list(grid) if grid is not None else build_grid(quick, models)
+    raise_nofile(max(p.scenario.workload.connections + p.scenario.workload.idle_connections for p in points) * 2 + 1024)
+    runs = run_grid(points, measure, progress=stage_cb("real runs"))
+    failed = [r.failure_record() for r in runs if not r.ok]
+    train = [r for r in runs if r.ok and r.point.role == "train"]
+    heldout = [r for r in runs if r.ok and r.point.role != "train"]
+    if not train:
+        raise RuntimeError(f"calibration: every training run failed ({len(failed)} failures; first: "
+                           f"{failed[0]['error'] if failed else 'none'})")
+
+    # 3. parameters the real runs measure directly, then the fit on the training points only
+    profile = apply_measured(profile, [r.result for r in runs if r.ok and r.point.role in ("train", "cores")])
+    with SimBatch(simulate, workers) as batch:
+        fitted = fit([r.result for r in train], profile, names=fit_names, target_requests=target_requests,
+                     max_evaluations=max_evaluations, time_budget_s=fit_time_budget_s,
+                     progress=stage_cb("fit"), batch=batch)
+
+        # 4. held-out validation with the training-only fit, against USL on the same training points
+        say("validation", f"simulating {len(heldout)} held-out points", 0, 1)
+        baseline = USLBaseline.fit([r.result for r in train])
+        rows = validate(heldout, fitted.profile, batch, baseline, target_requests=2 * target_requests)
+        summary = summarize(rows)
+        say("validation", "done", 1, 1)
+
+        # 5. the profile others use: refit on every 1- and 2-core grid point (never the interp or
+        #    connection points), starting from the training fit. The table above stays the honest
+        #    held-out one, made before the refit saw the 2-core points.
+        refit: FitResult | None = None
+        final = fitted.profile
+        if refit_all:
+            both = [r.result for r in runs if r.ok and r.point.role in ("train", "cores")]
+            if len(both) > len(train):
+                refit = fit(both, fitted.profile, names=fit_names, target_requests=target_requests,
+                            max_evaluations=max(4, max_evaluations // 2), time_budget_s=fit_time_budget_s / 2,
+                            progress=stage_cb("refit"), batch=batch, bounds_factor=4.0)
+                final = refit.profile
+
+    notes = dict(final.notes)
+    notes.update({
+        "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "mode": "quick" if quick else "full",
+        "grid": {"points": len(points), "ok": sum(r.ok for r in runs), "failed": len(failed),
+                 "roles": {role: sum(1 for p in points if p.role == role) for role in {p.role for p in points}}},
+        "fit": fitted.summary(),
+        "refit": refit.summary() if refit else None,
+        "fit_residuals": fitted.per_run,
+        "validation_summary": summary,
+        "usl_baseline": {"/".join(map(str, k)): {"lambda": f.lambda_, "sigma": f.sigma, "kappa": f.kappa}
+                         for k, f in baseline.fits.items()},
+    })
+    final = replace(final, calibrated=True, fingerprint=host_fingerprint(), validation=json_safe(rows),
+                    failed_runs=failed, notes=json_safe(notes))
+    path = csv_path = None
+    if write:
+        path = Path(out) if out is not None else default_profile_path()
+        final.save(path)
+        csv_path = path.with_suffix(".csv")
+        write_csv(rows, csv_path)
+    return CalibrationReport(final, path, csv_path, summary, runs, fitted, refit, rows,
+                             time.monotonic() - t_start)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The held-out summary as plain text lines (for the CLI and the README)."""
+    def pct(v: float) -> str:
+        return "  n/a" if v is None or not math.isfinite(v) else f"{100 * v:4.0f}%"
+
+    lines = ["model                 throughput  p50    p99    rss    threads   (median |rel err|, held out)"]
+    for m, e in summary["per_model"].items():
+        lines.append(f"{m:22s} {pct(e['throughput'])}     {pct(e['p50'])}  {pct(e['p99'])}  "
+                     f"{pct(e['rss'])}  {pct(e['threads'])}")
+    o = summary["overall"]
+    lines.append(f"{'all models':22s} {pct(o['throughput'])}     {pct(o['p50'])}  {pct(o['p99'])}  "
+                 f"{pct(o['rss'])}  {pct(o['threads'])}")
+    for metric, v in summary["extrapolation_vs_usl"].items():
+        lines.append(f"extrapolation {metric}: simulator {pct(v['sim_median_abs_err'])} vs USL "
+                     f"{pct(v['usl_median_abs_err'])} over {v['points']} points")
+    return "\n".join(lines)
+
+
+__all__ = ["CalibrationReport", "calibrate", "format_summary", "raise_nofile"]
