@@ -200,9 +200,13 @@ def _html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], flag_col:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def validation_table(profile: CostProfile, limit: int = 80) -> tuple[list[str], list[list[Any]]]:
+def validation_rows(profile: CostProfile) -> list[dict[str, Any]]:
+    return [r for r in profile.validation if isinstance(r, dict)]
+
+
+def validation_table(profile: CostProfile, limit: int | None = None) -> tuple[list[str], list[list[Any]]]:
     """The profile's held-out validation rows as a table (columns as calibration wrote them)."""
-    rows = [r for r in profile.validation if isinstance(r, dict)]
+    rows = validation_rows(profile)
     if not rows:
         return [], []
     headers: list[str] = []
@@ -211,9 +215,32 @@ def validation_table(profile: CostProfile, limit: int = 80) -> tuple[list[str], 
     return headers, [[r.get(h) for h in headers] for r in rows[:limit]]
 
 
+def validation_pivot(profile: CostProfile) -> tuple[list[str], list[list[Any]]]:
+    """Median |rel_err| per model (rows) and metric (columns), with the held-out point count, when
+    the rows are calibration's long format (model, metric, rel_err); else empty."""
+    rows = validation_rows(profile)
+    frame = pd.DataFrame(rows)
+    if frame.empty or not {"model", "metric", "rel_err"} <= set(frame.columns):
+        return [], []
+    frame = frame.assign(abs_err=pd.to_numeric(frame["rel_err"], errors="coerce").abs())
+    metrics = list(dict.fromkeys(frame["metric"]))
+    table = frame.pivot_table(index="model", columns="metric", values="abs_err", aggfunc="median")
+    counts = frame.dropna(subset=["abs_err"]).groupby("model")["abs_err"].size()
+    out = []
+    for model in table.index:
+        out.append([model] + [_pct(table.loc[model].get(m)) for m in metrics] + [int(counts.get(model, 0))])
+    overall = frame.groupby("metric")["abs_err"].median()
+    out.append(["all models"] + [_pct(overall.get(m)) for m in metrics] + [int(frame["abs_err"].notna().sum())])
+    return ["model"] + [f"{m} median abs err" for m in metrics] + ["rows"], out
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None or not isinstance(v, (int, float)) or not math.isfinite(v) else f"{100 * v:.0f}%"
+
+
 def validation_summary(profile: CostProfile) -> list[tuple[str, float, int]]:
     """Median |relative error| of each error-like numeric column ("*err*"), over all rows."""
-    rows = [r for r in profile.validation if isinstance(r, dict)]
+    rows = validation_rows(profile)
     if not rows:
         return []
     frame = pd.DataFrame(rows)
@@ -320,16 +347,20 @@ def write_report(inputs: ReportInputs, out_dir: str | Path) -> ReportFiles:
     vh, vrows = validation_table(profile)
     summary = validation_summary(profile)
     if vrows:
+        pd.DataFrame(validation_rows(profile)).to_csv(out / "calibration_validation.csv", index=False)
+        ph, prows = validation_pivot(profile)
         s_md = "\n".join(f"- median |{c}| = {v:.3g} over {k} rows" for c, v, k in summary)
-        more = f" (first {len(vrows)} of {len(profile.validation)} rows)" if len(profile.validation) > len(vrows) else ""
-        cal_md = f"Held-out points the fit never saw: measured vs predicted{more}.\n\n{s_md}\n\n" + _md_table(vh, vrows)
-        cal_html = (f"<p>Held-out points the fit never saw: measured vs predicted{html.escape(more)}.</p><ul>"
+        intro = (f"Held-out points the fit never saw ({len(vrows)} rows: measured vs predicted on this host). "
+                 "Full table: calibration_validation.csv.")
+        cal_md = f"{intro}\n\n{s_md}\n\n" + (_md_table(ph, prows) if prows else _md_table(vh, vrows[:60]))
+        cal_html = (f"<p>{html.escape(intro)}</p><ul>"
                     + "".join(f"<li>median |{html.escape(c)}| = {v:.3g} over {k} rows</li>" for c, v, k in summary)
-                    + "</ul>" + _html_table(vh, vrows))
+                    + "</ul>" + (_html_table(ph, prows) if prows else "")
+                    + f"<details><summary>every held-out row ({len(vrows)})</summary>{_html_table(vh, vrows)}</details>")
     else:
-        cal_md = cal_html = ("The profile carries no validation table: these predictions have NO measured error "
-                             "bar on this host.")
-        cal_html = f"<p class='warn'>{html.escape(cal_html)}</p>"
+        cal_md = ("The profile carries no validation table: these predictions have NO measured error "
+                  "bar on this host.")
+        cal_html = f"<p class='warn'>{html.escape(cal_md)}</p>"
     sections.append(("Calibration error (held-out validation)", cal_md, cal_html))
 
     src = frame["source"].value_counts().to_dict()

@@ -63,4 +63,7 @@ def test_calibrated_profile_shows_validation_table_and_range(frame, tmp_path):
     assert "UNCALIBRATED" not in md
     assert "median |rel_err| = 0.125 over 2 rows" in md
     assert "up to 2 cores and 10,000 connections" in md
-    assert "3150" in md
+    assert "| m3_reactor | 5% | - | 1 |" in md  # per model x metric median |error|
+    assert "| all models | 5% | 20% | 2 |" in md
+    assert "3150" in (tmp_path / "c" / "calibration_validation.csv").read_text()
+    assert "3150" in files.html.read_text()
