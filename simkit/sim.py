@@ -88,5 +88,80 @@ def simulate(
     return (result, stats) if detail else result
 
 
-def _run(scenario, profile, seed, loadgen_on_server_cores, service):
-    raise NotImplementedError("simkit.simulate: engine not built yet")
+def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_cores: bool, service: str):
+    import importlib
+    import random
+
+    import numpy as np
+    import simpy
+
+    from simkit.clients import Clients
+    from simkit.machine import Machine
+
+    wl = scenario.workload
+    w0 = wl.warmup_s
+    w1 = wl.warmup_s + wl.duration_s
+    env = simpy.Environment()
+    rng = random.Random(seed)
+    model = importlib.import_module(f"simkit.models.{scenario.model.name}").Model(env, scenario, profile, rng)
+    machine = Machine(env, profile, scenario.hardware, w0, w1, model.on_send)
+    clients = Clients(env, model, scenario, profile, rng, w0, w1, service,
+                      machine if loadgen_on_server_cores else None)
+    model.attach(machine, clients)
+    model.build()
+    model.place_idle(wl.idle_connections)
+    clients.start()
+    env.run(until=w1)
+    machine.finish()
+    in_flight = clients.finish(w1)
+
+    ledger = machine.ledger
+    duration = wl.duration_s
+    lat = np.asarray(clients.latencies, dtype=float)
+    if lat.size:
+        p50, p90, p99, p999 = np.percentile(lat, [50.0, 90.0, 99.0, 99.9])
+        mean = float(lat.mean())
+    else:
+        mean = p50 = p90 = p99 = p999 = float("nan")
+    core_busy = tuple(c.busy for c in machine.cores)
+    failure = ledger.failure
+    if not failure and model.syn_drops() > 0:
+        failure = "backlog"
+    result = Result(
+        scenario=scenario,
+        source="sim",
+        throughput_rps=clients.completed / duration,
+        latency_mean_s=mean,
+        latency_p50_s=float(p50),
+        latency_p90_s=float(p90),
+        latency_p99_s=float(p99),
+        latency_p999_s=float(p999),
+        completed=clients.completed,
+        errors_refused=clients.err_refused,
+        errors_timeout=clients.err_timeout,
+        errors_reset=clients.err_reset,
+        in_flight=in_flight,
+        cpu_util=min(sum(core_busy) / duration, float(scenario.hardware.cores)),
+        ctx_switches_per_s=machine.ctx_count / duration,
+        threads_peak=ledger.threads_peak,
+        processes_peak=ledger.procs_peak,
+        rss_peak_bytes=ledger.rss_peak,
+        fds_peak=ledger.fds_peak,
+        loadgen_cpu_util=machine.loadgen_busy / duration,
+        failure=failure,
+    )
+    stats = SimStats(
+        issued=clients.issued,
+        completed=clients.completed,
+        failed=clients.err_refused + clients.err_timeout + clients.err_reset,
+        in_flight=in_flight,
+        mean_in_system=clients.area / duration,
+        core_busy_s=core_busy,
+        window_s=duration,
+        loadgen_busy_s=machine.loadgen_busy,
+        gil_busy_s=tuple(p.gil_busy for p in machine.procs if p.gil_tracked),
+        ctx_switches=machine.ctx_count,
+        events=next(env._eid),
+        requests_simulated=clients.total,
+    )
+    return result, stats

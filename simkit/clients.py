@@ -1,0 +1,356 @@
+"""The clients (DESIGN §6): closed loop, open loop, short-lived and idle connections, timeouts.
+
+- Closed loop: `connections` slots, each with at most one request outstanding; after a response
+  the slot thinks for think_s (constant), then sends the next. Slots start one after another,
+  client_cpu_per_request_s apart (a load generator opens connections one at a time; a 100k-client
+  storm at one instant is not what any real load generator does).
+- Open loop: arrivals at rate_rps (Poisson or constant) are assigned to a free slot; when all
+  `connections` slots are busy, arrivals wait in the client's queue. Latency is timed from the
+  intended send time, so queueing in the client is counted (no coordinated omission). A slot opens
+  its connection on its first request and keeps it.
+- Short-lived connections (requests_per_conn = k): the k-th request on a connection carries
+  `Connection: close`; the server closes after answering and the slot reconnects for its next one
+  (accept, fd, memory and, for m2, a thread spawn again).
+- Idle connections hold fds and memory only; the model places them (models/base.py).
+- A connection is opened by a SYN that carries the first request (loopback clients send at once).
+  A dropped SYN is retried by TCP at 1 s, then 3 s, 7 s... cumulative (kernel.SYN_RETRY_DELAYS_S).
+- Timeout: a request unanswered timeout_s after its issue time fails (errors_timeout); the client
+  closes that connection (the server sees EOF) and the slot continues on a new one. Deadlines are
+  kept in one FIFO (timeout_s is constant, so issue order is deadline order) and swept by a single
+  timer, not one timer per request.
+- Refused (SYN retries exhausted) -> errors_refused; a server that closes a connection it could
+  not serve (m2 past threads_max) -> errors_reset. After either, the slot waits 1 s before
+  reconnecting (as a load generator backs off), which bounds the error storm.
+- With loadgen_on_server_cores the load generator is one thread on the server's cores (the real
+  one is a single uvloop process) spending client_cpu_per_request_s per request sent.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from simpy.events import Timeout
+
+from simkit.kernel import SYN_RETRY_DELAYS_S, Conn
+from simkit.machine import CALL, CPU, Proc
+
+PENDING, DONE, FAILED = 0, 1, 2
+RECONNECT_BACKOFF_S = 1.0
+
+
+class Request:
+    __slots__ = ("t", "state", "close", "cpu", "gil", "io", "slot", "conn")
+
+    def __init__(self, t: float, slot) -> None:
+        self.t = t
+        self.state = PENDING
+        self.close = False
+        self.slot = slot
+        self.conn = None
+
+
+class Slot:
+    """One client connection's place in the load generator (survives reconnects)."""
+
+    __slots__ = ("idx", "conn", "cur")
+
+    def __init__(self, idx: int) -> None:
+        self.idx = idx
+        self.conn = None
+        self.cur = None
+
+
+class Clients:
+    def __init__(self, env, model, scenario, profile, rng, w0: float, w1: float, service: str,
+                 loadgen_machine=None) -> None:
+        wl = scenario.workload
+        self.env = env
+        self.model = model
+        self.wl = wl
+        self.rng = rng
+        self.w0, self.w1 = w0, w1
+        self.half_rtt = profile["loopback_rtt_s"] / 2.0
+        self.timeout_s = wl.timeout_s
+        self.think_s = wl.think_s
+        self.rpc = wl.requests_per_conn
+        self.exp = service == "exponential"
+        self.cpu_s = wl.cpu_us * 1e-6 * profile["cpu_work_scale"]
+        self.gil_s = wl.gil_us * 1e-6 * profile["gil_work_scale"]
+        self.io_s = wl.io_us * 1e-6
+        self.open = wl.mode == "open"
+        self.client_cpu = profile["client_cpu_per_request_s"]
+        # counters over the cohort (requests issued in [w0, w1))
+        self.issued = 0
+        self.completed = 0
+        self.err_refused = self.err_timeout = self.err_reset = 0
+        self.latencies: list[float] = []
+        self.area = 0.0  # integral of the number in system over the window
+        self.total = 0  # every request of the run
+        self.deadlines: deque = deque()
+        self.sweep_armed = False
+        self.slots = [Slot(i) for i in range(wl.connections)]
+        self.free_slots: list[Slot] = []
+        self.queue: deque = deque()  # open loop: arrivals waiting for a free slot
+        # load generator on the server's cores
+        self.lg = None
+        if loadgen_machine is not None:
+            m = loadgen_machine
+            proc = Proc(-1, False, 1 << 30)  # not the server's: outside the ledger
+            self.lg_jobs: deque = deque()
+            self.lg = m.new_thread(proc, self._lg_program, start=False, loadgen=True)
+            self.lg_machine = m
+
+    # -- start ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        gap = self.client_cpu
+        if self.open:
+            self.free_slots = list(reversed(self.slots))
+            self._at(0.0, self._arrival, None)
+        else:
+            for i, slot in enumerate(self.slots):
+                self._at(i * gap, self._start_slot, slot)
+
+    def _at(self, delay: float, fn, value) -> None:
+        ev = Timeout(self.env, delay, value)
+        ev.callbacks.append(fn)
+
+    def _start_slot(self, ev) -> None:
+        self._issue(ev._value)
+
+    # -- issuing -------------------------------------------------------------------------------
+    def _new_request(self, t: float, slot) -> Request:
+        req = Request(t, slot)
+        if self.exp:
+            rnd = self.rng.expovariate
+            req.cpu = rnd(1.0 / self.cpu_s) if self.cpu_s > 0 else 0.0
+            req.gil = rnd(1.0 / self.gil_s) if self.gil_s > 0 else 0.0
+            req.io = rnd(1.0 / self.io_s) if self.io_s > 0 else 0.0
+        else:
+            req.cpu, req.gil, req.io = self.cpu_s, self.gil_s, self.io_s
+        self.total += 1
+        if self.w0 <= t < self.w1:
+            self.issued += 1
+        self.deadlines.append(req)
+        if not self.sweep_armed:
+            self._arm_sweep()
+        return req
+
+    def _issue(self, slot: Slot) -> None:
+        """Closed loop: the slot sends its next request now."""
+        req = self._new_request(self.env.now, slot)
+        self._send(slot, req)
+
+    def _arrival(self, ev) -> None:
+        now = self.env.now
+        if now >= self.w1:
+            return
+        rate = self.wl.rate_rps
+        gap = self.rng.expovariate(rate) if self.wl.arrival == "poisson" else 1.0 / rate
+        self._at(gap, self._arrival, None)
+        req = self._new_request(now, None)
+        if self.free_slots:
+            slot = self.free_slots.pop()
+            req.slot = slot
+            self._send(slot, req)
+        else:
+            self.queue.append(req)
+
+    def _send(self, slot: Slot, req: Request) -> None:
+        slot.cur = req
+        if self.lg is not None:
+            self.lg_jobs.append(req)
+            self.lg_machine.wake(self.lg)
+            return
+        self._transmit(req)
+
+    def _transmit(self, req: Request) -> None:
+        slot = req.slot
+        if req.state != PENDING or slot.cur is not req:
+            return
+        conn = slot.conn
+        if conn is None or conn.eof or conn.closed:
+            conn = Conn(slot)
+            slot.conn = conn
+            conn.nreq = 1
+            req.conn = conn
+            if self.rpc is not None and self.rpc <= 1:
+                req.close = True
+            self._at(self.half_rtt, self._syn_arrives, req)
+            return
+        conn.nreq += 1
+        req.conn = conn
+        if self.rpc is not None and conn.nreq >= self.rpc:
+            req.close = True
+        self._at(self.half_rtt, self._data_arrives, req)
+
+    def _lg_program(self, th) -> bool:
+        jobs = self.lg_jobs
+        if not jobs:
+            return False
+        steps = th.steps
+        while jobs:
+            req = jobs.popleft()
+            steps.append((CPU, self.client_cpu, None))
+            steps.append((CALL, self._lg_sent, req))
+        return True
+
+    def _lg_sent(self, th, req) -> None:
+        self._transmit(req)
+
+    # -- network events --------------------------------------------------------------------------
+    def _syn_arrives(self, ev) -> None:
+        req = ev._value
+        conn = req.conn
+        if req.state != PENDING or conn.eof:
+            return  # the client gave up meanwhile
+        conn.req = req
+        if self.model.syn(conn):
+            return
+        conn.req = None
+        tries = conn.syn_tries
+        if tries >= len(SYN_RETRY_DELAYS_S):
+            self._fail(req, "refused")
+            return
+        conn.syn_tries = tries + 1
+        self._at(SYN_RETRY_DELAYS_S[tries], self._syn_arrives, req)
+
+    def _data_arrives(self, ev) -> None:
+        req = ev._value
+        conn = req.conn
+        if conn.closed:
+            # the server closed this connection meanwhile (keep-alive timeout): the client sees a reset
+            self._fail(req, "reset")
+            return
+        conn.req = req
+        self.model.on_data(conn)
+
+    # -- outcomes ---------------------------------------------------------------------------------
+    def respond(self, conn: Conn, req: Request, t: float) -> None:
+        """The server sent `req`'s response at time t (>= now): it reaches the client half an RTT later."""
+        self._at(t - self.env.now + self.half_rtt, self._receipt, req)
+
+    def _receipt(self, ev) -> None:
+        req = ev._value
+        if req.state != PENDING:
+            return  # timed out earlier; the client had moved on
+        now = self.env.now
+        req.state = DONE
+        t0 = req.t
+        if self.w0 <= t0 < self.w1:
+            self.completed += 1
+            self.latencies.append(now - t0)
+        self.area += _overlap(t0, now, self.w0, self.w1)
+        slot = req.slot
+        if req.close and slot.conn is req.conn:
+            slot.conn = None
+        self._next(slot, 0.0)
+
+    def reset(self, conn: Conn) -> None:
+        """The server closed `conn` without answering its request (e.g. could not start a thread)."""
+        req = conn.req
+        conn.closed = True
+        if req is not None and req.state == PENDING:
+            self._at(self.half_rtt, self._reset_seen, req)
+
+    def _reset_seen(self, ev) -> None:
+        req = ev._value
+        if req.state == PENDING:
+            self._fail(req, "reset")
+
+    def _fail(self, req: Request, kind: str) -> None:
+        now = self.env.now
+        req.state = FAILED
+        if self.w0 <= req.t < self.w1:
+            if kind == "timeout":
+                self.err_timeout += 1
+            elif kind == "refused":
+                self.err_refused += 1
+            else:
+                self.err_reset += 1
+        self.area += _overlap(req.t, now, self.w0, self.w1)
+        slot = req.slot
+        if slot is None:
+            return  # open loop: still waiting in the client's queue
+        if slot.cur is not req:
+            return
+        conn = slot.conn
+        if conn is not None:
+            slot.conn = None
+            if not conn.eof and not conn.closed:
+                conn.eof = True  # the client closes it; the server sees EOF half an RTT later
+                if conn.accepted:
+                    self._at(self.half_rtt, self._eof_arrives, conn)
+        self._next(slot, 0.0 if kind == "timeout" else RECONNECT_BACKOFF_S)
+
+    def _eof_arrives(self, ev) -> None:
+        conn = ev._value
+        if not conn.closed:
+            self.model.on_data(conn)
+
+    def _next(self, slot: Slot, backoff: float) -> None:
+        slot.cur = None
+        if self.open:
+            if backoff > 0:
+                self._at(backoff, self._slot_free, slot)
+            else:
+                self._free(slot)
+            return
+        delay = self.think_s + backoff
+        if delay > 0:
+            self._at(delay, self._start_slot, slot)
+        else:
+            self._issue(slot)
+
+    def _slot_free(self, ev) -> None:
+        self._free(ev._value)
+
+    def _free(self, slot: Slot) -> None:
+        q = self.queue
+        while q:
+            req = q.popleft()
+            if req.state == PENDING:
+                req.slot = slot
+                self._send(slot, req)
+                return
+        self.free_slots.append(slot)
+
+    # -- timeouts ---------------------------------------------------------------------------------
+    def _arm_sweep(self) -> None:
+        dq = self.deadlines
+        while dq and dq[0].state != PENDING:
+            dq.popleft()
+        if dq:
+            self.sweep_armed = True
+            self._at(max(0.0, dq[0].t + self.timeout_s - self.env.now), self._sweep, None)
+
+    def _sweep(self, ev) -> None:
+        self.sweep_armed = False
+        dq = self.deadlines
+        limit = self.env.now - self.timeout_s + 1e-12
+        while dq:
+            req = dq[0]
+            if req.state != PENDING:
+                dq.popleft()
+            elif req.t <= limit:
+                dq.popleft()
+                self._fail(req, "timeout")
+            else:
+                break
+        self._arm_sweep()
+
+    # -- end of run -------------------------------------------------------------------------------
+    def finish(self, t_end: float) -> int:
+        """Close the books at t_end: add in-flight requests' time in system; return the cohort in flight."""
+        in_flight = 0
+        for req in self.deadlines:
+            if req.state == PENDING:
+                self.area += _overlap(req.t, t_end, self.w0, self.w1)
+                if self.w0 <= req.t < self.w1:
+                    in_flight += 1
+        return in_flight
+
+
+def _overlap(a: float, b: float, w0: float, w1: float) -> float:
+    lo = max(a, w0)
+    hi = min(b, w1)
+    return hi - lo if hi > lo else 0.0

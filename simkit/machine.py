@@ -1,0 +1,461 @@
+"""The machine: cores with a run queue, context-switch and wake-up costs, time slicing, a GIL per
+process, and a memory ledger (DESIGN §6).
+
+Speed is a design constraint (a 100k-connection, 64-core scenario must run in seconds), so this is
+not one SimPy process per thread. It is a callback engine on a plain simpy.Environment:
+
+- A Thread owns a deque of STEPS, tuples (kind, a, b):
+    (CPU, seconds, _)     on-core work with the GIL released (syscalls, cpu_us work)
+    (GIL, seconds, _)     on-core work holding the GIL (parsing, gil_us work)
+    (SLEEP, seconds, _)   off-core wait (time.sleep for io_us)
+    (CALL, fn, arg)       fn(thread, arg) at the exact simulated time it is reached (hand-offs)
+    (SEND, conn, req)     the response leaves: a deferred action at its exact virtual time
+  and a `program(thread) -> bool` that the engine calls when the steps run out: it appends the next
+  steps (True) or arranges to be woken later and returns False (the thread blocks).
+- While a thread holds a core, consecutive CPU steps are merged into ONE burst, i.e. one SimPy
+  event, up to `time_slice_s`. SEND steps inside a burst are resolved at their virtual time inside
+  it (the burst cannot be preempted part-way, so the time is exact). Bursts end at SLEEP, CALL, a
+  GIL state change, the slice limit, or when the program must decide (epoll_wait, accept, ...).
+- The GIL is only tracked in processes where it can be contended (gil=True and more than one
+  thread may run Python code): there a GIL burst and a released burst are separate, a thread
+  waiting for the GIL is off-core, a waiter forces the holder to drop the GIL after
+  gil_switch_interval_s (the holder's burst is interrupted, the rest re-queued), and each hand-off
+  costs the receiver gil_handoff_s. Single-thread processes (m1, m3, m6 workers) never contend,
+  so their bursts merge across GIL states (the GIL costs nothing there, as in CPython).
+- Scheduling: a runnable thread takes a free core (its last core if free: no cache/IPI cost),
+  else waits FIFO in the run queue. A core that switches to a different thread charges
+  ctx_switch_s; a woken thread placed on a core other than its last charges wakeup_s. At each
+  burst end, a thread that has run for >= time_slice_s while others wait goes to the queue's tail.
+- Context switches counted (ctx_switches_per_s) are threads leaving a core, voluntary or not,
+  as /proc's voluntary + nonvoluntary counters count them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from simpy.events import Timeout
+
+CPU, GIL, SLEEP, CALL, SEND = range(5)
+
+
+def overlap(a: float, b: float, w0: float, w1: float) -> float:
+    lo = a if a > w0 else w0
+    hi = b if b < w1 else w1
+    return hi - lo if hi > lo else 0.0
+
+
+class Core:
+    __slots__ = ("id", "thread", "last", "since", "busy")
+
+    def __init__(self, cid: int) -> None:
+        self.id = cid
+        self.thread = None
+        self.last = None
+        self.since = 0.0
+        self.busy = 0.0
+
+
+class Proc:
+    """A process: its GIL, its fds (RLIMIT_NOFILE applies per process) and its threads."""
+
+    __slots__ = ("pid", "gil_tracked", "gil_holder", "gil_waiters", "gil_timer", "gil_since", "gil_busy",
+                 "gil_switches", "fds", "fd_limit", "fd_waiters", "threads")
+
+    def __init__(self, pid: int, gil_tracked: bool, fd_limit: int) -> None:
+        self.pid = pid
+        self.gil_tracked = gil_tracked
+        self.gil_holder = None
+        self.gil_waiters: deque = deque()
+        self.gil_timer = False
+        self.gil_since = 0.0
+        self.gil_busy = 0.0
+        self.gil_switches = 0
+        self.fds = 0
+        self.fd_limit = fd_limit
+        self.fd_waiters: list = []
+        self.threads = 0
+
+
+class Thread:
+    __slots__ = ("proc", "steps", "program", "core", "last_core", "has_gil", "gen", "run_start", "burst_end",
+                 "burst_gil", "blocked", "pending", "loadgen", "drop_req", "obj", "alive")
+
+    def __init__(self, proc: Proc, program, obj=None, loadgen: bool = False) -> None:
+        self.proc = proc
+        self.steps: deque = deque()
+        self.program = program
+        self.core = None
+        self.last_core = None
+        self.has_gil = False
+        self.gen = 0
+        self.run_start = 0.0
+        self.burst_end = -1.0
+        self.burst_gil = False
+        self.blocked = True
+        self.pending = 0.0  # overhead (switch, wake-up, hand-off) charged to the next burst
+        self.loadgen = loadgen
+        self.drop_req = False
+        self.obj = obj  # the model object this thread runs (reactor, connection, ...)
+        self.alive = True
+
+
+class Ledger:
+    """Memory, thread, process and fd accounting; the first limit crossed is the run's failure."""
+
+    __slots__ = ("p_proc", "p_thread", "p_conn", "threads_max", "memory_bytes", "threads", "procs", "conns",
+                 "fds", "rss", "rss_peak", "threads_peak", "procs_peak", "fds_peak", "failure")
+
+    def __init__(self, profile, hardware) -> None:
+        self.p_proc = int(profile["rss_process_bytes"])
+        self.p_thread = int(profile["rss_thread_bytes"])
+        self.p_conn = int(profile["rss_conn_bytes"] + profile["kernel_bytes_per_socket"])
+        self.threads_max = hardware.threads_max
+        self.memory_bytes = hardware.memory_bytes
+        self.threads = self.procs = self.conns = self.fds = 0
+        self.rss = self.rss_peak = self.threads_peak = self.procs_peak = self.fds_peak = 0
+        self.failure = ""
+
+    def fail(self, why: str) -> None:
+        if not self.failure:
+            self.failure = why
+
+    def _mem(self, delta: int) -> bool:
+        if delta > 0 and self.rss + delta > self.memory_bytes:
+            self.fail("memory")  # ENOMEM / the OOM killer's territory: refuse the allocation
+            return False
+        self.rss += delta
+        if self.rss > self.rss_peak:
+            self.rss_peak = self.rss
+        return True
+
+    def add_threads(self, n: int = 1) -> bool:
+        if self.threads + n > self.threads_max:
+            self.fail("threads_max")
+            return False
+        if not self._mem(n * self.p_thread):
+            return False
+        self.threads += n
+        if self.threads > self.threads_peak:
+            self.threads_peak = self.threads
+        return True
+
+    def del_threads(self, n: int = 1) -> None:
+        self.threads -= n
+        self.rss -= n * self.p_thread
+
+    def add_proc(self, base_fds: int) -> bool:
+        if not self._mem(self.p_proc):
+            return False
+        self.procs += 1
+        self.procs_peak = max(self.procs_peak, self.procs)
+        self.add_fds(base_fds)
+        return True
+
+    def add_fds(self, n: int) -> None:
+        self.fds += n
+        if self.fds > self.fds_peak:
+            self.fds_peak = self.fds
+
+    def add_conns(self, n: int = 1) -> bool:
+        if not self._mem(n * self.p_conn):
+            return False
+        self.conns += n
+        self.add_fds(n)
+        return True
+
+    def del_conns(self, n: int = 1) -> None:
+        self.conns -= n
+        self.fds -= n
+        self.rss -= n * self.p_conn
+
+
+class Machine:
+    """Cores, run queue, GILs and the ledger; drives Threads through their steps."""
+
+    def __init__(self, env, profile, hardware, w0: float, w1: float, send_cb) -> None:
+        self.env = env
+        self.ctx_s = profile["ctx_switch_s"]
+        self.wake_s = profile["wakeup_s"]
+        self.slice_s = profile["time_slice_s"] or math.inf
+        self.gil_interval = profile["gil_switch_interval_s"] or math.inf
+        self.gil_handoff = profile["gil_handoff_s"]
+        self.cores = [Core(i) for i in range(hardware.cores)]
+        self.free: set[int] = set(range(hardware.cores))
+        self.runq: deque = deque()
+        self.w0, self.w1 = w0, w1
+        self.ctx_count = 0
+        self.loadgen_busy = 0.0
+        self.ledger = Ledger(profile, hardware)
+        self.procs: list[Proc] = []
+        self.fd_limit = hardware.fd_limit
+        self.send_cb = send_cb  # send_cb(conn, req, t): a response left the server at time t
+
+    # -- processes and threads ---------------------------------------------------------------
+    def new_proc(self, gil_tracked: bool, base_fds: int = 6) -> Proc | None:
+        """base_fds: stdin/out/err, the listen socket, epoll and wake-up fds of a server process."""
+        if not self.ledger.add_proc(base_fds):
+            return None
+        proc = Proc(len(self.procs), gil_tracked, self.fd_limit)
+        proc.fds = base_fds
+        self.procs.append(proc)
+        return proc
+
+    def new_thread(self, proc: Proc, program, obj=None, start: bool = True, loadgen: bool = False):
+        """A new thread (ledger-checked: None when threads_max or memory refuses it)."""
+        if not loadgen and not self.ledger.add_threads(1):
+            return None
+        th = Thread(proc, program, obj, loadgen)
+        proc.threads += 1
+        if start:
+            self.wake(th)
+        return th
+
+    def exit_thread(self, th: Thread) -> None:
+        """Called from a thread's own program (it then returns False and never runs again)."""
+        th.alive = False
+        th.proc.threads -= 1
+        if not th.loadgen:
+            self.ledger.del_threads(1)
+
+    def wake(self, th: Thread) -> None:
+        if th.blocked and th.alive:
+            th.blocked = False
+            self._runnable(th, True)
+
+    # -- scheduling ------------------------------------------------------------------------------
+    def _runnable(self, th: Thread, woken: bool) -> None:
+        free = self.free
+        if free:
+            last = th.last_core
+            if last is not None and last.id in free:
+                free.discard(last.id)
+                core = last
+            else:
+                core = self.cores[min(free)] if len(free) < 8 else self.cores[free.pop()]
+                free.discard(core.id)
+                if woken and last is not None:
+                    th.pending += self.wake_s
+            self._assign(core, th)
+        else:
+            self.runq.append(th)
+
+    def _assign(self, core: Core, th: Thread) -> None:
+        now = self.env.now
+        core.thread = th
+        core.since = now
+        if core.last is not th:
+            th.pending += self.ctx_s
+            core.last = th
+        th.core = core
+        th.last_core = core
+        th.run_start = now
+        self._advance(th)
+
+    def _release(self, th: Thread) -> None:
+        core = th.core
+        th.core = None
+        now = self.env.now
+        busy = overlap(core.since, now, self.w0, self.w1)
+        if th.loadgen:
+            self.loadgen_busy += busy
+        else:
+            core.busy += busy
+        if self.w0 <= now < self.w1:
+            self.ctx_count += 1
+        core.thread = None
+        if self.runq:
+            self._assign(core, self.runq.popleft())
+        else:
+            self.free.add(core.id)
+
+    def _block(self, th: Thread) -> None:
+        if th.has_gil:
+            self._gil_release(th)
+        th.blocked = True
+        self._release(th)
+
+    # -- the executor ------------------------------------------------------------------------------
+    def _advance(self, th: Thread) -> None:
+        """Run `th` (on a core, at env.now) through its steps until it blocks or a burst is scheduled."""
+        steps = th.steps
+        t = th.pending
+        th.pending = 0.0
+        proc = th.proc
+        tracked = proc.gil_tracked
+        slice_s = self.slice_s
+        now = self.env.now
+        bg = None  # tracked processes: is this burst GIL-held (True) or released (False)?
+        while True:
+            if not steps:
+                if t > 0.0:
+                    break
+                if not th.program(th):
+                    if th.core is not None:
+                        self._block(th)
+                    return
+                continue
+            kind, a, b = steps[0]
+            if kind == CPU or (kind == GIL and not tracked):
+                if tracked:
+                    if bg is True:
+                        break
+                    if th.has_gil:
+                        if t > 0.0:
+                            break
+                        self._gil_release(th)
+                    bg = False
+                room = slice_s - t
+                if a > room:
+                    if t > 0.0:
+                        break
+                    steps[0] = (kind, a - room, b)  # a long burst is sliced
+                    t = slice_s
+                    break
+                steps.popleft()
+                t += a
+                if t >= slice_s:
+                    break
+            elif kind == GIL:
+                if bg is False:
+                    break
+                if not th.has_gil:
+                    if t > 0.0:
+                        break
+                    if proc.gil_holder is None:
+                        self._gil_take(proc, th)
+                    else:
+                        self._gil_wait(th)
+                        return
+                if th.drop_req:
+                    th.drop_req = False
+                    if proc.gil_waiters and t == 0.0:
+                        self._gil_release(th)
+                        self._gil_wait(th)
+                        return
+                bg = True
+                room = slice_s - t
+                if a > room:
+                    if t > 0.0:
+                        break
+                    steps[0] = (kind, a - room, b)
+                    t = slice_s
+                    break
+                steps.popleft()
+                t += a
+                if t >= slice_s:
+                    break
+            elif kind == SEND:
+                steps.popleft()
+                self.send_cb(a, b, now + t)
+            elif kind == SLEEP:
+                if t > 0.0:
+                    break
+                steps.popleft()
+                if th.has_gil:
+                    self._gil_release(th)
+                th.blocked = True
+                self._release(th)
+                ev = Timeout(self.env, a, th)
+                ev.callbacks.append(self._wake_ev)
+                return
+            else:  # CALL
+                if t > 0.0:
+                    break
+                steps.popleft()
+                a(th, b)
+                if th.core is None:  # the call blocked or ended the thread
+                    return
+        th.gen += 1
+        th.burst_end = now + t
+        th.burst_gil = bg is True
+        ev = Timeout(self.env, t, (th, th.gen))
+        ev.callbacks.append(self._burst_done)
+
+    def _wake_ev(self, ev) -> None:
+        self.wake(ev._value)
+
+    def _burst_done(self, ev) -> None:
+        th, gen = ev._value
+        if gen != th.gen:
+            return  # interrupted (GIL drop): superseded
+        th.burst_gil = False
+        if self.runq and self.env.now - th.run_start >= self.slice_s:
+            # time slice used up while others wait: to the run queue's tail
+            self.runq.append(th)
+            self._release(th)
+            return
+        self._advance(th)
+
+    # -- the GIL -----------------------------------------------------------------------------------
+    def _gil_take(self, proc: Proc, th: Thread) -> None:
+        proc.gil_holder = th
+        proc.gil_since = self.env.now
+        th.has_gil = True
+
+    def _gil_release(self, th: Thread) -> None:
+        proc = th.proc
+        th.has_gil = False
+        now = self.env.now
+        proc.gil_busy += overlap(proc.gil_since, now, self.w0, self.w1)
+        if proc.gil_waiters:
+            nxt = proc.gil_waiters.popleft()
+            proc.gil_switches += 1
+            self._gil_take(proc, nxt)
+            nxt.pending += self.gil_handoff
+            self.wake(nxt)
+        else:
+            proc.gil_holder = None
+
+    def _gil_wait(self, th: Thread) -> None:
+        proc = th.proc
+        proc.gil_waiters.append(th)
+        th.blocked = True
+        self._release(th)
+        if not proc.gil_timer:
+            self._gil_arm(proc)
+
+    def _gil_arm(self, proc: Proc) -> None:
+        proc.gil_timer = True
+        ev = Timeout(self.env, self.gil_interval, (proc, proc.gil_switches))
+        ev.callbacks.append(self._gil_timeout)
+
+    def _gil_timeout(self, ev) -> None:
+        """A waiter waited a switch interval: if no hand-off happened meanwhile, force a drop."""
+        proc, switches = ev._value
+        proc.gil_timer = False
+        if not proc.gil_waiters:
+            return
+        holder = proc.gil_holder
+        if switches != proc.gil_switches or holder is None:
+            self._gil_arm(proc)
+            return
+        now = self.env.now
+        if holder.core is not None and holder.burst_gil and holder.burst_end > now:
+            # interrupt the holder's GIL burst; it re-queues for the GIL behind the waiters
+            holder.gen += 1
+            holder.burst_gil = False
+            holder.steps.appendleft((GIL, holder.burst_end - now, None))
+            self._gil_release(holder)
+            self._gil_wait(holder)
+        else:
+            holder.drop_req = True  # it drops at its next GIL step (e.g. when it gets a core)
+            self._gil_arm(proc)
+
+    # -- end of run ------------------------------------------------------------------------------
+    def finish(self) -> None:
+        now = self.env.now
+        for core in self.cores:
+            th = core.thread
+            if th is not None:
+                busy = overlap(core.since, now, self.w0, self.w1)
+                if th.loadgen:
+                    self.loadgen_busy += busy
+                else:
+                    core.busy += busy
+                core.since = now
+        for proc in self.procs:
+            if proc.gil_holder is not None:
+                proc.gil_busy += overlap(proc.gil_since, now, self.w0, self.w1)
+                proc.gil_since = now

@@ -1,0 +1,309 @@
+"""What the seven models share: connection bookkeeping, the steps of serving one request, an epoll
+reactor loop, a blocking acceptor thread, and idle-connection placement.
+
+A request served inline costs, in order (DESIGN §4, §6):
+    recv        recv_base_s + recv_per_byte_s x request_bytes            GIL released (syscall)
+    parse       parse_s + gil_us work                                     GIL held
+    cpu work    cpu_us x cpu_work_scale                                   GIL released
+    io          time.sleep(io_us) + io_overshoot_s                        off-core, GIL released
+    send        send_base_s + send_per_byte_s x (resp_bytes + headers)   GIL released
+(+ epoll_ctl_s to unregister when the server closes the connection.)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from simkit.kernel import Listener, epoll_cost, fd_close, fd_open
+from simkit.machine import CALL, CPU, GIL, SEND, SLEEP
+
+RESP_HEADER_BYTES = 80  # status line + Content-Length + Connection headers of our servers
+
+
+class ModelBase:
+    """One architecture. Subclasses set up processes/threads in build() and define readable()."""
+
+    name = ""
+
+    def __init__(self, env, scenario, profile, rng) -> None:
+        self.env = env
+        self.scenario = scenario
+        self.spec = scenario.model
+        self.hw = scenario.hardware
+        self.wl = scenario.workload
+        self.p = profile.values()
+        self.rng = rng
+        self.machine = None
+        self.clients = None
+        p = self.p
+        self.recv_s = p["recv_base_s"] + p["recv_per_byte_s"] * self.wl.request_bytes
+        self.send_s = p["send_base_s"] + p["send_per_byte_s"] * (self.wl.resp_bytes + RESP_HEADER_BYTES)
+        self.parse_s = p["parse_s"]
+        self.close_s = p["epoll_ctl_s"]
+        self.eof_s = p["recv_base_s"] + p["epoll_ctl_s"]
+        self.accept_s = p["accept_s"]
+        self.io_extra = p["io_overshoot_s"]
+        self.listeners: list[Listener] = []
+
+    # -- wiring (sim.py) -------------------------------------------------------------------------
+    def attach(self, machine, clients) -> None:
+        self.machine = machine
+        self.clients = clients
+
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def new_listener(self) -> Listener:
+        lst = Listener(self.spec.backlog, self.hw.somaxconn)
+        self.listeners.append(lst)
+        return lst
+
+    def pick_listener(self, conn) -> Listener:
+        return self.listeners[0]
+
+    def syn_drops(self) -> int:
+        return sum(lst.drops for lst in self.listeners)
+
+    # -- kernel -> model -------------------------------------------------------------------------
+    def syn(self, conn) -> bool:
+        return self.pick_listener(conn).syn(conn)
+
+    def on_data(self, conn) -> None:
+        """A request (conn.req) or the client's close (conn.eof) reached an accepted socket."""
+        if conn.accepted and not conn.busy and not conn.closed:
+            conn.busy = True
+            self.readable(conn)
+
+    def readable(self, conn) -> None:
+        """Default: the connection's owner is a Reactor; it becomes a ready event of that loop."""
+        owner = conn.owner
+        owner.ready.append(conn)
+        owner.notify()
+
+    def handle_ready(self, reactor, conn, steps) -> None:
+        """Default: serve the request inline in the loop thread (m3, m5, m6)."""
+        self.serve_steps(steps, conn)
+
+    def on_send(self, conn, req, t: float) -> None:
+        """A SEND step: the response leaves at time t (resolved inside a burst, t >= now)."""
+        conn.busy = False
+        self.clients.respond(conn, req, t)
+        if req.close:
+            self.close_conn(conn)
+        elif conn.eof or conn.req is not None:
+            conn.busy = True
+            self.readable(conn)
+
+    # -- connections -------------------------------------------------------------------------------
+    def accept_conn(self, conn, proc, owner) -> bool:
+        """Give an accepted connection an fd in `proc`; False on EMFILE (the caller re-queues it)."""
+        if not fd_open(proc, self.machine.ledger):
+            return False
+        conn.accepted = True
+        conn.proc = proc
+        conn.owner = owner
+        return True
+
+    def close_conn(self, conn) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        if conn.accepted:
+            fd_close(conn.proc, self.machine.ledger)
+
+    def serve_steps(self, steps, conn) -> None:
+        """Append the steps that serve conn's pending request inline (conn.busy is already set)."""
+        req = conn.req
+        conn.req = None
+        steps.append((CPU, self.recv_s, None))
+        steps.append((GIL, self.parse_s + req.gil, None))
+        if req.cpu > 0.0:
+            steps.append((CPU, req.cpu, None))
+        if req.io > 0.0:
+            steps.append((SLEEP, req.io + self.io_extra, None))
+        steps.append((CPU, self.send_s + self.close_s if req.close else self.send_s, None))
+        steps.append((SEND, conn, req))
+
+    # -- idle connections -----------------------------------------------------------------------
+    def idle_procs(self) -> list:
+        """The processes that would own idle connections (round robin)."""
+        return [self.machine.procs[0]]
+
+    def place_idle(self, n: int) -> int:
+        """Idle connections, established before the run: fds and memory only (no events).
+
+        Past a process's fd limit they stay queued (the server cannot accept them): failure fd_limit.
+        Returns how many were placed."""
+        if n <= 0:
+            return 0
+        procs = self.idle_procs()
+        ledger = self.machine.ledger
+        placed = 0
+        share, extra = divmod(n, len(procs))
+        for i, proc in enumerate(procs):
+            want = share + (1 if i < extra else 0)
+            room = max(0, proc.fd_limit - proc.fds - 1)  # keep one fd: the servers reserve one for EMFILE
+            k = min(want, room)
+            k = self.idle_extra(proc, k)
+            if k < want:
+                ledger.fail("fd_limit" if room < want else ledger.failure or "memory")
+            if k > 0 and ledger.add_conns(k):
+                proc.fds += k
+                placed += k
+        return placed
+
+    def idle_extra(self, proc, k: int) -> int:
+        """Hook: extra resources per idle connection (m2: a thread each). Returns how many fit."""
+        return k
+
+
+class Reactor:
+    """One thread running a level-triggered epoll loop.
+
+    Each iteration: epoll_wait (base + per ready event), then accept everything pending on the
+    watched listen socket(s), register fds handed over through `inbox`, send finished results from
+    `completions` (m4), and handle every ready connection with model.handle_ready(). The batch is
+    fixed when epoll_wait returns; work arriving meanwhile waits for the next iteration."""
+
+    __slots__ = ("model", "thread", "proc", "ready", "idle", "listener", "accept_blocked", "inbox",
+                 "completions", "conns", "inbox_cost")
+
+    def __init__(self, model: ModelBase, proc, listener=None) -> None:
+        self.model = model
+        self.proc = proc
+        self.ready: deque = deque()
+        self.idle = False
+        self.listener = listener
+        self.accept_blocked = False
+        self.inbox: deque = deque()
+        self.completions: deque = deque()
+        self.conns = 0
+        # registering a handed-over fd: queue get + epoll_ctl(ADD); m6 fdpass sets recvmsg instead
+        self.inbox_cost = model.p["queue_handoff_s"] + model.close_s
+        if listener is not None:
+            listener.watchers.append(self)
+        self.thread = model.machine.new_thread(proc, self.program, self)
+
+    def notify(self) -> None:
+        if self.idle:
+            self.idle = False
+            self.model.machine.wake(self.thread)
+
+    def _unblock_accept(self) -> None:
+        self.accept_blocked = False
+        if self.listener is not None and self.listener.queue:
+            self.notify()
+
+    def program(self, th) -> bool:
+        model = self.model
+        lst = self.listener
+        can_accept = lst is not None and lst.queue and not self.accept_blocked
+        n = len(self.ready) + (1 if can_accept else 0) + (1 if self.inbox else 0) + (1 if self.completions else 0)
+        if n == 0:
+            self.idle = True
+            return False
+        steps = th.steps
+        steps.append((CPU, epoll_cost(model.p, n), None))
+        if can_accept:
+            q = lst.queue
+            cost = model.accept_s + model.close_s  # accept + epoll_ctl(ADD)
+            while q:
+                conn = q.popleft()
+                if not model.accept_conn(conn, self.proc, self):
+                    q.appendleft(conn)  # EMFILE: stays in the backlog; stop watching until an fd closes
+                    self.accept_blocked = True
+                    self.proc.fd_waiters.append(self._unblock_accept)
+                    break
+                steps.append((CPU, cost, None))
+                self.adopt(conn)
+        if self.inbox:
+            cost = self.inbox_cost
+            inbox = self.inbox
+            while inbox:
+                steps.append((CPU, cost, None))
+                self.adopt(inbox.popleft())
+        if self.completions:
+            comp = self.completions
+            while comp:
+                conn, req = comp.popleft()
+                steps.append((CPU, model.send_s + model.close_s if req.close else model.send_s, None))
+                steps.append((SEND, conn, req))
+        if self.ready:
+            batch = self.ready
+            self.ready = deque()
+            for conn in batch:
+                if conn.closed:
+                    continue
+                if conn.eof:
+                    steps.append((CPU, model.eof_s, None))
+                    model.close_conn(conn)
+                elif conn.req is not None:
+                    model.handle_ready(self, conn, steps)
+                else:
+                    conn.busy = False
+        return True
+
+    def adopt(self, conn) -> None:
+        """A connection now registered with this loop; its first request (or EOF) is ready at once."""
+        conn.owner = self
+        self.conns += 1
+        if conn.eof or conn.req is not None:
+            conn.busy = True
+            self.ready.append(conn)
+
+
+class Acceptor:
+    """A thread blocked in accept() on one listen socket that hands each connection to `handoff`
+    (m2: spawn a thread; m5/m7: round-robin to a loop; m6 fdpass: sendmsg to a worker)."""
+
+    __slots__ = ("model", "thread", "proc", "listener", "idle", "accept_blocked", "cost", "handoff", "target_proc")
+
+    def __init__(self, model: ModelBase, proc, listener, cost: float, handoff, target_proc=None) -> None:
+        self.model = model
+        self.proc = proc
+        self.listener = listener
+        self.idle = False
+        self.accept_blocked = False
+        self.cost = cost
+        self.handoff = handoff  # handoff(conn) -> bool (False: refused; the connection was reset)
+        self.target_proc = target_proc  # target_proc(conn) -> the process whose fd table gets the conn
+        listener.watchers.append(self)
+        self.thread = model.machine.new_thread(proc, self.program, self)
+
+    def notify(self) -> None:
+        if self.idle:
+            self.idle = False
+            self.model.machine.wake(self.thread)
+
+    def _unblock_accept(self) -> None:
+        self.accept_blocked = False
+        if self.listener.queue:
+            self.notify()
+
+    def program(self, th) -> bool:
+        q = self.listener.queue
+        if self.accept_blocked or not q:
+            self.idle = True
+            return False
+        steps = th.steps
+        while q:
+            conn = q[0]
+            proc = self.target_proc(conn) if self.target_proc is not None else self.proc
+            if not self.model.accept_conn(conn, proc, None):
+                self.accept_blocked = True
+                proc.fd_waiters.append(self._unblock_accept)
+                break
+            q.popleft()
+            steps.append((CPU, self.cost, None))
+            steps.append((GIL, 0.0, None))  # the Python around accept() runs with the GIL
+            steps.append((CALL, self._hand, conn))
+        if not steps:
+            self.idle = True
+            return False
+        return True
+
+    def _hand(self, th, conn) -> None:
+        if conn.eof:
+            self.model.close_conn(conn)  # the client gave up while queued
+            return
+        self.handoff(conn)
