@@ -1,0 +1,334 @@
+"""m6_prefork: the master opens the listen socket, forks `processes` single-thread reactor workers
+(base.Reactor, as in m3), restarts any that die, and forwards SIGTERM/SIGINT to them on shutdown.
+
+How connections reach the workers (spec.dispatch):
+- shared:    one listen socket inherited by every worker, registered with EPOLLEXCLUSIVE so a new
+             connection wakes one worker, not all (no thundering herd).
+- reuseport: each worker binds its own SO_REUSEPORT socket to the port and the kernel spreads
+             connections by hash. The master keeps a bound, non-listening socket on the port so the
+             port stays reserved and a restarted worker can bind it again.
+- fdpass:    the master accepts and passes each fd round-robin over a per-worker Unix SOCK_SEQPACKET
+             socketpair (socket.send_fds). A worker near its fd limit stops reading its channel (the
+             master then tries the next worker, or holds the fd and pauses accepting).
+
+The master prints the port (ready_callback) only once every first worker reports ready on a pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections import deque
+
+from realkit.servers.base import (
+    ACCEPT_BACKOFF_S,
+    EPOLLIN,
+    SHUTDOWN_LIMIT_S,
+    Reactor,
+    Stopper,
+    accept_batch,
+    install_signal_handlers,
+    log,
+    make_listener,
+)
+
+READY_TIMEOUT_S = 30.0
+FD_HEADROOM = 8  # a fdpass worker stops taking fds this close to RLIMIT_NOFILE
+
+
+class FdPassReactor(Reactor):
+    """A worker loop fed connections over a Unix socket instead of a listen socket."""
+
+    def __init__(self, keepalive_s: float, channel: socket.socket, name: str) -> None:
+        super().__init__(keepalive_s, name=name)
+        import resource
+
+        self.channel = channel
+        self.channel_open = True
+        self.reading_channel = False
+        self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.base_fds = len(os.listdir("/proc/self/fd"))
+        self._resume_channel()
+
+    def _resume_channel(self) -> None:
+        if self.channel_open and not self.reading_channel:
+            self.add_handler(self.channel.fileno(), EPOLLIN, self._on_channel)
+            self.reading_channel = True
+
+    def _pause_channel(self) -> None:
+        if self.reading_channel:
+            self.remove_handler(self.channel.fileno())
+            self.reading_channel = False
+
+    def _near_fd_limit(self) -> bool:
+        return self.base_fds + len(self.conns) + FD_HEADROOM >= self.fd_limit
+
+    def _on_channel(self, events: int = 0) -> None:
+        for _ in range(256):
+            if self._near_fd_limit():
+                self._pause_channel()
+                return
+            try:
+                msg, fds, flags, _ = socket.recv_fds(self.channel, 16, 8)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                msg, fds, flags = b"", [], 0
+            if not msg and not fds:
+                # The master is gone: no more connections will come.
+                self._pause_channel()
+                self.channel_open = False
+                self.begin_stop()
+                return
+            if flags & socket.MSG_CTRUNC:
+                log(f"{self.name}: a passed fd was dropped by the kernel (fd limit)")
+            for fd in fds:
+                conn = self.add_conn(socket.socket(fileno=fd))
+                if conn is not None and self.stopping:
+                    self.on_readable(conn)
+
+    def sweep(self) -> None:
+        super().sweep()
+        if not self.reading_channel and self.channel_open and not self._near_fd_limit():
+            self._resume_channel()
+            self._on_channel()
+
+    def stop_hook(self) -> None:
+        # Connections the master passed before it forwarded SIGTERM are already in the channel.
+        if self.channel_open:
+            self._on_channel()
+
+
+class Master:
+    def __init__(self, spec, host: str, port: int, stopper: Stopper) -> None:
+        self.spec = spec
+        self.host = host
+        self.stopper = stopper
+        self.dispatch = spec.dispatch
+        self.n = spec.processes
+        reuseport = self.dispatch == "reuseport"
+        self.listener = make_listener(host, port, spec.backlog, reuseport=reuseport, listen=not reuseport)
+        self.port = self.listener.getsockname()[1]
+        self.pids: list[int | None] = [None] * self.n
+        self.channels: list[socket.socket | None] = [None] * self.n
+        self.ready_r, self.ready_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.chld_r, self.chld_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.pending: deque[socket.socket] = deque()  # fdpass: accepted, not yet passed
+        self.next_worker = 0
+        self.accept_paused_until = 0.0
+        self.stopping = False
+
+    # -- workers ---------------------------------------------------------------------------------
+    def spawn(self, index: int) -> None:
+        child_channel = None
+        if self.dispatch == "fdpass":
+            parent, child_channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            parent.setblocking(False)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = self._worker_main(index, child_channel)
+            except BaseException:  # noqa: BLE001 - a worker must never return into the master's code
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        self.pids[index] = pid
+        if child_channel is not None:
+            child_channel.close()
+            old = self.channels[index]
+            if old is not None:
+                old.close()
+            self.channels[index] = parent
+
+    def _worker_main(self, index: int, channel: socket.socket | None) -> int:
+        # Fresh signal state: the master's stop pipe and SIGCHLD handler are not ours.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        stopper = Stopper()
+        install_signal_handlers(stopper)
+        for fd in (self.ready_r, self.chld_r, self.chld_w):
+            os.close(fd)
+        self.stopper.close()
+        for other in self.channels:
+            if other is not None:
+                other.close()
+        for sock in self.pending:
+            sock.close()
+        name = f"m6-worker-{index}"
+        if self.dispatch == "fdpass":
+            self.listener.close()
+            channel.setblocking(False)
+            reactor = FdPassReactor(self.spec.keepalive_timeout_s, channel, name)
+        else:
+            reactor = Reactor(self.spec.keepalive_timeout_s, name=name)
+            if self.dispatch == "reuseport":
+                self.listener.close()
+                listener = make_listener(self.host, self.port, self.spec.backlog, reuseport=True)
+                reactor.set_listener(listener)
+            else:
+                reactor.set_listener(self.listener, exclusive=True)
+        reactor.watch_stopper(stopper)
+        os.write(self.ready_w, bytes([index % 256]))
+        os.close(self.ready_w)
+        reactor.run()
+        return 0
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid not in self.pids:
+                continue
+            index = self.pids.index(pid)
+            self.pids[index] = None
+            if not self.stopping:
+                log(f"m6: worker {index} (pid {pid}) exited with status {status}; starting a new one")
+                self.spawn(index)
+
+    # -- fd passing --------------------------------------------------------------------------------
+    def pass_fds(self) -> None:
+        while self.pending:
+            sock = self.pending[0]
+            for _ in range(self.n):
+                index = self.next_worker
+                self.next_worker = (self.next_worker + 1) % self.n
+                channel = self.channels[index]
+                if channel is None or self.pids[index] is None:
+                    continue
+                try:
+                    socket.send_fds(channel, [b"c"], [sock.fileno()])
+                except (BlockingIOError, InterruptedError, BrokenPipeError, ConnectionError):
+                    continue
+                except OSError:
+                    continue
+                self.pending.popleft()
+                sock.close()
+                break
+            else:
+                return  # every worker is full or gone: keep the rest, pause accepting
+
+    # -- the master loop ---------------------------------------------------------------------------
+    def _on_sigchld(self, signum, frame) -> None:
+        try:
+            os.write(self.chld_w, b"c")
+        except OSError:
+            pass
+
+    def run(self, ready) -> None:
+        try:
+            signal.signal(signal.SIGCHLD, self._on_sigchld)
+        except ValueError:
+            pass  # not the main thread: the periodic reap below still finds dead workers
+        for index in range(self.n):
+            self.spawn(index)
+        if self._wait_ready():
+            ready(self.port)
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+
+    def _wait_ready(self) -> bool:
+        reported = 0
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while reported < self.n and not self.stopper.is_set and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.ready_r, self.chld_r, self.stopper.fd], [], [], 0.2)
+            if self.ready_r in ready:
+                try:
+                    reported += len(os.read(self.ready_r, 4096))
+                except BlockingIOError:
+                    pass
+            self._drain(self.chld_r)
+            self.reap()
+        if reported < self.n and not self.stopper.is_set:
+            log(f"m6: only {reported}/{self.n} workers reported ready")
+        return not self.stopper.is_set
+
+    @staticmethod
+    def _drain(fd: int) -> None:
+        try:
+            while os.read(fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _loop(self) -> None:
+        fdpass = self.dispatch == "fdpass"
+        while not self.stopper.is_set:
+            watch = [self.stopper.fd, self.chld_r, self.ready_r]
+            now = time.monotonic()
+            accepting = fdpass and not self.pending and now >= self.accept_paused_until
+            if accepting:
+                watch.append(self.listener.fileno())
+            timeout = 0.05 if (fdpass and (self.pending or now < self.accept_paused_until)) else 1.0
+            ready, _, _ = select.select(watch, [], [], timeout)
+            self._drain(self.chld_r)
+            self._drain(self.ready_r)
+            self.reap()
+            if fdpass:
+                self.pass_fds()
+                if accepting and self.listener.fileno() in ready:
+                    socks, fd_limit = accept_batch(self.listener, 64)
+                    self.pending.extend(socks)
+                    self.pass_fds()
+                    if fd_limit:
+                        self.accept_paused_until = time.monotonic() + ACCEPT_BACKOFF_S
+
+    def _shutdown(self) -> None:
+        self.stopping = True
+        if self.dispatch == "fdpass":
+            socks, _ = accept_batch(self.listener, 1 << 20)
+            self.pending.extend(socks)
+            deadline = time.monotonic() + 2.0
+            while self.pending and time.monotonic() < deadline:
+                self.pass_fds()
+                if self.pending:
+                    time.sleep(0.01)
+            for sock in self.pending:
+                sock.close()
+        if self.dispatch != "reuseport":
+            # Workers take what is queued on the shared socket; once they close it, it must go.
+            self.listener.close()
+        for pid in self.pids:
+            if pid is not None:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + SHUTDOWN_LIMIT_S + 10
+        while any(pid is not None for pid in self.pids):
+            if time.monotonic() > deadline:
+                for pid in self.pids:
+                    if pid is not None:
+                        os.kill(pid, signal.SIGKILL)
+                deadline = float("inf")
+            self.reap()
+            select.select([self.chld_r], [], [], 0.1)
+            self._drain(self.chld_r)
+        for channel in self.channels:
+            if channel is not None:
+                channel.close()
+        self.listener.close()
+        for fd in (self.ready_r, self.ready_w, self.chld_r, self.chld_w):
+            os.close(fd)
+        try:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        except ValueError:
+            pass
+
+
+def serve(spec, host, port, stopper, ready) -> None:
+    Master(spec, host, port, stopper).run(ready)
