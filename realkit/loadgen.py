@@ -42,7 +42,13 @@ import numpy as np
 ERROR_KINDS: tuple[str, ...] = ("refused", "timeout", "reset", "http", "client")
 
 # Errnos that mean the connection could not be made (the server side refused or was unreachable).
-_CONNECT_ERRNOS = {errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL}
+_CONNECT_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.ETIMEDOUT,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.EADDRNOTAVAIL,
+}
 # Errnos that mean the generator itself ran out of something: a fault of the instrument, not the server.
 _CLIENT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -159,7 +165,11 @@ class LatencyHistogram:
         # Nearest rank: the smallest bucket holding the ceil(q/100 * n)-th value (1-based).
         ranks = np.maximum(1, np.ceil(qs / 100.0 * self.count))
         idx = np.searchsorted(cum, ranks, side="left")
-        return np.clip(self._representative(idx), self.min_s, self.max_s)
+        out = np.clip(self._representative(idx), self.min_s, self.max_s)
+        # The extremes are known exactly (and may lie outside the bucketed range).
+        out[qs == 100] = self.max_s
+        out[qs == 0] = self.min_s
+        return out
 
     # -- transport between processes: plain, picklable, JSON-able ---------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -232,7 +242,9 @@ class LoadSpec:
         if parts.scheme != "http" or not parts.hostname or parts.port is None:
             raise ValueError(f"url: expected http://HOST:PORT/path, got {self.url!r}")
         if not self.allow_remote and not is_loopback(parts.hostname):
-            raise ValueError(f"url: {parts.hostname} is not a loopback address; pass allow_remote=True (--allow-remote) to load it")
+            raise ValueError(
+                f"url: {parts.hostname} is not a loopback address; pass allow_remote=True (--allow-remote) to load it"
+            )
         for name in ("connections", "idle_connections", "processes", "seed", "connect_concurrency"):
             value = getattr(self, name)
             minimum = 1 if name in ("connections", "connect_concurrency") else 0
@@ -244,15 +256,30 @@ class LoadSpec:
             raise ValueError(f"rate_rps: open loop needs a rate > 0, got {self.rate_rps!r}")
         if self.arrival not in ("poisson", "constant"):
             raise ValueError(f"arrival: must be poisson or constant, got {self.arrival!r}")
-        for name, strict in (("duration_s", True), ("warmup_s", False), ("think_s", False), ("timeout_s", True),
-                             ("late_threshold_s", False)):
+        for name, strict in (
+            ("duration_s", True),
+            ("warmup_s", False),
+            ("think_s", False),
+            ("timeout_s", True),
+            ("late_threshold_s", False),
+        ):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (strict and value == 0):
+            if (
+                not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+                or (strict and value == 0)
+            ):
                 raise ValueError(f"{name}: must be {'>' if strict else '>='} 0, got {value!r}")
-        if self.requests_per_conn is not None and (not isinstance(self.requests_per_conn, int)
-                                                   or self.requests_per_conn < 1):
-            raise ValueError(f"requests_per_conn: expected None or an integer >= 1, got {self.requests_per_conn!r}")
-        if self.request_bytes is not None and (not isinstance(self.request_bytes, int) or self.request_bytes < 16):
+        if self.requests_per_conn is not None and (
+            not isinstance(self.requests_per_conn, int) or self.requests_per_conn < 1
+        ):
+            raise ValueError(
+                f"requests_per_conn: expected None or an integer >= 1, got {self.requests_per_conn!r}"
+            )
+        if self.request_bytes is not None and (
+            not isinstance(self.request_bytes, int) or self.request_bytes < 16
+        ):
             raise ValueError(f"request_bytes: expected None or an integer >= 16, got {self.request_bytes!r}")
         if self.cpus is not None:
             cpus = tuple(self.cpus)
@@ -323,7 +350,13 @@ class LoadReport:
 
     @property
     def errors(self) -> int:
-        return self.errors_refused + self.errors_timeout + self.errors_reset + self.errors_http + self.errors_client
+        return (
+            self.errors_refused
+            + self.errors_timeout
+            + self.errors_reset
+            + self.errors_http
+            + self.errors_client
+        )
 
     def latency_s(self, q: float) -> float:
         return self.histogram.percentile(q)
@@ -352,8 +385,20 @@ class LoadReport:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
 
 
-_COUNTERS = ("completed", "errors_refused", "errors_timeout", "errors_reset", "errors_http", "errors_client",
-             "issued", "in_flight", "late_sends", "connects", "idle_open", "idle_failed")
+_COUNTERS = (
+    "completed",
+    "errors_refused",
+    "errors_timeout",
+    "errors_reset",
+    "errors_http",
+    "errors_client",
+    "issued",
+    "in_flight",
+    "late_sends",
+    "connects",
+    "idle_open",
+    "idle_failed",
+)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -404,7 +449,7 @@ class _Framer:
                     raise ValueError("response without Content-Length")
                 i = pos + j
             k = buf.find(b"\r\n", i, hend + 2)
-            end = hend + 4 + int(buf[i + 15:k])
+            end = hend + 4 + int(buf[i + 15 : k])
             if end > n:
                 break
             if buf[pos + 9] != 50:  # b"2": the status class
@@ -425,7 +470,9 @@ class _Generator:
         self.host, self.port = spec.host, spec.port
         # This worker's share of the connections and of the arrival rate.
         self.n_conns = spec.connections // n_shares + (1 if share < spec.connections % n_shares else 0)
-        self.n_idle = spec.idle_connections // n_shares + (1 if share < spec.idle_connections % n_shares else 0)
+        self.n_idle = spec.idle_connections // n_shares + (
+            1 if share < spec.idle_connections % n_shares else 0
+        )
         self.rate = (spec.rate_rps or 0.0) / n_shares
         self.share, self.n_shares = share, n_shares
         self.rng = random.Random(spec.seed * 7919 + share)
@@ -616,8 +663,9 @@ class _Generator:
                 self.spawn(self.open_load_conn(None))
         else:
             # Constant arrivals from several workers interleave rather than coincide.
-            self.next_t = t0 + (self.share / (self.rate * self.n_shares) if spec.arrival == "constant"
-                                else self.next_gap())
+            self.next_t = t0 + (
+                self.share / (self.rate * self.n_shares) if spec.arrival == "constant" else self.next_gap()
+            )
             self.dispatch()
         await asyncio.sleep(max(0.0, self._window_start - time.monotonic()))
         self.flush()
@@ -840,7 +888,9 @@ def _merge(spec: LoadSpec, parts: list[dict[str, Any]]) -> LoadReport:
         window_start_s=min(p["window_start_s"] for p in parts),
         window_end_s=max(p["window_end_s"] for p in parts),
         max_send_lag_s=max(p["max_send_lag_s"] for p in parts),
-        send_lag_mean_s=(sum(p["send_lag_sum_s"] for p in parts) / max(1, sum(p["send_lag_n"] for p in parts))),
+        send_lag_mean_s=(
+            sum(p["send_lag_sum_s"] for p in parts) / max(1, sum(p["send_lag_n"] for p in parts))
+        ),
         loadgen_cpu_s=sum(p["loadgen_cpu_s"] for p in parts),
         loadgen_rss_peak_bytes=max(int(p.get("loadgen_rss_peak_bytes", 0)) for p in parts),
         histogram=hist,
@@ -876,8 +926,9 @@ def run_load(spec: LoadSpec, on_ready=None) -> LoadReport:
     try:
         for share in range(n):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(spec, share, n, child), daemon=True,
-                               name=f"serverlab-loadgen-{share}")
+            proc = ctx.Process(
+                target=_worker, args=(spec, share, n, child), daemon=True, name=f"serverlab-loadgen-{share}"
+            )
             proc.start()
             child.close()
             pipes.append(parent)
@@ -919,7 +970,9 @@ def _expect(pipe, proc, what: str, deadline: float) -> Any:
             try:
                 msg, payload = pipe.recv()
             except EOFError:
-                raise LoadGenError(f"load generator worker {proc.name} died (exit code {proc.exitcode})") from None
+                raise LoadGenError(
+                    f"load generator worker {proc.name} died (exit code {proc.exitcode})"
+                ) from None
             if msg == "error":
                 raise LoadGenError(f"load generator worker {proc.name} crashed:\n{payload}")
             if msg == what:

@@ -1,0 +1,318 @@
+"""The load generator against small loopback test servers of its own (asyncio, in a thread):
+closed vs open loop against a stalling server, errors by kind, idle connections at scale, the spec.
+
+The generator runs in a worker process (processes=1, as the runner uses it), so the test server's
+thread and the generator do not share a GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from realkit.loadgen import LoadSpec, _Framer, run_load
+
+RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello"
+
+
+class _Handler(asyncio.Protocol):
+    """Answers each request (a header block) according to the server's behaviour."""
+
+    def __init__(self, server: TestServer) -> None:
+        self.server = server
+        self.buf = b""
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.server.connections += 1
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            _, self.buf = self.buf.split(b"\r\n\r\n", 1)
+            self.server.requests += 1
+            if self.server.behaviour == "silent":
+                continue
+            if self.server.behaviour == "reset_every_other" and self.server.requests % 2 == 0:
+                self.server.resets += 1
+                sock = self.transport.get_extra_info("socket")
+                # SO_LINGER 0: close() sends RST, as a crashing or overloaded server would.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.transport.abort()
+                return
+            self.server.ok += 1
+            self.transport.write(RESP)
+
+
+class TestServer:
+    """An asyncio server on 127.0.0.1 in its own thread. behaviour: ok | silent | reset_every_other;
+    stall_every_s/stall_s make the whole server freeze periodically (a GC pause, a blocking call)."""
+
+    __test__ = False
+
+    def __init__(self, behaviour: str = "ok", stall_every_s: float = 0.0, stall_s: float = 0.0) -> None:
+        self.behaviour = behaviour
+        self.stall_every_s, self.stall_s = stall_every_s, stall_s
+        self.connections = self.requests = self.ok = self.resets = self.stalls = 0
+        self.port = 0
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _stall(self) -> None:
+        time.sleep(self.stall_s)  # blocks the event loop: nothing is served meanwhile
+        self.stalls += 1
+        self._loop.call_later(self.stall_every_s, self._stall)
+
+    def _main(self) -> None:
+        import uvloop
+
+        self._loop = loop = uvloop.new_event_loop()
+        server = loop.run_until_complete(
+            loop.create_server(lambda: _Handler(self), "127.0.0.1", 0, backlog=4096)
+        )
+        self.port = server.sockets[0].getsockname()[1]
+        if self.stall_every_s:
+            loop.call_later(self.stall_every_s, self._stall)
+        self._ready.set()
+        loop.run_forever()
+        server.close()
+        loop.close()
+
+    def __enter__(self) -> TestServer:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/work?cpu_us=0"
+
+
+def _free_port() -> int:
+    """A port nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_closed_loop_counts_every_answer():
+    with TestServer() as srv:
+        report = run_load(LoadSpec(url=srv.url, connections=8, duration_s=1.0, warmup_s=0.2))
+        served = srv.ok
+    assert report.completed > 100
+    assert report.errors == 0
+    # Everything answered inside the window was counted; the server answered no more than that plus
+    # what was outstanding around the window's edges.
+    assert report.completed <= served
+    assert report.issued <= report.completed + report.in_flight + 8
+    assert report.histogram.count == report.completed
+    assert 0 < report.latency_s(50) < 0.5
+    assert report.throughput_rps == pytest.approx(report.completed / report.duration_s)
+    assert 0 < report.loadgen_cpu_util <= 1.05  # one worker process on one event loop
+
+
+@pytest.mark.timeout(90)
+def test_open_loop_sees_stalls_that_closed_loop_hides():
+    """Server freezes 50 ms every 200 ms. A closed loop with 2 connections has only 2 requests stuck in
+    each stall and then races on: its p99 stays small. An open loop keeps arriving during the stall
+    and times each request from its intended send: about a quarter of requests wait, p99 ~ 50 ms."""
+    with TestServer(stall_every_s=0.2, stall_s=0.05) as srv:
+        closed = run_load(LoadSpec(url=srv.url, connections=2, duration_s=2.0, warmup_s=0.2))
+        opened = run_load(LoadSpec(url=srv.url, connections=200, mode="open", rate_rps=1000.0,
+                                   duration_s=2.0, warmup_s=0.2))
+        assert srv.stalls >= 10
+    c99, o99 = closed.latency_s(99), opened.latency_s(99)
+    print(f"\nstalling server (50 ms every 200 ms): closed-loop p99 = {c99 * 1e3:.2f} ms "
+          f"({closed.completed} requests), open-loop p99 = {o99 * 1e3:.2f} ms ({opened.completed} requests, "
+          f"p50 {opened.latency_s(50) * 1e3:.2f} ms, mean send lag {opened.send_lag_mean_s * 1e3:.2f} ms)")
+    assert o99 >= 0.025, "open loop must see the stalls"
+    assert c99 < o99 / 3, "closed loop understates them (coordinated omission)"
+    assert opened.completed == pytest.approx(2000, rel=0.25)  # the arrivals kept their rate
+    assert opened.errors == 0 and closed.errors == 0
+
+
+@pytest.mark.timeout(60)
+def test_open_loop_constant_arrivals_hold_their_rate():
+    with TestServer() as srv:
+        report = run_load(LoadSpec(url=srv.url, connections=20, mode="open", rate_rps=500.0,
+                                   arrival="constant", duration_s=1.0, warmup_s=0.2))
+    assert report.issued == pytest.approx(500, abs=3)
+    assert report.completed == pytest.approx(500, abs=10)
+    assert report.errors == 0
+
+
+@pytest.mark.timeout(60)
+def test_refused_connections_are_counted_not_fatal():
+    url = f"http://127.0.0.1:{_free_port()}/"
+    closed = run_load(LoadSpec(url=url, connections=4, duration_s=0.5, processes=0))
+    opened = run_load(LoadSpec(url=url, connections=4, mode="open", rate_rps=200.0, duration_s=0.5,
+                               processes=0))
+    for report in (closed, opened):
+        assert report.errors_refused > 0
+        assert report.completed == 0
+        assert report.errors_reset == report.errors_timeout == report.errors_client == 0
+    # Each closed-loop connection retries after a 10 ms back-off: bounded, counted attempts.
+    assert closed.errors_refused <= 4 * 0.5 / 0.01 * 1.2
+
+
+@pytest.mark.timeout(60)
+def test_resets_are_counted_exactly():
+    """Every other request is answered with a TCP reset: the generator counts each one as a reset,
+    reconnects, and goes on."""
+    with TestServer(behaviour="reset_every_other") as srv:
+        report = run_load(LoadSpec(url=srv.url, connections=4, duration_s=1.0, warmup_s=0.0))
+        time.sleep(0.1)
+        ok, resets = srv.ok, srv.resets
+    assert report.completed > 20 and report.errors_reset > 20
+    # With no warm-up the window covers the whole run; only the last few requests can straddle its end.
+    assert ok - 4 <= report.completed <= ok
+    assert resets - 4 <= report.errors_reset <= resets
+    assert report.errors_refused == report.errors_timeout == report.errors_client == 0
+
+
+@pytest.mark.timeout(60)
+def test_timeouts_are_counted():
+    with TestServer(behaviour="silent") as srv:
+        report = run_load(LoadSpec(url=srv.url, connections=3, duration_s=1.0, timeout_s=0.3,
+                                   processes=0))
+    # Each connection times out every ~0.3-0.4 s (sweep granularity 0.1 s), then reconnects.
+    assert 3 <= report.errors_timeout <= 3 * 1.0 / 0.3 + 3
+    assert report.completed == 0 and report.errors_reset == 0
+
+
+@pytest.mark.timeout(60)
+def test_short_lived_connections_reconnect():
+    with TestServer() as srv:
+        report = run_load(LoadSpec(url=srv.url, connections=4, duration_s=0.8, requests_per_conn=3,
+                                   processes=0))
+        conns = srv.connections
+    assert report.completed > 30 and report.errors == 0
+    assert report.connects >= report.completed / 3 - 4
+    assert conns >= report.connects
+
+
+@pytest.mark.timeout(60)
+def test_think_time_paces_a_closed_loop():
+    with TestServer() as srv:
+        report = run_load(LoadSpec(url=srv.url, connections=5, think_s=0.05, duration_s=1.0, processes=0))
+    # 5 connections, each ~1 request per 50 ms (plus a sub-ms answer): about 100 requests.
+    assert 60 <= report.completed <= 105
+
+
+@pytest.mark.timeout(90)
+def test_several_worker_processes_merge_their_counts():
+    with TestServer() as srv:
+        report = run_load(LoadSpec(url=srv.url, connections=6, processes=2, duration_s=1.0, warmup_s=0.2))
+    assert report.completed > 100 and report.errors == 0
+    assert report.histogram.count == report.completed
+
+
+@pytest.mark.timeout(150)
+def test_ten_thousand_idle_connections_plus_100_active_stay_under_300_mb():
+    need = 10_000 + 100 + 200
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {need}: cannot hold 10k connections here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))  # for the server in this process
+    try:
+        with TestServer() as srv:
+            report = run_load(LoadSpec(url=srv.url, connections=100, idle_connections=10_000,
+                                       duration_s=1.5, warmup_s=0.2, timeout_s=30.0))
+            held = srv.connections
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    print(f"\n10k idle + 100 active: generator peak RSS {report.loadgen_rss_peak_bytes / 2**20:.0f} MiB, "
+          f"{report.throughput_rps:.0f} req/s, idle held {report.idle_open}")
+    assert report.idle_open == 10_000 and report.idle_failed == 0
+    assert held >= 10_100
+    assert report.completed > 0 and report.errors == 0
+    assert report.loadgen_rss_peak_bytes < 300 * 2**20
+
+
+# -- pure parts ------------------------------------------------------------------------------------
+
+
+def test_framer_splits_pipelined_and_fragmented_responses():
+    framer = _Framer()
+    two = RESP + RESP.replace(b"200 OK", b"503 Busy")
+    assert framer.feed(two[:10]) == (0, 0)
+    assert framer.feed(two[10:len(RESP) + 3]) == (1, 0)
+    assert framer.feed(two[len(RESP) + 3:]) == (1, 1)
+    lower = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    assert framer.feed(lower * 3) == (3, 0)
+    with pytest.raises(ValueError):
+        framer.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+
+def test_spec_validation_names_the_field_and_refuses_remote_hosts():
+    with pytest.raises(ValueError, match="url"):
+        LoadSpec(url="http://example.com:80/")
+    with pytest.raises(ValueError, match="url"):
+        LoadSpec(url="http://10.1.2.3:80/")
+    assert LoadSpec(url="http://10.1.2.3:80/", allow_remote=True).host == "10.1.2.3"
+    assert LoadSpec(url="http://localhost:8080/").port == 8080
+    with pytest.raises(ValueError, match="rate_rps"):
+        LoadSpec(url="http://127.0.0.1:1/", mode="open")
+    with pytest.raises(ValueError, match="connections"):
+        LoadSpec(url="http://127.0.0.1:1/", connections=0)
+    with pytest.raises(ValueError, match="duration_s"):
+        LoadSpec(url="http://127.0.0.1:1/", duration_s=0)
+    with pytest.raises(ValueError, match="requests_per_conn"):
+        LoadSpec(url="http://127.0.0.1:1/", requests_per_conn=0)
+
+
+def test_request_bytes_are_prebuilt_and_padded():
+    spec = LoadSpec(url="http://127.0.0.1:8080/work?cpu_us=100&resp_bytes=64", request_bytes=200)
+    req = spec.request()
+    assert req.startswith(b"GET /work?cpu_us=100&resp_bytes=64 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n")
+    assert req.endswith(b"\r\n\r\n") and len(req) == 200
+    assert len(LoadSpec(url="http://127.0.0.1:8080/").request()) < 64
+
+
+def test_cli_load_refuses_a_remote_url_by_default():
+    from click.testing import CliRunner
+
+    from serverlab.cli import main
+
+    out = CliRunner().invoke(main, ["load", "--url", "http://192.0.2.1:80/", "--duration", "1"])
+    assert out.exit_code != 0 and "loopback" in out.output
+
+
+@pytest.mark.timeout(60)
+def test_cli_load_prints_a_summary_and_json(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from serverlab.cli import main
+
+    with TestServer() as srv:
+        runner = CliRunner()
+        table = runner.invoke(main, ["load", "--url", srv.url, "-c", "4", "--duration", "0.5", "--processes", "0"])
+        csv_path = tmp_path / "load.csv"
+        as_json = runner.invoke(main, ["load", "--url", srv.url, "-c", "4", "--duration", "0.5", "--rate", "200",
+                                       "--processes", "0", "--json", "--csv", str(csv_path)])
+    assert table.exit_code == 0, table.output
+    assert "throughput" in table.output and "p99" in table.output
+    assert as_json.exit_code == 0, as_json.output
+    data = json.loads(as_json.output)
+    assert data["mode"] == "open" and data["completed"] > 0
+    assert csv_path.read_text().count("\n") == 2
+
+
