@@ -1,0 +1,105 @@
+"""The calibration machinery against stand-ins (tests/calibration/calfakes.py): fit, retries,
+failure records, the profile and CSV the pipeline writes, bad profile files."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+from calfakes import FakeMeasure, fake_simulate
+
+from calibration import calibrate, format_summary
+from calibration.fit import GridPoint, build_grid, fit, make_scenario, measure_with_retry, run_failed
+from calibration.validate import USLBaseline, rel_err
+from simkit.profile import CostProfile
+from simkit.result import Result
+
+pytestmark = pytest.mark.timeout(60)
+
+TRUTH = CostProfile.default().with_params("probe", parse_s=40e-6, gil_handoff_s=25e-6, client_cpu_per_request_s=30e-6)
+
+
+def test_fit_recovers_known_parameters_from_noisy_synthetic_runs():
+    measure = FakeMeasure(TRUTH, noise=0.03)
+    points = [p for p in build_grid(quick=False) if p.role == "train"]
+    reals = [measure(p.scenario) for p in points]
+    got = fit(reals, CostProfile.default(), simulate=fake_simulate, max_evaluations=40, bootstrap=100)
+    for name in ("parse_s", "gil_handoff_s"):
+        assert got.values[name] == pytest.approx(TRUTH[name], rel=0.10), (name, got.values[name])
+        assert got.profile.params[name].source == "fit"
+        assert 0 < got.profile.params[name].sd < got.values[name]
+    assert got.rmse_log < got.rmse_log_start
+
+
+def test_flaky_run_is_retried_once_and_then_succeeds():
+    point = GridPoint(make_scenario("m3_reactor", "cpu", 10, 1, 0.5, 0.1), "train", "cpu")
+    measure = FakeMeasure(TRUTH, flaky=lambda s: True)
+    run = measure_with_retry(point, measure)
+    assert run.ok and run.attempts == 2 and len(measure.calls) == 2
+
+
+def test_failing_run_is_retried_once_then_recorded_not_dropped():
+    point = GridPoint(make_scenario("m3_reactor", "cpu", 10, 1, 0.5, 0.1), "train", "cpu")
+    measure = FakeMeasure(TRUTH, fail=lambda s: True)
+    run = measure_with_retry(point, measure)
+    assert not run.ok and run.attempts == 2 and len(measure.calls) == 2
+    assert "server did not start" in run.error
+    rec = run.failure_record()
+    assert rec["scenario"]["model"]["name"] == "m3_reactor" and rec["attempts"] == 2
+
+
+def test_broken_results_count_as_failed_runs():
+    s = make_scenario("m3_reactor", "cpu", 10, 1, 0.5, 0.1)
+    assert run_failed(Result(scenario=s, source="real", throughput_rps=10.0, completed=5, failure="server_died"))
+    assert run_failed(Result(scenario=s, source="real", throughput_rps=0.0, completed=0, errors_refused=3))
+    assert not run_failed(Result(scenario=s, source="real", throughput_rps=10.0, completed=5, failure="fd_limit"))
+
+
+def test_pipeline_writes_profile_and_csv_with_failures_recorded(tmp_path):
+    dead = lambda s: s.model.name == "m3_reactor" and s.workload.connections == 5000  # noqa: E731
+    measure = FakeMeasure(TRUTH, noise=0.02, fail=dead)
+    grid = build_grid(quick=True, models=("m3_reactor", "m5_multi_reactor"))
+    out = tmp_path / "box.json"
+    report = calibrate(out, quick=True, measure=measure, simulate=fake_simulate, probes=False, grid=grid)
+    p = CostProfile.load(out)
+    assert p.calibrated and p.fingerprint["cores"] >= 1 and p.fingerprint["python"]
+    assert [f["label"] for f in p.failed_runs] == ["m3_reactor c=5000 mixed cores=1"]
+    assert p.failed_runs[0]["attempts"] == 2
+    assert p.params["parse_s"].source == "fit" and p.params["parse_s"].value != CostProfile.default()["parse_s"]
+    assert p.params["client_cpu_per_request_s"].value == pytest.approx(30e-6, rel=0.1)
+    roles = {row["role"] for row in p.validation}
+    assert roles == {"cores", "interp", "connections"}
+    assert {row["metric"] for row in p.validation} >= {"throughput", "p50", "p99", "rss", "threads"}
+    csv = pd.read_csv(out.with_suffix(".csv"))
+    assert len(csv) == len(p.validation) and {"measured", "predicted", "rel_err", "usl_rel_err"} <= set(csv.columns)
+    assert "extrapolation_vs_usl" in p.notes["validation_summary"]
+    assert "m5_multi_reactor" in format_summary(report.summary)
+    json.loads(out.read_text())  # plain JSON: no NaN tokens
+
+
+def test_usl_baseline_fits_training_curve_and_scales_cores():
+    reals = [fake_simulate(make_scenario("m6_prefork", "cpu", c, 1, 1.0, 0.1), TRUTH, source="real")
+             for c in (1, 2, 4, 8)]
+    base = USLBaseline.fit(reals)
+    one = base.predict(make_scenario("m6_prefork", "cpu", 4, 1, 1.0, 0.1))
+    assert one is not None and rel_err(one[0], reals[2].throughput_rps) == pytest.approx(0, abs=0.2)
+    two = base.predict(make_scenario("m6_prefork", "cpu", 4, 2, 1.0, 0.1))
+    assert two is not None and two[0] >= one[0] * 0.99
+    assert base.predict(make_scenario("m3_reactor", "cpu", 4, 1, 1.0, 0.1)) is None
+
+
+def test_corrupt_or_truncated_profile_names_the_file(tmp_path):
+    good = tmp_path / "good.json"
+    CostProfile.default().save(good)
+    text = good.read_text()
+    bad = tmp_path / "truncated.json"
+    bad.write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match="truncated.json.*corrupt or truncated"):
+        CostProfile.load(bad)
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"format": "serverlab-profile/1", "params": {"parse_s": {"value": 1e-5}}}))
+    with pytest.raises(ValueError, match="wrong.json.*missing"):
+        CostProfile.load(wrong)
+    with pytest.raises(ValueError, match="absent.json.*not found"):
+        CostProfile.load(tmp_path / "absent.json")
+    assert not math.isnan(CostProfile.load(good)["parse_s"])

@@ -1,0 +1,66 @@
+"""The microbenchmarks return positive, plausible figures on this (busy, 2-core) box."""
+
+import math
+
+import pytest
+
+from calibration import probes
+from simkit.profile import PARAM_NAMES
+
+pytestmark = pytest.mark.timeout(90)
+
+# Very wide plausibility bands: orders of magnitude, so a loaded box passes and a unit slip (ms for s,
+# a per-op figure that is really per-batch) does not.
+PLAUSIBLE = {
+    "ctx_switch_s": (1e-8, 1e-3),
+    "wakeup_s": (1e-8, 5e-3),
+    "thread_spawn_s": (1e-6, 0.05),
+    "fork_s": (1e-5, 0.5),
+    "accept_s": (1e-7, 1e-3),
+    "send_base_s": (1e-7, 1e-3),
+    "recv_base_s": (1e-7, 1e-3),
+    "send_per_byte_s": (0.0, 1e-7),
+    "recv_per_byte_s": (0.0, 1e-7),
+    "epoll_wait_base_s": (1e-8, 1e-3),
+    "epoll_per_event_s": (0.0, 1e-4),
+    "epoll_ctl_s": (1e-8, 1e-3),
+    "queue_handoff_s": (1e-7, 5e-3),
+    "gil_handoff_s": (0.0, 0.05),
+    "parse_s": (1e-7, 1e-3),
+    "rss_process_bytes": (2 * 2**20, 500 * 2**20),
+    "rss_thread_bytes": (1.0, 2 * 2**20),
+    "kernel_bytes_per_socket": (64.0, 64 * 2**10),
+    "loopback_rtt_s": (1e-6, 0.05),
+    "io_overshoot_s": (0.0, 0.05),
+    "thread_stack_virtual_bytes": (4096.0, 2**31),
+    "gil_switch_interval_s": (1e-6, 1.0),
+}
+
+
+def test_stable_median_stops_when_settled_and_reports_spread():
+    values = iter([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 9.0])
+    st = probes.stable_median(lambda: next(values), min_repeats=5, rel_tol=0.01)
+    assert st.median == 1.0 and st.spread == 0.0 and st.repeats == 5
+
+
+def test_run_probes_quick_gives_plausible_positive_values_with_source_probe():
+    profile, results = probes.run_probes(quick=True)
+    assert "probe_errors" not in profile.notes, profile.notes.get("probe_errors")
+    by_name = {r.name: r for r in results}
+    for name, (lo, hi) in PLAUSIBLE.items():
+        assert name in by_name, f"{name} not probed"
+        r = by_name[name]
+        assert math.isfinite(r.value) and lo <= r.value <= hi, f"{name} = {r.value!r} outside [{lo}, {hi}]"
+        assert r.repeats >= 1 and r.spread >= 0
+        assert profile.params[name].source == "probe" and profile.params[name].value == r.value
+        assert profile.params[name].spread == r.spread
+    # Switching costs something: a context switch and a wake-up are not free.
+    assert by_name["ctx_switch_s"].value > 0 and by_name["wakeup_s"].value > 0
+    assert set(profile.params) == set(PARAM_NAMES)
+    assert profile.fingerprint["cores"] >= 1
+
+
+def test_linear_probe_fits_base_and_slope():
+    out = {r.name: r for r in probes.probe_send_recv(scale=0.3)}
+    assert out["send_base_s"].value > 0 and out["recv_base_s"].value > 0
+    assert out["send_base_s"].detail["sizes"] == [64, 1024, 8192, 32768]
