@@ -23,7 +23,9 @@ not one SimPy process per thread. It is a callback engine on a plain simpy.Envir
   costs the receiver gil_handoff_s. Single-thread processes (m1, m3, m6 workers) never contend,
   so their bursts merge across GIL states (the GIL costs nothing there, as in CPython).
 - Scheduling: a runnable thread takes a free core (its last core if free: no cache/IPI cost),
-  else waits FIFO in the run queue. A core that switches to a different thread charges
+  else waits in the run queue: threads just woken (from I/O, sleep, a GIL hand-off) ahead of
+  threads preempted at the end of their slice, as CFS favours sleepers over CPU hogs (this matters
+  for the GIL: the thread it is handed to must run soon, or the GIL idles). A core that switches to a different thread charges
   ctx_switch_s; a woken thread placed on a core other than its last charges wakeup_s. At each
   burst end, a thread that has run for >= time_slice_s while others wait goes to the queue's tail.
 - Context switches counted (ctx_switches_per_s) are threads leaving a core, voluntary or not,
@@ -183,7 +185,8 @@ class Machine:
         self.gil_handoff = profile["gil_handoff_s"]
         self.cores = [Core(i) for i in range(hardware.cores)]
         self.free: set[int] = set(range(hardware.cores))
-        self.runq: deque = deque()
+        self.runq: deque = deque()  # preempted threads (used up their slice)
+        self.wokenq: deque = deque()  # threads woken from sleep/blocking/GIL: served first
         self.w0, self.w1 = w0, w1
         self.ctx_count = 0
         self.loadgen_busy = 0.0
@@ -238,6 +241,8 @@ class Machine:
                 if woken and last is not None:
                     th.pending += self.wake_s
             self._assign(core, th)
+        elif woken:
+            self.wokenq.append(th)
         else:
             self.runq.append(th)
 
@@ -265,7 +270,9 @@ class Machine:
         if self.w0 <= now < self.w1:
             self.ctx_count += 1
         core.thread = None
-        if self.runq:
+        if self.wokenq:
+            self._assign(core, self.wokenq.popleft())
+        elif self.runq:
             self._assign(core, self.runq.popleft())
         else:
             self.free.add(core.id)
@@ -381,7 +388,7 @@ class Machine:
         if gen != th.gen:
             return  # interrupted (GIL drop): superseded
         th.burst_gil = False
-        if self.runq and self.env.now - th.run_start >= self.slice_s:
+        if (self.wokenq or self.runq) and self.env.now - th.run_start >= self.slice_s:
             # time slice used up while others wait: to the run queue's tail
             self.runq.append(th)
             self._release(th)

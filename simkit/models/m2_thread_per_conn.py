@@ -1,0 +1,58 @@
+"""m2_thread_per_conn: the main thread blocks in accept and starts a thread per connection; that
+thread serves the connection until it closes, then exits. Every connection costs a thread (spawn
+time, RSS, a threads_max slot): past threads_max the server cannot start one and drops the
+connection (the client sees a reset; failure "threads_max")."""
+
+from __future__ import annotations
+
+from simkit.machine import CPU
+from simkit.models.base import Acceptor, ModelBase
+
+
+class Model(ModelBase):
+    name = "m2_thread_per_conn"
+
+    def build(self) -> None:
+        m = self.machine
+        self.proc = m.new_proc(self.spec.gil)
+        self.acceptor = Acceptor(self, self.proc, self.new_listener(), self.accept_s + self.p["thread_spawn_s"],
+                                 self.spawn)
+
+    def spawn(self, conn) -> None:
+        th = self.machine.new_thread(self.proc, self.conn_program, conn)
+        if th is None:  # threads_max or memory: RuntimeError("can't start new thread"); close it
+            self.clients.reset(conn)
+            self.close_conn(conn)
+            return
+        conn.owner = th
+
+    def readable(self, conn) -> None:
+        self.machine.wake(conn.owner)
+
+    def conn_program(self, th) -> bool:
+        conn = th.obj
+        if conn.closed:
+            self.machine.exit_thread(th)
+            return False
+        if conn.eof:
+            th.steps.append((CPU, self.eof_s, None))
+            self.close_conn(conn)
+            return True
+        if conn.req is not None:
+            conn.busy = True
+            self.serve_steps(th.steps, conn)
+            return True
+        conn.busy = False  # blocked in recv()
+        return False
+
+    def idle_extra(self, proc, k: int) -> int:
+        """Each idle connection holds a thread blocked in recv(): a thread each, in the ledger only."""
+        ledger = self.machine.ledger
+        room = max(0, ledger.threads_max - ledger.threads)
+        fit = min(k, room)
+        if fit < k:
+            ledger.fail("threads_max")
+        if fit and not ledger.add_threads(fit):
+            return 0
+        proc.threads += fit
+        return fit

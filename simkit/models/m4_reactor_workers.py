@@ -1,0 +1,68 @@
+"""m4_reactor_workers: the loop thread does accept/recv/parse/send; parsed requests go through a
+queue to a pool of `pool` worker threads for the work (gil_us, cpu_us, io_us); results come back by
+queue + wake-up fd and the loop sends. One request in flight per connection. One process: the
+workers and the loop share a GIL."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from simkit.machine import CALL, CPU, GIL, SLEEP
+from simkit.models.base import ModelBase, Reactor
+
+
+class Worker:
+    __slots__ = ("thread", "idle")
+
+
+class Model(ModelBase):
+    name = "m4_reactor_workers"
+
+    def build(self) -> None:
+        m = self.machine
+        self.proc = m.new_proc(self.spec.gil)
+        self.loop = Reactor(self, self.proc, self.new_listener())
+        self.jobs: deque = deque()
+        self.idle_workers: list[Worker] = []
+        self.handoff_s = self.p["queue_handoff_s"]
+        for _ in range(self.spec.pool):
+            w = Worker()
+            w.idle = False
+            w.thread = m.new_thread(self.proc, self.worker_program, w)
+
+    def handle_ready(self, reactor, conn, steps) -> None:
+        req = conn.req
+        conn.req = None
+        steps.append((CPU, self.recv_s, None))
+        steps.append((GIL, self.parse_s, None))
+        steps.append((CALL, self.submit, (conn, req)))
+
+    def submit(self, th, job) -> None:
+        self.jobs.append(job)
+        if self.idle_workers:
+            w = self.idle_workers.pop()
+            w.idle = False
+            self.machine.wake(w.thread)
+
+    def worker_program(self, th) -> bool:
+        w = th.obj
+        if not self.jobs:
+            w.idle = True
+            self.idle_workers.append(w)
+            return False
+        conn, req = self.jobs.popleft()
+        steps = th.steps
+        steps.append((CPU, self.handoff_s, None))  # queue get + the wake-up it waited for
+        if req.gil > 0.0:
+            steps.append((GIL, req.gil, None))
+        if req.cpu > 0.0:
+            steps.append((CPU, req.cpu, None))
+        if req.io > 0.0:
+            steps.append((SLEEP, req.io + self.io_extra, None))
+        steps.append((GIL, 0.0, None))  # queue put (Python)
+        steps.append((CALL, self.complete, (conn, req)))
+        return True
+
+    def complete(self, th, job) -> None:
+        self.loop.completions.append(job)
+        self.loop.notify()
