@@ -1,0 +1,212 @@
+"""Benchmark, not a test: requests/s of each real server under wrk (50 connections, zero work, GET /),
+side by side with nginx (one worker) measured in the same run, as a ratio.
+
+The server (or nginx, master and worker) is pinned to one core and wrk to another, so the figure is
+"what one core of this server does". Each model is measured in rounds, an nginx run
+right before each model run, and the ratio is the median of the per-round ratios, so the drift of a
+shared box hits both sides of a ratio alike.
+Without wrk the script says so and exits; without nginx it prints absolute figures only.
+
+    .venv/bin/python experiments/bench_servers.py [--duration 5] [--models 1,3,5] [--connections 50]
+
+Target (issue 2): m3_reactor >= 0.85x nginx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from simkit.scenario import MODEL_NAMES, available_cores
+
+ROOT = Path(__file__).resolve().parent.parent
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 30s;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ default_type text/plain; return 200 "ok\\n"; }}
+    }}
+}}
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout_s: float = 10.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def run_wrk(port: int, connections: int, duration_s: float, wrk_core: int | None) -> tuple[float, int]:
+    """-> (requests/s, socket errors + non-2xx) from one wrk run against GET /."""
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency", f"http://127.0.0.1:{port}/"]
+    if wrk_core is not None:
+        cmd = ["taskset", "-c", str(wrk_core), *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 30).stdout
+    match = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    if not match:
+        raise RuntimeError(f"wrk output not understood:\n{out}")
+    errors = 0
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if sock:
+        errors += sum(int(x) for x in sock.groups())
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        errors += int(non2xx.group(1))
+    return float(match.group(1)), errors
+
+
+class Nginx:
+    """nginx with one worker (master + worker pinned to the server core), serving GET / -> "ok\\n"."""
+
+    def __init__(self, server_core: int | None) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="bench-nginx-")
+        self.port = free_port()
+        conf = Path(self.tmp.name) / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(tmp=self.tmp.name, port=self.port))
+        cmd = ["nginx", "-c", str(conf), "-p", self.tmp.name]
+        if server_core is not None:
+            cmd = ["taskset", "-c", str(server_core), *cmd]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGQUIT)  # nginx: graceful stop
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.tmp.cleanup()
+
+
+def start_model(name: str, server_core: int | None) -> tuple[subprocess.Popen, int]:
+    cmd = [sys.executable, "-m", "realkit.servers", "--model", name, "--port", "0"]
+    if server_core is not None:
+        cmd += ["--cores", str(server_core)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return proc, int(proc.stdout.readline())
+
+
+def stop_model(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--models", default="1-7", help="e.g. 3 or 1,3,5 or 1-7")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds (nginx run + model run) per model")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install wrk): nothing to measure")
+        return 0
+    models = []
+    for part in args.models.split(","):
+        lo, _, hi = part.partition("-")
+        models.extend(range(int(lo), int(hi or lo) + 1))
+    cores = sorted(os.sched_getaffinity(0))
+    if available_cores() >= 2 and shutil.which("taskset"):
+        server_core, wrk_core = cores[0], cores[1]
+        pinning = f"server on core {server_core}, wrk on core {wrk_core}"
+    else:
+        server_core = wrk_core = None
+        pinning = "not pinned (fewer than 2 cores or no taskset)"
+    have_nginx = shutil.which("nginx") is not None
+    print(f"# bench_servers: wrk -t1 -c{args.connections} -d{args.duration:g}s GET /, {pinning}")
+
+    # Each model is measured in `repeats` rounds, each round an nginx run right before the model's run,
+    # and the ratio is the median of the per-round ratios: the box's drift (other jobs come and go)
+    # hits both sides of a ratio alike.
+    nginx = Nginx(server_core) if have_nginx else None
+    rows = []
+    try:
+        if nginx:
+            run_wrk(nginx.port, args.connections, 1.0, wrk_core)  # warm-up
+        for number in models:
+            name = MODEL_NAMES[number - 1]
+            proc, port = start_model(name, server_core)
+            try:
+                run_wrk(port, args.connections, 1.0, wrk_core)  # warm-up
+                rounds = []
+                for _ in range(args.repeats):
+                    ref = (
+                        run_wrk(nginx.port, args.connections, args.duration, wrk_core) if nginx else (None, 0)
+                    )
+                    rounds.append((ref, run_wrk(port, args.connections, args.duration, wrk_core)))
+            finally:
+                stop_model(proc)
+            rows.append((name, rounds))
+            mine = statistics.median(r[1][0] for r in rounds)
+            line = f"{name}: {mine:,.0f} req/s"
+            if nginx:
+                line += f", nginx {statistics.median(r[0][0] for r in rounds):,.0f} req/s"
+            print(line, flush=True)
+    finally:
+        if nginx:
+            nginx.close()
+
+    print()
+    print(
+        "| server | requests/s (median) | nginx requests/s (median, same rounds) | ratio to nginx | wrk errors |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for name, rounds in rows:
+        mine = statistics.median(r[1][0] for r in rounds)
+        errors = sum(r[1][1] for r in rounds)
+        if nginx:
+            ref = statistics.median(r[0][0] for r in rounds)
+            ratio = statistics.median(r[1][0] / r[0][0] for r in rounds)
+            print(f"| {name} | {mine:,.0f} | {ref:,.0f} | {ratio:.2f} | {errors} |")
+        else:
+            print(f"| {name} | {mine:,.0f} | n/a | n/a | {errors} |")
+    print()
+    print("Models at their defaults (threads=1, processes=1, pool=4). m1 serves one keep-alive connection")
+    print(
+        "at a time, so 49 of wrk's 50 connections wait (and time out): its errors are the model, not a bug."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
