@@ -117,13 +117,16 @@ def _error_rate(row: pd.Series) -> float:
     return errors / total if total > 0 else 1.0
 
 
-def classify(row: pd.Series | dict, slo_p99_s: float, memory_bytes: float, max_error_rate: float = 1e-3) -> str:
+def classify(row: pd.Series | dict, slo_p99_s: float, memory_bytes: float, max_error_rate: float = 1e-3,
+             gil_overhead_s: float = 0.0) -> str:
     """Why one sweep row misses the SLO/budget: a key of REASONS, or "" when it meets both.
 
     CPU vs GIL vs single thread is read from cpu_util: "cpu" when cpu_util reaches ~85% of the
     cores; "gil" when a multi-threaded one-process Python model with gil_us work is stuck near one
-    core while more are available, or its GIL-held work (throughput x gil_us) fills >= 40% of one
-    core; "single_thread" for m1/m3 stuck at one core by design.
+    core while more are available, or its GIL-held time (throughput x (gil_us + gil_overhead_s), the
+    latter being the per-request parsing etc. a profile charges under the GIL, e.g. its parse_s)
+    fills >= 40% of the GIL (a GIL convoys well before 100%); "single_thread" for m1/m3 stuck at one
+    core by design.
     """
     row = pd.Series(row) if isinstance(row, dict) else row
     failure = str(row.get("failure") or "")
@@ -153,10 +156,9 @@ def classify(row: pd.Series | dict, slo_p99_s: float, memory_bytes: float, max_e
             return "single_thread"
         gil_us = float(row.get("gil_us", 0.0) or 0.0)
         if model in _THREADED_ONE_PROCESS and bool(row.get("gil", True)) and gil_us > 0:
-            # The GIL is one "core" shared by the process: held gil_us per request (plus parsing,
-            # which the frame does not carry, so this lower bound is compared loosely). Threads may
-            # still use several cores for GIL-free cpu_us work, so cpu_util alone can miss it.
-            gil_busy = float(row["throughput_rps"]) * gil_us * 1e-6
+            # The GIL is one "core" shared by the process. Threads may still use several cores
+            # for GIL-free cpu_us work, so cpu_util alone misses a GIL bottleneck.
+            gil_busy = float(row["throughput_rps"]) * (gil_us * 1e-6 + gil_overhead_s)
             if one_core or gil_busy >= 0.4:
                 return "gil"
     return "latency"
@@ -192,6 +194,7 @@ def capacity(
     *,
     max_error_rate: float = 1e-3,
     cores: int | None = None,
+    gil_overhead_s: float = 0.0,
 ) -> pd.DataFrame:
     """For each model: the largest connection count meeting the SLO and budget, and why it breaks.
 
@@ -210,7 +213,7 @@ def capacity(
     data = frame if cores is None else frame[frame["cores"] == cores]
     if data.empty:
         raise ValueError(f"cores: no rows with cores == {cores}; present: {sorted(frame['cores'].unique())}")
-    reasons = data.apply(lambda r: classify(r, slo_p99_s, memory_bytes, max_error_rate), axis=1)
+    reasons = data.apply(lambda r: classify(r, slo_p99_s, memory_bytes, max_error_rate, gil_overhead_s), axis=1)
     data = data.assign(_reason=reasons)
     out = []
     order = [m for m in MODEL_NAMES if m in set(data["model"])]
@@ -287,12 +290,13 @@ class Recommendation:
     ranking: tuple[str, ...]  # every model, best first
 
 
-def recommend(frame: pd.DataFrame, slo_p99_s: float, memory_bytes: float, max_error_rate: float = 1e-3) -> Recommendation:
+def recommend(frame: pd.DataFrame, slo_p99_s: float, memory_bytes: float, max_error_rate: float = 1e-3,
+              gil_overhead_s: float = 0.0) -> Recommendation:
     """The model to build: the one that holds the SLO at the largest load (capacity is what the
     user is buying), then the one that wins the most cells of the winner map, then the one that
     meets the SLO most often, then on the fewest cores. Reasons are sentences a person can act on,
     including why the runners-up lost and where the recommended model itself breaks."""
-    cap = capacity(frame, slo_p99_s, memory_bytes, max_error_rate=max_error_rate)
+    cap = capacity(frame, slo_p99_s, memory_bytes, max_error_rate=max_error_rate, gil_overhead_s=gil_overhead_s)
     wins = winner_map(frame, slo_p99_s, memory_bytes, max_error_rate)
     n_cells = len(wins)
     win_counts = wins["winner"].value_counts()

@@ -263,9 +263,11 @@ def write_report(inputs: ReportInputs, out_dir: str | Path) -> ReportFiles:
     slo_text = f"p99 <= {slo * 1e3:.3g} ms, RSS <= {mem / 2**30:.3g} GiB"
     profile = inputs.profile
 
-    cap = capacity(frame, slo, mem, max_error_rate=inputs.max_error_rate)
+    # Request parsing holds the GIL too: charge it when telling a GIL limit from other latency.
+    gil_overhead_s = profile["parse_s"]
+    cap = capacity(frame, slo, mem, max_error_rate=inputs.max_error_rate, gil_overhead_s=gil_overhead_s)
     wins = winner_map(frame, slo, mem, inputs.max_error_rate)
-    rec = recommend(frame, slo, mem, inputs.max_error_rate)
+    rec = recommend(frame, slo, mem, inputs.max_error_rate, gil_overhead_s)
 
     here_cores = available_cores()
     cal_cores, cal_conns = calibrated_range(profile.validation, here_cores, _box_connections(profile))
