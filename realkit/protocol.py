@@ -172,7 +172,7 @@ def parse_head(head: bytes) -> tuple[Request, int]:
     seen_length = False
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
-        if not sep or not name or name[-1:] in b" \t" or name[:1] in b" \t":
+        if not sep or not name or b" " in name or b"\t" in name:
             raise ProtocolError(400, "bad header line")
         value = value.strip(b" \t")
         lname = name.lower()
