@@ -24,7 +24,8 @@ not one SimPy process per thread. It is a callback engine on a plain simpy.Envir
   so their bursts merge across GIL states (the GIL costs nothing there, as in CPython).
 - Scheduling: a runnable thread takes a free core (its last core if free: no cache/IPI cost),
   else waits in the run queue: threads just woken (from I/O, sleep, a GIL hand-off) ahead of
-  threads preempted at the end of their slice, as CFS favours sleepers over CPU hogs (this matters
+  threads preempted at the end of their slice (until those have waited a slice: no
+  starvation), as CFS favours sleepers over CPU hogs (this matters
   for the GIL: the thread it is handed to must run soon, or the GIL idles). A core that switches to a different thread charges
   ctx_switch_s; a woken thread placed on a core other than its last charges wakeup_s. At each
   burst end, a thread that has run for >= time_slice_s while others wait goes to the queue's tail.
@@ -244,7 +245,7 @@ class Machine:
         elif woken:
             self.wokenq.append(th)
         else:
-            self.runq.append(th)
+            self.runq.append((th, self.env.now))
 
     def _assign(self, core: Core, th: Thread) -> None:
         now = self.env.now
@@ -270,10 +271,11 @@ class Machine:
         if self.w0 <= now < self.w1:
             self.ctx_count += 1
         core.thread = None
-        if self.wokenq:
+        runq = self.runq
+        if runq and (not self.wokenq or now - runq[0][1] >= self.slice_s):
+            self._assign(core, runq.popleft()[0])  # no starvation: a preempted thread waits one slice at most
+        elif self.wokenq:
             self._assign(core, self.wokenq.popleft())
-        elif self.runq:
-            self._assign(core, self.runq.popleft())
         else:
             self.free.add(core.id)
 
@@ -390,7 +392,7 @@ class Machine:
         th.burst_gil = False
         if (self.wokenq or self.runq) and self.env.now - th.run_start >= self.slice_s:
             # time slice used up while others wait: to the run queue's tail
-            self.runq.append(th)
+            self.runq.append((th, self.env.now))
             self._release(th)
             return
         self._advance(th)

@@ -1,0 +1,161 @@
+"""The mechanisms of DESIGN §6 are visible in simulated Results (issue 4, "Mechanisms visible").
+
+Each test compares runs of the same simulator (never a hard-coded figure), with loose tolerances:
+these are discrete-event runs, deterministic per seed, so they do not flake on a loaded box.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from simkit import simulate
+from simkit.profile import CostProfile
+from simkit.scenario import Scenario
+
+pytestmark = pytest.mark.timeout(120)
+
+PROFILE = CostProfile.default()
+BASE = Scenario().replace(duration_s=0.5, warmup_s=0.1, connections=32, cores=1)
+
+
+def run(**changes):
+    return simulate(BASE.replace(**changes), PROFILE)
+
+
+def test_m1_serves_one_connection_at_a_time():
+    # With think time, a server that can interleave connections gets ~N times the throughput of one
+    # connection; m1 keeps serving the first keep-alive connection while the rest wait in the backlog.
+    one = run(model="m1_iterative", connections=1, think_s=0.001, cpu_us=50)
+    many = run(model="m1_iterative", connections=10, think_s=0.001, cpu_us=50)
+    reactor = run(model="m3_reactor", connections=10, think_s=0.001, cpu_us=50)
+    assert many.throughput_rps == pytest.approx(one.throughput_rps, rel=0.05)
+    assert reactor.throughput_rps > 5 * many.throughput_rps
+    assert many.threads_peak == 1
+    assert many.completed > 0
+
+
+def test_m1_short_connections_are_served_in_turn():
+    # Connection: close after each request: m1 accepts the next waiting connection each time.
+    r = run(model="m1_iterative", connections=10, requests_per_conn=1, cpu_us=50)
+    assert r.completed > 0 and r.errors == 0
+    per_request = r.latency_mean_s
+    single = run(model="m1_iterative", connections=1, requests_per_conn=1, cpu_us=50).latency_mean_s
+    assert per_request > 5 * single  # each client waits for the nine ahead of it
+
+
+def test_m3_io_work_stalls_every_client():
+    io_s = 1e-3
+    m3 = run(model="m3_reactor", cores=4, connections=20, io_us=io_s * 1e6)
+    m2 = run(model="m2_thread_per_conn", cores=4, connections=20, io_us=io_s * 1e6)
+    # one loop sleeping inline: at most one request per io_us, whatever the connections or cores
+    assert m3.throughput_rps <= 1.02 / io_s
+    assert m3.cpu_util < 0.2
+    # threads sleep in parallel
+    assert m2.throughput_rps > 5 * m3.throughput_rps
+
+
+@pytest.mark.parametrize("model,knob", [("m5_multi_reactor", {"threads": 4}), ("m6_prefork", {"processes": 4})])
+def test_cpu_work_scales_with_cores(model, knob):
+    one = run(model=model, cores=1, cpu_us=500, connections=64, **knob)
+    four = run(model=model, cores=4, cpu_us=500, connections=64, **knob)
+    assert four.throughput_rps > 3.0 * one.throughput_rps
+    assert four.cpu_util > 3.0
+
+
+@pytest.mark.parametrize("model,knob", [("m4_reactor_workers", {"pool": 4}), ("m5_multi_reactor", {"threads": 4})])
+def test_gil_work_does_not_scale_past_one_core(model, knob):
+    one = run(model=model, cores=1, gil_us=500, connections=64, **knob)
+    four = run(model=model, cores=4, gil_us=500, connections=64, **knob)
+    assert four.throughput_rps < 1.2 * one.throughput_rps
+    # ... while processes, each with its own GIL, do scale
+    m6_one = run(model="m6_prefork", processes=4, cores=1, gil_us=500, connections=64)
+    m6_four = run(model="m6_prefork", processes=4, cores=4, gil_us=500, connections=64)
+    assert m6_four.throughput_rps > 3.0 * m6_one.throughput_rps
+
+
+def test_gil_off_lets_threads_scale():
+    four = run(model="m5_multi_reactor", threads=4, cores=4, gil_us=500, connections=64, gil=False)
+    one = run(model="m5_multi_reactor", threads=4, cores=1, gil_us=500, connections=64, gil=False)
+    assert four.throughput_rps > 3.0 * one.throughput_rps
+
+
+def test_m2_past_threads_max_reports_failure():
+    r = run(model="m2_thread_per_conn", connections=200, threads_max=100, cpu_us=20, warmup_s=0.0)
+    assert r.failure == "threads_max"
+    assert r.errors_reset > 0
+    assert r.threads_peak <= 100
+    assert r.completed > 0  # the connections that got a thread are served
+
+
+def test_m2_with_100k_connections_holds_100k_threads_of_rss():
+    r = run(model="m2_thread_per_conn", connections=100, idle_connections=99_900, threads_max=200_000,
+            fd_limit=200_000, memory_bytes=64 * 2**30, cpu_us=20)
+    assert r.failure == ""
+    assert r.threads_peak >= 100_000
+    assert r.rss_peak_bytes >= 100_000 * PROFILE["rss_thread_bytes"]
+    assert r.fds_peak >= 100_000
+
+
+def test_memory_limit_is_reported():
+    r = run(model="m2_thread_per_conn", connections=100, idle_connections=20_000, threads_max=200_000,
+            fd_limit=200_000, memory_bytes=512 * 2**20)
+    assert r.failure == "memory"
+    assert r.rss_peak_bytes <= 512 * 2**20
+
+
+@pytest.mark.parametrize("model", ["m1_iterative", "m2_thread_per_conn", "m3_reactor", "m5_multi_reactor",
+                                   "m6_prefork", "m7_reactor_spawn"])
+def test_fd_limit_below_connections_queues_not_crashes(model):
+    r = run(model=model, connections=100, fd_limit=40, cpu_us=20, timeout_s=0.2, duration_s=0.6, cores=2)
+    assert r.completed > 0
+    assert r.fds_peak <= 40 * r.processes_peak
+    if model != "m1_iterative":  # m1 holds one connection at a time: never near the limit
+        assert r.failure == "fd_limit"
+        assert r.errors_timeout + r.in_flight > 0  # the rest waited in the backlog
+
+
+def test_backlog_overflow_drops_syns_and_clients_retry():
+    # m1 serving one keep-alive client at a time, a backlog of 4: the rest of the SYNs drop and retry
+    r = run(model="m1_iterative", connections=20, backlog=4, cpu_us=20, timeout_s=0.5, duration_s=1.0)
+    assert r.failure == "backlog"
+    assert r.errors_timeout > 0
+
+
+def test_epoll_batching_cheapens_requests_under_load():
+    # CPU per request falls as connections grow: one epoll_wait returns many events
+    light = run(model="m3_reactor", connections=1)
+    heavy = run(model="m3_reactor", connections=200)
+    cpu_per_req_light = light.cpu_util / light.throughput_rps
+    cpu_per_req_heavy = heavy.cpu_util / heavy.throughput_rps
+    assert cpu_per_req_heavy < cpu_per_req_light
+
+
+def test_loadgen_on_server_cores_competes_for_cpu():
+    s = BASE.replace(model="m3_reactor", connections=16, cores=1)
+    alone = simulate(s, PROFILE)
+    shared = simulate(s, PROFILE, loadgen_on_server_cores=True)
+    assert alone.loadgen_cpu_util == 0.0
+    assert shared.loadgen_cpu_util > 0.05
+    assert shared.throughput_rps < alone.throughput_rps
+
+
+def test_m6_dispatch_modes_all_serve():
+    for mode in ("shared", "reuseport", "fdpass"):
+        r = run(model="m6_prefork", processes=3, dispatch=mode, cores=3, cpu_us=100)
+        assert r.completed > 0 and r.errors == 0, mode
+        assert r.processes_peak == 4, mode  # master + 3 workers
+
+
+def test_short_lived_connections_cost_more():
+    keep = run(model="m2_thread_per_conn", connections=16, cpu_us=50)
+    short = run(model="m2_thread_per_conn", connections=16, cpu_us=50, requests_per_conn=1)
+    assert short.throughput_rps < keep.throughput_rps  # accept + thread spawn per request
+
+
+def test_open_loop_counts_client_queueing():
+    # Offered load above capacity: latency grows with the client-side queue (timed from intended send)
+    cap = run(model="m3_reactor", cpu_us=200).throughput_rps
+    over = run(model="m3_reactor", cpu_us=200, mode="open", rate_rps=1.5 * cap, timeout_s=5.0)
+    under = run(model="m3_reactor", cpu_us=200, mode="open", rate_rps=0.5 * cap, timeout_s=5.0)
+    assert over.latency_p99_s > 10 * under.latency_p99_s
+    assert over.throughput_rps == pytest.approx(cap, rel=0.1)
