@@ -70,7 +70,8 @@ class ModelBase:
 
     def on_data(self, conn) -> None:
         """A request (conn.req) or the client's close (conn.eof) reached an accepted socket."""
-        if conn.accepted and not conn.busy and not conn.closed:
+        # owner None: accepted but still in a hand-off queue; the new owner looks at req/eof itself
+        if conn.accepted and conn.owner is not None and not conn.busy and not conn.closed:
             conn.busy = True
             self.readable(conn)
 
