@@ -1,14 +1,18 @@
 """Sample a server's whole process tree (every 100 ms, in a background thread) and summarise a window.
 
-Per sample: RSS (sum over the tree), threads, processes, open fds, context switches (voluntary and
-involuntary) and CPU (user+sys). psutil does the per-process reads. Two things psutil does not give:
-- context switches of *all threads*: /proc/PID/status (psutil.num_ctx_switches) reports the main thread
-  only, so a thread-per-connection server would look idle. We sum /proc/PID/task/TID/status over the
-  threads instead;
-- counters of threads and processes that have gone: cumulative counters are kept per pid/tid at their
-  last sampled value, so a short-lived thread or a restarted m6 worker still counts (what it did after
-  its last sample, under 100 ms, is lost: a small undercount for very short-lived threads).
-Process CPU from /proc/PID/stat already includes the process's exited threads.
+Per sample: RSS (sum over the tree), threads, processes, open fds, context switches (voluntary plus
+involuntary) and CPU (user+sys). psutil does the per-process reads. Context switches need more care:
+/proc/PID/status (psutil.num_ctx_switches) reports the main thread only, and the counts of exited
+threads are visible nowhere in /proc, so a thread-per-connection or spawn-per-request server (m2, m7)
+would look calm. Two ways, best first:
+- "perf": a software perf counter (PERF_COUNT_SW_CONTEXT_SWITCHES, inherit=1) attached to every thread
+  of the tree when the monitor starts; the kernel adds in every thread and process created later, alive
+  or exited. Needs perf_event_open (root, or kernel.perf_event_paranoid <= 1, and no seccomp veto);
+- "proc": sum /proc/PID/task/TID/status over live threads at each sample, keeping each thread's last
+  value after it exits (what it did after its last sample is lost: an undercount for threads that
+  live less than the sampling interval).
+TreeStats.ctx_counter says which one was used. Process CPU from /proc/PID/stat already includes the
+process's exited threads; exited processes keep their last sampled CPU.
 
 RSS is summed over the tree, so pages shared by forked workers (m6) count once per worker, as `ps`
 would: an upper bound of the memory the tree really needs.
@@ -16,8 +20,12 @@ would: an upper bound of the memory the tree really needs.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
 import os
+import platform
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -34,8 +42,7 @@ class TreeSample:
     processes: int
     fds: int
     fds_max_process: int  # the most fds any one process held (RLIMIT_NOFILE is per process)
-    ctx_voluntary: int  # cumulative, all threads ever seen
-    ctx_involuntary: int
+    ctx_switches: int  # cumulative since the monitor started counting (voluntary + involuntary)
     cpu_s: float  # cumulative user+sys, all processes ever seen
 
 
@@ -46,14 +53,58 @@ class TreeStats:
     window_s: float
     samples: int
     cpu_util: float  # cores: CPU-seconds per second
-    ctx_switches_per_s: float  # voluntary + involuntary
-    ctx_voluntary_per_s: float
-    ctx_involuntary_per_s: float
+    ctx_switches_per_s: float  # voluntary + involuntary, every thread
+    ctx_counter: str  # "perf" (exact, kernel-kept) or "proc" (sampled; undercounts very short-lived threads)
     threads_peak: int
     processes_peak: int
     rss_peak_bytes: int
     fds_peak: int
     fds_max_process_peak: int
+
+
+_PERF_SYSCALL = {"x86_64": 298, "aarch64": 241, "armv7l": 364, "ppc64le": 319, "s390x": 331}
+_PERF_TYPE_SOFTWARE = 1
+_PERF_COUNT_SW_CONTEXT_SWITCHES = 3
+_PERF_FLAG_FD_CLOEXEC = 8
+_PERF_ATTR_INHERIT = 1 << 1
+
+
+class _PerfContextSwitches:
+    """Kernel-kept context-switch counters for a set of threads and everything they create later."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        number = _PERF_SYSCALL.get(platform.machine())
+        if number is None:
+            raise OSError("perf_event_open: unknown syscall number on this architecture")
+        self._syscall = ctypes.CDLL(None, use_errno=True).syscall
+        self._number = number
+        attr = bytearray(128)  # struct perf_event_attr (size 128 = PERF_ATTR_SIZE_VER7; older kernels take it)
+        struct.pack_into("IIQQQQQ", attr, 0, _PERF_TYPE_SOFTWARE, len(attr), _PERF_COUNT_SW_CONTEXT_SWITCHES,
+                         0, 0, 0, _PERF_ATTR_INHERIT)
+        self._attr = ctypes.create_string_buffer(bytes(attr), len(attr))
+
+    def attach(self, tid: int) -> None:
+        fd = self._syscall(self._number, self._attr, tid, -1, -1, _PERF_FLAG_FD_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"perf_event_open: {os.strerror(err)}")
+        self.fds.append(fd)
+
+    def read(self) -> int:
+        total = 0
+        for fd in self.fds:
+            try:
+                total += struct.unpack("Q", os.read(fd, 8))[0]
+            except OSError:
+                pass
+        return total
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = []
 
 
 def _thread_ctx(pid: int) -> dict[int, tuple[int, int]]:
@@ -87,7 +138,8 @@ class ProcessTreeMonitor:
     stats = mon.summary(t0, t1)
     """
 
-    def __init__(self, pid: int, interval_s: float = 0.1, cpus: tuple[int, ...] | None = None) -> None:
+    def __init__(self, pid: int, interval_s: float = 0.1, cpus: tuple[int, ...] | None = None,
+                 use_perf: bool = True) -> None:
         if not isinstance(pid, int) or pid <= 0:
             raise ValueError(f"pid: expected a process id, got {pid!r}")
         if not interval_s > 0:
@@ -104,6 +156,30 @@ class ProcessTreeMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._perf: _PerfContextSwitches | None = None
+        if use_perf:
+            self._perf = self._attach_perf()
+        self.ctx_counter = "perf" if self._perf is not None else "proc"
+
+    def _attach_perf(self) -> _PerfContextSwitches | None:
+        """A counter on every thread now in the tree; None (fall back to /proc) if perf is not allowed."""
+        try:
+            perf = _PerfContextSwitches()
+        except OSError:
+            return None
+        try:
+            for proc in self._tree():
+                for tid in os.listdir(f"/proc/{proc.pid}/task"):
+                    try:
+                        perf.attach(int(tid))
+                    except OSError as exc:
+                        if exc.errno in (1, 13, 38):  # EPERM, EACCES, ENOSYS: perf is not ours to use
+                            raise
+                        # ESRCH: the thread exited meanwhile; nothing to count
+        except OSError:
+            perf.close()
+            return None
+        return perf
 
     # -- sampling ------------------------------------------------------------------------------------
     def _tree(self) -> list[psutil.Process]:
@@ -137,13 +213,16 @@ class ProcessTreeMonitor:
             fds += fds_p
             fds_max = max(fds_max, fds_p)
             self._cpu[proc.pid] = cpu.user + cpu.system
-            for tid, counts in _thread_ctx(proc.pid).items():
-                self._ctx[(proc.pid, tid)] = counts
+            if self._perf is None:
+                for tid, counts in _thread_ctx(proc.pid).items():
+                    self._ctx[(proc.pid, tid)] = counts
         if n == 0:
             self.root_gone = True
             return None
-        vol = sum(v for v, _ in self._ctx.values())
-        invol = sum(i for _, i in self._ctx.values())
+        if self._perf is not None:
+            ctx = self._perf.read()
+        else:
+            ctx = sum(v + i for v, i in self._ctx.values())
         smp = TreeSample(
             t_s=time.monotonic(),
             rss_bytes=rss,
@@ -151,8 +230,7 @@ class ProcessTreeMonitor:
             processes=n,
             fds=fds,
             fds_max_process=fds_max,
-            ctx_voluntary=vol,
-            ctx_involuntary=invol,
+            ctx_switches=ctx,
             cpu_s=sum(self._cpu.values()),
         )
         with self._lock:
@@ -183,6 +261,8 @@ class ProcessTreeMonitor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5.0)
+        if self._perf is not None:
+            self._perf.close()
         with self._lock:
             return list(self.samples)
 
@@ -196,10 +276,10 @@ class ProcessTreeMonitor:
     def summary(self, t0: float, t1: float) -> TreeStats:
         with self._lock:
             samples = list(self.samples)
-        return summarise(samples, t0, t1)
+        return summarise(samples, t0, t1, self.ctx_counter)
 
 
-def summarise(samples: list[TreeSample], t0: float, t1: float) -> TreeStats:
+def summarise(samples: list[TreeSample], t0: float, t1: float, ctx_counter: str = "proc") -> TreeStats:
     """Peaks over the samples inside [t0, t1] (the nearest one if none falls inside) and rates of the
     cumulative counters, interpolated linearly at t0 and t1 (clamped to the sampled span)."""
     if not t1 > t0:
@@ -219,15 +299,12 @@ def summarise(samples: list[TreeSample], t0: float, t1: float) -> TreeStats:
         v = np.array(values, dtype=np.float64)
         return float((np.interp(hi, t, v) - np.interp(lo, t, v)) / span)
 
-    vol = rate([s.ctx_voluntary for s in samples])
-    invol = rate([s.ctx_involuntary for s in samples])
     return TreeStats(
         window_s=t1 - t0,
         samples=len(inside),
         cpu_util=rate([s.cpu_s for s in samples]),
-        ctx_switches_per_s=vol + invol,
-        ctx_voluntary_per_s=vol,
-        ctx_involuntary_per_s=invol,
+        ctx_switches_per_s=rate([s.ctx_switches for s in samples]),
+        ctx_counter=ctx_counter,
         threads_peak=max(s.threads for s in inside),
         processes_peak=max(s.processes for s in inside),
         rss_peak_bytes=max(s.rss_bytes for s in inside),
