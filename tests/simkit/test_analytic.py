@@ -294,11 +294,13 @@ def test_m3_open_loop_matches_mm1_within_5_percent():
         # 1000 connections: an arrival almost never finds its own connection busy, so the one
         # request in flight per connection rule does not add queueing M/M/1 does not have.
         workload=Workload(connections=1000, mode="open", rate_rps=lam, cpu_us=mean_service_s * 1e6,
-                          duration_s=200.0, warmup_s=5.0, timeout_s=60.0),
+                          duration_s=400.0, warmup_s=5.0, timeout_s=60.0),
     )
     r = _simulate(s, CostProfile.default().zeroed(), seed=7)
     expected = mm1(lam, 1 / mean_service_s).response_mean_s
-    assert r.completed >= 90_000
+    # 200k requests: across seeds the simulated mean scatters by ~0.6% (sd, 7 seeds) around 1/(mu - lambda),
+    # so 5% is a > 3 sd margin, not a tuned one.
+    assert r.completed >= 190_000
     assert r.errors == 0
     assert r.throughput_rps == pytest.approx(lam, rel=0.03)
     assert r.latency_mean_s == pytest.approx(expected, rel=0.05)
@@ -311,11 +313,11 @@ def test_m2_without_gil_matches_erlang_c_within_5_percent():
         model=ModelSpec(name="m2_thread_per_conn", gil=False),
         hardware=Hardware(cores=c),
         workload=Workload(connections=2000, mode="open", rate_rps=lam, cpu_us=mean_service_s * 1e6,
-                          duration_s=40.0, warmup_s=2.0, timeout_s=60.0),
+                          duration_s=66.0, warmup_s=2.0, timeout_s=60.0),
     )
     r = _simulate(s, CostProfile.default().zeroed(), seed=11)
     expected = mmc(lam, 1 / mean_service_s, c).response_mean_s
-    assert r.completed >= 100_000
+    assert r.completed >= 190_000  # ~200k requests: seed-to-seed sd ~1.1% (7 seeds), against a 5% tolerance
     assert r.errors == 0
     assert r.throughput_rps == pytest.approx(lam, rel=0.03)
     assert r.latency_mean_s == pytest.approx(expected, rel=0.05)
