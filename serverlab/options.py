@@ -6,7 +6,15 @@ import functools
 
 import click
 
-from simkit.scenario import DISPATCH_MODES, Hardware, ModelSpec, Scenario, Workload, available_cores
+from simkit.scenario import (
+    DISPATCH_MODES,
+    Hardware,
+    ModelSpec,
+    Scenario,
+    Workload,
+    available_cores,
+    model_name,
+)
 
 
 def parse_cores(text: str | None) -> list[int] | None:
@@ -62,7 +70,7 @@ def scenario_options(func):
     @functools.wraps(func)
     def wrapper(**kw):
         try:
-            name = ModelSpec(name=kw.pop("model")).name
+            name = model_name(kw.pop("model"))  # not ModelSpec(name=...): m4 would fail on pool=0 first
             pool = kw.pop("pool")
             model = ModelSpec(
                 name=name,
