@@ -78,6 +78,7 @@ class Clients:
         self.gil_s = wl.gil_us * 1e-6 * profile["gil_work_scale"]
         self.io_s = wl.io_us * 1e-6
         self.open = wl.mode == "open"
+        self.fast_closed = not self.open and wl.think_s == 0.0 and not loadgen_machine
         self.client_cpu = profile["client_cpu_per_request_s"]
         # counters over the cohort (requests issued in [w0, w1))
         self.issued = 0
@@ -226,20 +227,43 @@ class Clients:
 
     # -- outcomes ---------------------------------------------------------------------------------
     def respond(self, conn: Conn, req: Request, t: float) -> None:
-        """The server sent `req`'s response at time t (>= now): it reaches the client half an RTT later."""
-        self._at(t - self.env.now + self.half_rtt, self._receipt, req)
+        """The server sent `req`'s response at time t (>= now): it reaches the client half an RTT later.
+
+        Fast path (no event for the receipt): when nothing can happen to the request between now and
+        its receipt at t_recv (it is in time, before the window ends, on a connection that stays
+        open), the receipt is booked now at its exact time t_recv, and a closed-loop client with no
+        think time issues its next request at t_recv directly."""
+        now = self.env.now
+        t_recv = t + self.half_rtt
+        # (Open loop has no fast path: its slot must not look free before t_recv, or arrivals would be
+        # sent to a connection whose server thread is still busy.)
+        if (self.fast_closed and req.state == PENDING and t_recv < self.w1 and t_recv - req.t < self.timeout_s
+                and not req.close and req.slot.cur is req):
+            self._complete(req, t_recv)
+            slot = req.slot
+            nxt = self._new_request(t_recv, slot)
+            slot.cur = nxt
+            conn.nreq += 1
+            nxt.conn = conn
+            if self.rpc is not None and conn.nreq >= self.rpc:
+                nxt.close = True
+            self._at(t_recv - now + self.half_rtt, self._data_arrives, nxt)
+            return
+        self._at(t_recv - now, self._receipt, req)
+
+    def _complete(self, req: Request, t: float) -> None:
+        req.state = DONE
+        t0 = req.t
+        if self.w0 <= t0 < self.w1:
+            self.completed += 1
+            self.latencies.append(t - t0)
+        self.area += _overlap(t0, t, self.w0, self.w1)
 
     def _receipt(self, ev) -> None:
         req = ev._value
         if req.state != PENDING:
             return  # timed out earlier; the client had moved on
-        now = self.env.now
-        req.state = DONE
-        t0 = req.t
-        if self.w0 <= t0 < self.w1:
-            self.completed += 1
-            self.latencies.append(now - t0)
-        self.area += _overlap(t0, now, self.w0, self.w1)
+        self._complete(req, self.env.now)
         slot = req.slot
         if req.close and slot.conn is req.conn:
             slot.conn = None
