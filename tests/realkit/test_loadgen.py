@@ -260,6 +260,22 @@ def test_framer_splits_pipelined_and_fragmented_responses():
         framer.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
 
 
+def test_framer_fast_path_only_takes_responses_of_the_learned_shape():
+    framer = _Framer()
+    assert framer.feed(RESP) == (1, 0)
+    assert framer.shape is not None
+    assert framer.feed(RESP) == (1, 0)  # fast path
+    assert framer.feed(RESP.replace(b"200 OK", b"500 Bad")[:-2] + b"lo") == (1, 1)
+    # Same length, different shape: a longer header and a shorter body. Must be parsed, not assumed.
+    other = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plainXX\r\n\r\nhel"
+    assert len(other) == len(RESP)
+    assert framer.feed(other) == (1, 0) and framer.buf == b""
+    # Same length, but only the first part of a longer response: nothing complete yet.
+    longer = b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nContent-Type: text/plain\r\n\r\n" + b"y" * 50
+    assert framer.feed(longer[:len(RESP)]) == (0, 0)
+    assert framer.feed(longer[len(RESP):]) == (1, 0)
+
+
 def test_spec_validation_names_the_field_and_refuses_remote_hosts():
     with pytest.raises(ValueError, match="url"):
         LoadSpec(url="http://example.com:80/")
