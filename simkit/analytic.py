@@ -30,6 +30,10 @@ from simkit.profile import CostProfile
 from simkit.result import Result
 from simkit.scenario import Scenario
 
+# Status line + Content-Length + Connection headers of our servers; the same figure as
+# simkit/models/base.py, kept here so this module stays free of the SimPy engine.
+RESP_HEADER_BYTES = 80
+
 __all__ = [
     "QueueMetrics",
     "Station",
@@ -501,23 +505,28 @@ def fit_usl(n, x) -> USLFit:
 # -- the seven architectures as station networks ---------------------------------------------------
 @dataclass(frozen=True)
 class Demands:
-    """Per-request costs of one scenario, in seconds, from the profile."""
+    """Per-request costs of one scenario, in seconds, from the profile.
 
-    python_s: float  # Python-level handling per request, holds the GIL: recv, parse, send, epoll
+    Split as the simulator splits them (simkit/models/base.py): syscalls, cpu_us work and sleeps
+    release the GIL; parsing, Python dispatch and gil_us work hold it.
+    """
+
+    python_s: float  # Python-level handling per request, GIL held: parse, event dispatch, hand-offs
+    syscall_s: float  # kernel work per request, GIL released: recv, send, epoll_wait, switches
     cpu_work_s: float  # cpu_us work, GIL released
     gil_work_s: float  # gil_us work, GIL held
     io_s: float  # io_us blocking wait: no CPU
-    per_conn_s: float  # accept and setup per connection, amortised over its requests (GIL held)
+    per_conn_s: float  # connection setup (accept, epoll_ctl, spawn) amortised over its requests
     rtt_s: float  # client-side loopback round trip: pure delay
 
     @property
     def cpu_s(self) -> float:
         """Core time per request: what the utilisation law multiplies by throughput."""
-        return self.python_s + self.cpu_work_s + self.gil_work_s + self.per_conn_s
+        return self.python_s + self.syscall_s + self.cpu_work_s + self.gil_work_s + self.per_conn_s
 
     @property
     def gil_s(self) -> float:
-        """GIL-held time per request."""
+        """GIL-held time per request (connection setup counted as Python: it is mostly object work)."""
         return self.python_s + self.gil_work_s + self.per_conn_s
 
 
@@ -527,38 +536,40 @@ def demands(scenario: Scenario, profile: CostProfile | None = None) -> Demands:
     Charges one epoll_wait per request (no batching credit) to the event-loop models, a switch and a
     cross-core wake-up per request to m2 (its thread sleeps in recv), a thread spawn per connection
     to m2 and per request to m7, two queue hand-offs per request to m4, one per connection to m5.
+    The response carries RESP_HEADER_BYTES of headers on top of resp_bytes, as the real servers send.
     """
     profile = profile or CostProfile.default()
     p = profile
     w = scenario.workload
     name = scenario.model.name
-    epoll = p["epoll_wait_base_s"] + p["epoll_per_event_s"]
-    extra, extra_conn = 0.0, 0.0
-    if name == "m1_iterative":
-        epoll = 0.0
-    elif name == "m2_thread_per_conn":
-        epoll = 0.0
-        extra = p["ctx_switch_s"] + p["wakeup_s"]
+    epoll_sys, epoll_py = p["epoll_wait_base_s"], p["epoll_per_event_s"]
+    extra_py, extra_sys, extra_conn = 0.0, 0.0, 0.0
+    if name in ("m1_iterative", "m2_thread_per_conn"):
+        epoll_sys = epoll_py = 0.0  # blocking sockets
+    if name == "m2_thread_per_conn":
+        extra_sys = p["ctx_switch_s"] + p["wakeup_s"]
         extra_conn = p["thread_spawn_s"]
     elif name == "m4_reactor_workers":
-        extra = 2 * p["queue_handoff_s"]
+        extra_py = 2 * p["queue_handoff_s"]
     elif name == "m5_multi_reactor":
         extra_conn = p["queue_handoff_s"]
     elif name == "m6_prefork" and scenario.model.dispatch == "fdpass":
         extra_conn = p["accept_s"] + p["send_base_s"]  # master accepts, then passes the fd
     elif name == "m7_reactor_spawn":
-        extra = p["thread_spawn_s"] + 2 * p["epoll_ctl_s"]
-    python_s = (
+        # Thread.start() is mostly clone() and scheduling, charged (as the simulator does) as CPU
+        # time with the GIL released.
+        extra_sys = 2 * p["epoll_ctl_s"] + p["thread_spawn_s"]
+    syscall_s = (
         p["recv_base_s"] + p["recv_per_byte_s"] * w.request_bytes
-        + p["parse_s"]
-        + p["send_base_s"] + p["send_per_byte_s"] * w.resp_bytes
-        + epoll + extra
+        + p["send_base_s"] + p["send_per_byte_s"] * (w.resp_bytes + RESP_HEADER_BYTES)
+        + epoll_sys + extra_sys
     )
     per_conn = 0.0
     if w.requests_per_conn is not None:  # None: keep-alive for the run, setup amortised to nothing
         per_conn = (p["accept_s"] + 2 * p["epoll_ctl_s"] + extra_conn) / w.requests_per_conn
     return Demands(
-        python_s=python_s,
+        python_s=p["parse_s"] + epoll_py + extra_py,
+        syscall_s=syscall_s,
         cpu_work_s=w.cpu_us * 1e-6 * p["cpu_work_scale"],
         gil_work_s=w.gil_us * 1e-6 * p["gil_work_scale"],
         io_s=(w.io_us * 1e-6 + p["io_overshoot_s"]) if w.io_us > 0 else 0.0,
@@ -576,8 +587,8 @@ def model_stations(scenario: Scenario, profile: CostProfile | None = None) -> li
       (shared-queue approximation of the round-robin / kernel split).
     - m4: the loop thread (recv/parse/send, hand-offs) and a pool of `pool` workers for the work.
     - m2, m7: a thread per connection (m7: per request, after the loop's dispatch): io is a delay.
-    The GIL is one server per multi-threaded Python process (gil=True); m6's processes each have
-    their own. "cores" appears where more threads can run than there are cores. Stations whose time
+    The GIL is one server per multi-threaded Python process (gil=True), whose demand adds one
+    gil_handoff_s per request; m6's processes each have their own. "cores" appears where more threads can run than there are cores. Stations whose time
     is also time on another station (a loop's CPU on a core) carry it in overlap_s.
     """
     profile = profile or CostProfile.default()
@@ -586,6 +597,7 @@ def model_stations(scenario: Scenario, profile: CostProfile | None = None) -> li
     d = demands(scenario, profile)
     name = m.name
     gil = m.gil
+    handoff = profile["gil_handoff_s"]  # waking the next GIL waiter, paid on each contended acquisition
     st: list[Station] = []
     if name in ("m1_iterative", "m3_reactor"):
         hold = 0.0
@@ -597,27 +609,29 @@ def model_stations(scenario: Scenario, profile: CostProfile | None = None) -> li
         loops = m.threads if name == "m5_multi_reactor" else m.processes
         st.append(Station("loops", d.cpu_s + d.io_s, loops))
         if gil and name == "m5_multi_reactor" and loops > 1:
-            st.append(Station("gil", d.gil_s, 1, overlap_s=d.gil_s))
+            st.append(Station("gil", d.gil_s + handoff, 1, overlap_s=d.gil_s + handoff))
         if loops > cores:
             st.append(Station("cores", d.cpu_s, cores, overlap_s=d.cpu_s))
     elif name == "m4_reactor_workers":
-        st.append(Station("loop", d.python_s + d.per_conn_s, 1))
+        st.append(Station("loop", d.python_s + d.syscall_s + d.per_conn_s, 1))
         st.append(Station("pool", d.cpu_work_s + d.gil_work_s + d.io_s, m.pool))
         if gil:
-            st.append(Station("gil", d.gil_s, 1, overlap_s=d.gil_s))
+            st.append(Station("gil", d.gil_s + handoff, 1, overlap_s=d.gil_s + handoff))
         if m.pool + 1 > cores:
             st.append(Station("cores", d.cpu_s, cores, overlap_s=d.cpu_s))
     else:  # m2, m7
         executors = w.connections
-        counted = 0.0
+        counted, loop_py = 0.0, 0.0
         if name == "m7_reactor_spawn":
             p = profile
-            loop_s = p["epoll_wait_base_s"] + p["epoll_per_event_s"] + 2 * p["epoll_ctl_s"] + p["thread_spawn_s"]
+            loop_py = p["epoll_per_event_s"]  # Python dispatch: GIL held
+            loop_s = loop_py + p["epoll_wait_base_s"] + 2 * p["epoll_ctl_s"] + p["thread_spawn_s"]
             st.append(Station("loops", loop_s, m.threads))
-            counted = loop_s
+            counted = loop_s  # CPU time of this request already on its latency path
         if gil and executors > 1:
-            st.append(Station("gil", d.gil_s, 1, overlap_s=counted))
-            counted = d.gil_s
+            gil_overlap = loop_py if name == "m7_reactor_spawn" else 0.0
+            st.append(Station("gil", d.gil_s + handoff, 1, overlap_s=gil_overlap))
+            counted += d.gil_s + handoff - gil_overlap
         st.append(Station("cores", d.cpu_s, min(cores, executors), overlap_s=counted))
         if d.io_s:
             st.append(Station("io", d.io_s, None))

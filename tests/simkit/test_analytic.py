@@ -321,3 +321,25 @@ def test_m2_without_gil_matches_erlang_c_within_5_percent():
     assert r.errors == 0
     assert r.throughput_rps == pytest.approx(lam, rel=0.03)
     assert r.latency_mean_s == pytest.approx(expected, rel=0.05)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("work", [dict(cpu_us=200.0, gil_us=20.0), dict(gil_us=200.0), dict(io_us=1000.0, cpu_us=50.0)],
+                         ids=["cpu", "gil", "io"])
+def test_analytic_throughput_tracks_the_simulator_coarsely(work):
+    """analytic() is a coarse product-form cross-check: it ignores the GIL convoy, epoll batching and
+    scheduling noise, so it must land near the simulator (within 25% on throughput, default profile,
+    2 cores, 64 closed-loop clients), not on it. A bigger gap means one of the two lost a mechanism."""
+    from simkit import simulate
+
+    gaps = {}
+    for name in MODEL_NAMES:
+        s = Scenario(
+            model=ModelSpec(name=name, threads=2, processes=2, pool=2),
+            hardware=Hardware(cores=2),
+            workload=Workload(connections=64, requests_per_conn=10 if name == "m1_iterative" else None,
+                              duration_s=0.5, warmup_s=0.2, **work),
+        )
+        sim = simulate(s, CostProfile.default())
+        gaps[name] = analytic(s, CostProfile.default()).throughput_rps / sim.throughput_rps - 1
+    assert all(abs(g) <= 0.25 for g in gaps.values()), gaps
