@@ -233,6 +233,11 @@ class LoadSpec:
     cpus: tuple[int, ...] | None = None  # pin the worker processes to these CPUs
     seed: int = 1
     late_threshold_s: float = 0.002
+    # Open loop: 0 wakes the loop for every arrival (uvloop turns waits under 0.5 ms into a busy poll:
+    # sends are on time, the generator's CPU is busy); > 0 wakes at most this often and sends what is due
+    # (little CPU, sends up to this much late; the lag is inside the latencies and reported). Use > 0 when
+    # the generator shares CPUs with the server.
+    timer_resolution_s: float = 0.0
     connect_concurrency: int = 256  # connects in flight at once (a burst beyond the backlog only drops SYNs)
     use_uvloop: bool = True
     allow_remote: bool = False
@@ -262,6 +267,7 @@ class LoadSpec:
             ("think_s", False),
             ("timeout_s", True),
             ("late_threshold_s", False),
+            ("timer_resolution_s", False),
         ):
             value = getattr(self, name)
             if (
@@ -626,7 +632,7 @@ class _Generator:
         if self.waiting:
             self.maybe_open()
         if t < self.t_stop:
-            self.loop.call_later(max(0.0, t - time.monotonic()), self.dispatch)
+            self.loop.call_later(max(self.spec.timer_resolution_s, t - time.monotonic()), self.dispatch)
 
     def conn_free(self, conn: _Conn) -> None:
         """Open loop: a connection has nothing outstanding: serve the oldest waiting request, or wait."""

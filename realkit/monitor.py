@@ -79,9 +79,21 @@ class _PerfContextSwitches:
             raise OSError("perf_event_open: unknown syscall number on this architecture")
         self._syscall = ctypes.CDLL(None, use_errno=True).syscall
         self._number = number
-        attr = bytearray(128)  # struct perf_event_attr (size 128 = PERF_ATTR_SIZE_VER7; older kernels take it)
-        struct.pack_into("IIQQQQQ", attr, 0, _PERF_TYPE_SOFTWARE, len(attr), _PERF_COUNT_SW_CONTEXT_SWITCHES,
-                         0, 0, 0, _PERF_ATTR_INHERIT)
+        attr = bytearray(
+            128
+        )  # struct perf_event_attr (size 128 = PERF_ATTR_SIZE_VER7; older kernels take it)
+        struct.pack_into(
+            "IIQQQQQ",
+            attr,
+            0,
+            _PERF_TYPE_SOFTWARE,
+            len(attr),
+            _PERF_COUNT_SW_CONTEXT_SWITCHES,
+            0,
+            0,
+            0,
+            _PERF_ATTR_INHERIT,
+        )
         self._attr = ctypes.create_string_buffer(bytes(attr), len(attr))
 
     def attach(self, tid: int) -> None:
@@ -138,8 +150,9 @@ class ProcessTreeMonitor:
     stats = mon.summary(t0, t1)
     """
 
-    def __init__(self, pid: int, interval_s: float = 0.1, cpus: tuple[int, ...] | None = None,
-                 use_perf: bool = True) -> None:
+    def __init__(
+        self, pid: int, interval_s: float = 0.1, cpus: tuple[int, ...] | None = None, use_perf: bool = True
+    ) -> None:
         if not isinstance(pid, int) or pid <= 0:
             raise ValueError(f"pid: expected a process id, got {pid!r}")
         if not interval_s > 0:

@@ -48,6 +48,13 @@ _REASONS = {
 _CRLF2 = b"\r\n\r\n"
 _VERSIONS = {b"HTTP/1.1": True, b"HTTP/1.0": False}  # version -> keep-alive by default
 ROOT_BODY = b"ok\n"
+_H_CONNECTION, _H_REQUEST_ID, _H_CONTENT_LENGTH, _H_TRANSFER_ENCODING = range(4)
+_HEADER_KIND = {
+    b"connection": _H_CONNECTION,
+    b"x-request-id": _H_REQUEST_ID,
+    b"content-length": _H_CONTENT_LENGTH,
+    b"transfer-encoding": _H_TRANSFER_ENCODING,
+}
 _WORK_KEYS = {b"cpu_us": 0, b"gil_us": 1, b"io_us": 2, b"resp_bytes": 3}
 
 
@@ -162,7 +169,7 @@ def parse_head(head: bytes) -> tuple[Request, int]:
     keep_alive = _VERSIONS.get(version)
     if keep_alive is None:
         raise ProtocolError(400, "version must be HTTP/1.1 or HTTP/1.0")
-    if not method.isalpha() or not method.isupper():
+    if method != b"GET" and not (method.isalpha() and method.isupper()):
         raise ProtocolError(400, "bad method")
     if not target.startswith(b"/"):
         raise ProtocolError(400, "target must be origin-form (start with /)")
@@ -170,30 +177,33 @@ def parse_head(head: bytes) -> tuple[Request, int]:
     request_id = None
     body = 0
     seen_length = False
+    header_kind = _HEADER_KIND.get
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
         if not sep or not name or b" " in name or b"\t" in name:
             raise ProtocolError(400, "bad header line")
+        kind = header_kind(name.lower())
+        if kind is None:
+            continue  # a header this server has no use for (Host, User-Agent, ...)
         value = value.strip(b" \t")
-        lname = name.lower()
-        if lname == b"connection":
+        if kind == _H_CONNECTION:
             tokens = {t.strip() for t in value.lower().split(b",")}
             if b"close" in tokens:
                 keep_alive = False
             elif b"keep-alive" in tokens:
                 keep_alive = True
-        elif lname == b"x-request-id":
+        elif kind == _H_REQUEST_ID:
             if not _printable(value):
                 raise ProtocolError(400, "X-Request-Id must be printable ASCII")
             request_id = value
-        elif lname == b"content-length":
+        elif kind == _H_CONTENT_LENGTH:
             if seen_length or not value.isdigit():
                 raise ProtocolError(400, "bad or repeated Content-Length")
             seen_length = True
             body = int(value)
             if body > MAX_BODY_BYTES:
                 raise ProtocolError(400, "body too large")
-        elif lname == b"transfer-encoding":
+        else:
             raise ProtocolError(400, "Transfer-Encoding not supported")
 
     http10 = version == b"HTTP/1.0"
@@ -201,7 +211,7 @@ def parse_head(head: bytes) -> tuple[Request, int]:
         return Request(ERROR, keep_alive, request_id, status=405, target=target, http10=http10), body
     path, _, query = target.partition(b"?")
     if path == b"/":
-        return Request(ROOT, keep_alive, request_id, target=target, http10=http10), body
+        return Request(ROOT, keep_alive, request_id, 200, 0.0, 0.0, 0.0, 0, target, http10), body
     if path == b"/work":
         cpu_us, gil_us, io_us, resp = parse_work_query(query)
         return Request(WORK, keep_alive, request_id, 200, cpu_us, gil_us, io_us, resp, target, http10), body

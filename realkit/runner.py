@@ -41,7 +41,15 @@ from realkit.monitor import ProcessTreeMonitor, TreeStats
 from simkit.result import Result
 from simkit.scenario import Scenario
 
-__all__ = ["measure", "ServerStartError", "LoadGenError", "CpuPlan", "plan_cpus", "ServerProcess", "server_command"]
+__all__ = [
+    "measure",
+    "ServerStartError",
+    "LoadGenError",
+    "CpuPlan",
+    "plan_cpus",
+    "ServerProcess",
+    "server_command",
+]
 
 
 class ServerStartError(RuntimeError):
@@ -57,8 +65,10 @@ class CpuPlan:
     @property
     def note(self) -> str:
         if self.shared:
-            return (f"server and load generator share CPUs {list(self.server_cpus)}: the generator's CPU "
-                    "(loadgen_cpu_util) competes with the server")
+            return (
+                f"server and load generator share CPUs {list(self.server_cpus)}: the generator's CPU "
+                "(loadgen_cpu_util) competes with the server"
+            )
         return f"server on CPUs {list(self.server_cpus)}, load generator on {list(self.loadgen_cpus)}"
 
 
@@ -75,15 +85,25 @@ def plan_cpus(cores: int) -> CpuPlan:
 def server_command(scenario: Scenario, cpus: tuple[int, ...] | None = None) -> list[str]:
     m = scenario.model
     cmd = [
-        sys.executable, "-m", "realkit.servers",
-        "--model", m.name,
-        "--threads", str(m.threads),
-        "--processes", str(m.processes),
-        "--dispatch", m.dispatch,
-        "--backlog", str(m.backlog),
-        "--keepalive-timeout", f"{m.keepalive_timeout_s:g}",
-        "--host", "127.0.0.1",
-        "--port", "0",
+        sys.executable,
+        "-m",
+        "realkit.servers",
+        "--model",
+        m.name,
+        "--threads",
+        str(m.threads),
+        "--processes",
+        str(m.processes),
+        "--dispatch",
+        m.dispatch,
+        "--backlog",
+        str(m.backlog),
+        "--keepalive-timeout",
+        f"{m.keepalive_timeout_s:g}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
     ]
     if m.pool > 0:
         cmd += ["--pool", str(m.pool)]
@@ -128,7 +148,11 @@ class ServerProcess:
         cmd = server_command(self.scenario, self.cpus)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr, env=env,
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=env,
             preexec_fn=_server_preexec(self.cpus, self.scenario.hardware.fd_limit),
         )
         line = self._read_line(self.startup_timeout_s)
@@ -165,7 +189,11 @@ class ServerProcess:
 
     def _drain_stdout(self) -> None:
         with contextlib.suppress(Exception):
-            while self.proc is not None and self.proc.stdout is not None and os.read(self.proc.stdout.fileno(), 65536):
+            while (
+                self.proc is not None
+                and self.proc.stdout is not None
+                and os.read(self.proc.stdout.fileno(), 65536)
+            ):
                 pass
 
     def alive(self) -> bool:
@@ -200,7 +228,9 @@ class ServerProcess:
         self._stderr.close()
 
 
-def load_spec_for(scenario: Scenario, port: int, cpus: tuple[int, ...], processes: int) -> LoadSpec:
+def load_spec_for(
+    scenario: Scenario, port: int, cpus: tuple[int, ...], processes: int, shared: bool = False
+) -> LoadSpec:
     w = scenario.workload
     return LoadSpec(
         url=f"http://127.0.0.1:{port}{w.work_path}",
@@ -218,6 +248,10 @@ def load_spec_for(scenario: Scenario, port: int, cpus: tuple[int, ...], processe
         processes=processes,
         cpus=cpus,
         seed=scenario.seed,
+        # Open loop on its own CPUs: wake for every arrival (busy but on time). Sharing the server's CPUs,
+        # a busy-polling generator would take CPU from the server: wake each 1 ms instead (sends up to
+        # ~1 ms late, a lag that is inside the latencies).
+        timer_resolution_s=0.001 if shared else 0.0,
     )
 
 
@@ -228,8 +262,14 @@ def _loadgen_processes(scenario: Scenario, plan: CpuPlan) -> int:
     return max(1, min(want, 8, w.connections))
 
 
-def measure(scenario: Scenario, *, loadgen_processes: int | None = None, startup_timeout_s: float = 30.0,
-            stop_timeout_s: float = 10.0, monitor_interval_s: float = 0.1) -> Result:
+def measure(
+    scenario: Scenario,
+    *,
+    loadgen_processes: int | None = None,
+    startup_timeout_s: float = 30.0,
+    stop_timeout_s: float = 10.0,
+    monitor_interval_s: float = 0.1,
+) -> Result:
     """Run `scenario` for real; return its Result (source "real")."""
     if not isinstance(scenario, Scenario):
         raise ValueError(f"scenario: expected a Scenario, got {type(scenario).__name__}")
@@ -249,23 +289,39 @@ def measure(scenario: Scenario, *, loadgen_processes: int | None = None, startup
         monitor = ProcessTreeMonitor(server.proc.pid, monitor_interval_s, cpus=plan.loadgen_cpus)
         monitor.start()
         try:
-            report = run_load(load_spec_for(scenario, port, plan.loadgen_cpus, nproc))
+            report = run_load(load_spec_for(scenario, port, plan.loadgen_cpus, nproc, plan.shared))
         finally:
             monitor.stop()
         died = not server.alive()
         exit_code = server.stop(stop_timeout_s)
         stats = monitor.summary(report.window_start_s, report.window_end_s)
         if died:
-            warnings.warn(f"server {scenario.model.name} died during the run; stderr:\n{server.stderr_tail()}",
-                          RuntimeWarning, stacklevel=2)
-        return build_result(scenario, report, stats, died=died, stopped_cleanly=exit_code == 0 or died,
-                            server_fd_limit=fd_limit)
+            warnings.warn(
+                f"server {scenario.model.name} died during the run; stderr:\n{server.stderr_tail()}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return build_result(
+            scenario,
+            report,
+            stats,
+            died=died,
+            stopped_cleanly=exit_code == 0 or died,
+            server_fd_limit=fd_limit,
+        )
     finally:
         server.close()
 
 
-def build_result(scenario: Scenario, report: LoadReport, stats: TreeStats, *, died: bool = False,
-                 stopped_cleanly: bool = True, server_fd_limit: int | None = None) -> Result:
+def build_result(
+    scenario: Scenario,
+    report: LoadReport,
+    stats: TreeStats,
+    *,
+    died: bool = False,
+    stopped_cleanly: bool = True,
+    server_fd_limit: int | None = None,
+) -> Result:
     """Pure: one Result from a load report and the server tree's statistics over the same window."""
     failures = []
     if died:

@@ -17,6 +17,7 @@ The master prints the port (ready_callback) only once every first worker reports
 from __future__ import annotations
 
 import os
+import resource
 import select
 import signal
 import socket
@@ -38,7 +39,7 @@ from realkit.servers.base import (
 )
 
 READY_TIMEOUT_S = 30.0
-FD_HEADROOM = 8  # a fdpass worker stops taking fds this close to RLIMIT_NOFILE
+FD_HEADROOM = 16  # below this many spare fds, a fdpass worker counts its open fds exactly
 
 
 class FdPassReactor(Reactor):
@@ -46,8 +47,6 @@ class FdPassReactor(Reactor):
 
     def __init__(self, keepalive_s: float, channel: socket.socket, name: str) -> None:
         super().__init__(keepalive_s, name=name)
-        import resource
-
         self.channel = channel
         self.channel_open = True
         self.reading_channel = False
@@ -66,7 +65,17 @@ class FdPassReactor(Reactor):
             self.reading_channel = False
 
     def _near_fd_limit(self) -> bool:
-        return self.base_fds + len(self.conns) + FD_HEADROOM >= self.fd_limit
+        # Re-read the limit: it can be lowered from outside (prlimit) while we run.
+        self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if self.base_fds + len(self.conns) + FD_HEADROOM < self.fd_limit:
+            return False
+        # Close to it: probe. The limit bounds fd numbers, not their count, so ask the kernel for the
+        # lowest free number (what a received fd would get) instead of counting.
+        try:
+            os.close(os.dup(self.channel.fileno()))
+        except OSError:
+            return True
+        return False
 
     def _on_channel(self, events: int = 0) -> None:
         for _ in range(256):
@@ -74,7 +83,7 @@ class FdPassReactor(Reactor):
                 self._pause_channel()
                 return
             try:
-                msg, fds, flags, _ = socket.recv_fds(self.channel, 16, 8)
+                msg, fds, flags, _ = socket.recv_fds(self.channel, 16, 1)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
