@@ -27,7 +27,9 @@ from calibration.fit import (
     apply_measured,
     build_grid,
     fit,
+    load_runs,
     run_grid,
+    save_runs,
 )
 from calibration.probes import run_probes
 from calibration.validate import USLBaseline, json_safe, summarize, validate, write_csv
@@ -92,9 +94,12 @@ def calibrate(
     workers: int | None = None,
     refit_all: bool | None = None,
     write: bool = True,
+    runs_from: str | Path | None = None,
 ) -> CalibrationReport:
     """Probes + grid + fit + validation; writes the profile (out, or profiles/<host>.json) and a CSV
-    of the held-out table beside it (same name, .csv)."""
+    of the held-out table beside it (same name, .csv), and every real run (.runs.csv).
+    runs_from: reuse the real runs of an earlier calibration (its .runs.csv) instead of measuring:
+    refits and re-validation without the real-run time."""
     t_start = time.monotonic()
     measure = measure or _default_measure()
     sim_is_default = simulate is None
@@ -124,7 +129,10 @@ def calibrate(
     # 2. real runs
     points = list(grid) if grid is not None else build_grid(quick, models)
     raise_nofile(max(p.scenario.workload.connections + p.scenario.workload.idle_connections for p in points) * 2 + 1024)
-    runs = run_grid(points, measure, progress=stage_cb("real runs"))
+    if runs_from is not None:
+        runs = load_runs(runs_from)
+    else:
+        runs = run_grid(points, measure, progress=stage_cb("real runs"))
     failed = [r.failure_record() for r in runs if not r.ok]
     train = [r for r in runs if r.ok and r.point.role == "train"]
     heldout = [r for r in runs if r.ok and r.point.role != "train"]
@@ -180,6 +188,7 @@ def calibrate(
         final.save(path)
         csv_path = path.with_suffix(".csv")
         write_csv(rows, csv_path)
+        save_runs(runs, path.with_suffix(".runs.csv"))
     return CalibrationReport(final, path, csv_path, summary, runs, fitted, refit, rows,
                              time.monotonic() - t_start)
 

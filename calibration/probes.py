@@ -387,55 +387,46 @@ def probe_queue_handoff(scale: float = 1.0) -> ProbeResult:
     return _result("queue_handoff_s", stable_median(batch, budget_s=1.0 * scale))
 
 
-def _gil_once(iters: int, interval_s: float) -> tuple[float, int]:
-    """Two threads spinning in pure Python, forced to hand the GIL over every interval_s, against
-    one thread doing the same total work: returns (extra wall seconds, hand-offs counted)."""
-    state = {"last": 0, "switches": 0}
+def _lock_pingpong_hop(n: int, cpu: int | None) -> float:
+    """Two threads alternating strictly through two locks, both pinned to one CPU: each hop is a
+    release that wakes the other thread, which must then take the GIL the first one dropped when it
+    blocked. That is the GIL hand-off a contended Python server pays (condvar signal + wake-up),
+    without a cross-core wake-up (wakeup_s covers that) and without spinning work to perturb it."""
+    a, b = threading.Lock(), threading.Lock()
+    a.acquire()
+    b.acquire()
+    ready = threading.Barrier(2)
 
-    def spin(n: int, me: int, bar: threading.Barrier | None = None) -> None:
-        if bar is not None:
-            bar.wait()
-        st = state
+    def peer() -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        ready.wait()
         for _ in range(n):
-            if st["last"] != me:
-                st["switches"] += 1
-                st["last"] = me
+            a.acquire()
+            b.release()
 
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(interval_s)
+    old = os.sched_getaffinity(0)
+    t = threading.Thread(target=peer, daemon=True)
+    t.start()
     try:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        ready.wait()
         t0 = perf()
-        spin(2 * iters, 1)
-        one = perf() - t0
-        state.update(last=0, switches=0)
-        bar = threading.Barrier(3)
-        ts = [threading.Thread(target=spin, args=(iters, me, bar)) for me in (1, 2)]
-        for t in ts:
-            t.start()
-        bar.wait()
-        t0 = perf()
-        for t in ts:
-            t.join()
-        two = perf() - t0
+        for _ in range(n):
+            a.release()
+            b.acquire()
+        dt = perf() - t0
     finally:
-        sys.setswitchinterval(old)
-    return two - one, max(0, state["switches"] - 2)
+        os.sched_setaffinity(0, old)
+        t.join(5)
+    return dt / n / 2
 
 
 def probe_gil_handoff(scale: float = 1.0) -> ProbeResult:
-    """Pooled estimate sum(extra time) / sum(hand-offs): single samples are noisy (either sign) on a
-    busy box, the pooled ratio is not. A rough start for the fit, which refines gil_handoff_s."""
-    samples: list[tuple[float, int]] = []
-    start = perf()
-    while len(samples) < 4 or (perf() - start < 1.5 * scale and len(samples) < 20):
-        samples.append(_gil_once(300_000, 1e-4))
-    extra = sum(s[0] for s in samples)
-    switches = sum(s[1] for s in samples)
-    value = max(extra, 0.0) / max(switches, 1)
-    per = [s[0] / s[1] for s in samples if s[1] > 0]
-    q1, q3 = np.percentile(per, [25, 75]) if per else (0.0, 0.0)
-    spread = float((q3 - q1) / value) if value > 0 else 0.0
-    return ProbeResult("gil_handoff_s", value, spread, len(samples), {"handoffs": switches})
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    st = stable_median(lambda: _lock_pingpong_hop(max(100, int(500 * scale)), cpu), budget_s=0.8 * scale)
+    return _result("gil_handoff_s", st)
 
 
 def probe_parse(scale: float = 1.0) -> ProbeResult:

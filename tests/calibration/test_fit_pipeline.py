@@ -63,7 +63,7 @@ def test_pipeline_writes_profile_and_csv_with_failures_recorded(tmp_path):
     report = calibrate(out, quick=True, measure=measure, simulate=fake_simulate, probes=False, grid=grid)
     p = CostProfile.load(out)
     assert p.calibrated and p.fingerprint["cores"] >= 1 and p.fingerprint["python"]
-    assert [f["label"] for f in p.failed_runs] == ["m3_reactor c=5000 mixed cores=1"]
+    assert [f["label"] for f in p.failed_runs] == ["m3_reactor c=5000 cpu cores=1"]
     assert p.failed_runs[0]["attempts"] == 2
     assert p.params["parse_s"].source == "fit" and p.params["parse_s"].value != CostProfile.default()["parse_s"]
     assert p.params["client_cpu_per_request_s"].value == pytest.approx(30e-6, rel=0.1)
