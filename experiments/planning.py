@@ -30,6 +30,7 @@ REASONS: dict[str, str] = {
     "fd_limit": "runs out of file descriptors (fd_limit)",
     "backlog": "the listen backlog overflows: connections refused or timed out",
     "errors": "clients see errors (resets) above the tolerated rate",
+    "stalled": "requests pile up unanswered (still in flight at the end, far more than the p99 explains)",
     "gil": "the GIL serialises the Python work: CPU stuck near one core although more are free",
     "single_thread": "one thread does all the work: CPU stuck near one core although more are free",
     "cpu": "every core is busy (CPU saturated)",
@@ -109,6 +110,105 @@ def build_grid(
     return grid
 
 
+# -- simulated windows -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WindowPolicy:
+    """How long to simulate each point, and which points are too costly to simulate.
+
+    A discrete-event simulator pays per simulated request and per connection, so a fixed window is
+    wasteful at low load and unaffordable at high load. Per point we estimate the throughput X from
+    a bottleneck bound on the profile's costs (`estimate_throughput`), then:
+      warmup_s   = clamp(ramp + think_s + 3 x (service + io), min_warmup_s, max_warmup_s), where
+                   ramp = connections x client_cpu_per_request_s (the simulated load generator opens
+                   connections one at a time) - so the window starts in steady state;
+      duration_s = clamp(max(target_requests / X, 2 x (think_s + service + io)), min_duration_s,
+                   max_duration_s) - enough completions for a p99, and every client cycles twice;
+      cost       = X x (warmup_s + duration_s) + 2 x connections  (simulated requests + set-ups).
+    Points whose cost exceeds max_sim_requests go to the analytic model instead (source "analytic").
+    """
+
+    target_requests: int = 2000
+    min_duration_s: float = 0.2
+    max_duration_s: float = 5.0
+    min_warmup_s: float = 0.05
+    max_warmup_s: float = 5.0
+    max_sim_requests: int = 40_000
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{f.name}: must be a number > 0, got {value!r}")
+        if self.min_duration_s > self.max_duration_s:
+            raise ValueError(f"min_duration_s: {self.min_duration_s} exceeds max_duration_s {self.max_duration_s}")
+        if self.min_warmup_s > self.max_warmup_s:
+            raise ValueError(f"min_warmup_s: {self.min_warmup_s} exceeds max_warmup_s {self.max_warmup_s}")
+
+
+def service_demand_s(scenario: Scenario, profile: Any) -> tuple[float, float, float]:
+    """(CPU seconds per request, of which GIL-held, blocking io seconds) from the profile's costs."""
+    wl = scenario.workload
+    overhead = (profile["parse_s"] + profile["recv_base_s"] + profile["send_base_s"] + profile["epoll_per_event_s"]
+                + profile["recv_per_byte_s"] * wl.request_bytes + profile["send_per_byte_s"] * wl.resp_bytes)
+    gil = wl.gil_us * 1e-6 * profile["gil_work_scale"] + profile["parse_s"]
+    cpu = wl.cpu_us * 1e-6 * profile["cpu_work_scale"] + gil + overhead - profile["parse_s"]
+    io = wl.io_us * 1e-6 + (profile["io_overshoot_s"] if wl.io_us > 0 else 0.0)
+    return cpu, gil, io
+
+
+def estimate_throughput(scenario: Scenario, profile: Any) -> float:
+    """A bottleneck upper bound on throughput (req/s): clients, cores, the GIL, blocking threads.
+
+    Deliberately simple (no queueing): it only sizes simulated windows and prices points, it is
+    never reported as a result.
+    """
+    m, hw, wl = scenario.model, scenario.hardware, scenario.workload
+    cpu, gil, io = service_demand_s(scenario, profile)
+    per_req = cpu + io + profile["loopback_rtt_s"]
+    if wl.mode == "open":
+        bound = float(wl.rate_rps)
+    else:
+        bound = wl.connections / (wl.think_s + per_req)
+    if m.name in _SINGLE_THREAD:
+        bound = min(bound, 1.0 / (cpu + io))
+    elif m.name == "m6_prefork":
+        bound = min(bound, min(hw.cores, m.processes) / cpu, m.processes / (cpu + io))
+    else:
+        bound = min(bound, hw.cores / cpu)
+        if m.gil:
+            bound = min(bound, 1.0 / max(gil, 1e-9))
+        if m.name == "m4_reactor_workers":
+            bound = min(bound, m.pool / (cpu + io))
+        elif m.name == "m5_multi_reactor":  # I/O threads do the work (and the blocking io) inline
+            bound = min(bound, m.threads / (cpu + io))
+    return max(bound, 1e-3)
+
+
+def plan_window(scenario: Scenario, profile: Any, policy: WindowPolicy) -> tuple[Scenario, float]:
+    """The scenario with its simulated window set by `policy`, and the estimated simulation cost
+    (in simulated requests + connection set-ups) of running it."""
+    wl = scenario.workload
+    x = estimate_throughput(scenario, profile)
+    cpu, _gil, io = service_demand_s(scenario, profile)
+    ramp = wl.connections * profile["client_cpu_per_request_s"]
+    cycle = wl.think_s + cpu + io
+    warmup = min(max(ramp + wl.think_s + 3 * (cpu + io), policy.min_warmup_s), policy.max_warmup_s)
+    duration = min(max(policy.target_requests / x, 2 * cycle, policy.min_duration_s), policy.max_duration_s)
+    cost = x * (warmup + duration) + 2.0 * (wl.connections + wl.idle_connections)
+    return scenario.replace(warmup_s=round(warmup, 4), duration_s=round(duration, 4)), cost
+
+
+def plan_windows(scenarios: Sequence[Scenario], profile: Any, policy: WindowPolicy) -> tuple[list[Scenario], list[bool]]:
+    """Each scenario with its window, and whether it should come from the analytic model instead."""
+    planned, analytic = [], []
+    for sc in scenarios:
+        s2, cost = plan_window(sc, profile, policy)
+        planned.append(s2)
+        analytic.append(cost > policy.max_sim_requests)
+    return planned, analytic
+
+
 # -- capacity ----------------------------------------------------------------------------------
 
 def _error_rate(row: pd.Series) -> float:
@@ -143,6 +243,8 @@ def classify(row: pd.Series | dict, slo_p99_s: float, memory_bytes: float, max_e
     if err > max_error_rate:
         return "backlog" if refused_or_timeout > 0 else "errors"
     p99 = float(row["latency_p99_s"]) if row["latency_p99_s"] is not None else math.nan
+    if _stalled(row, p99):
+        return "stalled"
     if not math.isnan(p99) and p99 <= slo_p99_s and float(row["completed"]) > 0:
         return ""
     cores = float(row["cores"])
@@ -164,6 +266,20 @@ def classify(row: pd.Series | dict, slo_p99_s: float, memory_bytes: float, max_e
     return "latency"
 
 
+def _stalled(row: pd.Series, p99: float) -> bool:
+    """More requests unanswered at the end than Little's law allows for the measured latency.
+
+    The p99 is over COMPLETED requests only; requests still waiting at the end are censored. In a
+    healthy run, in flight ~= throughput x mean latency <= throughput x p99. Far more than that
+    (m1 with keep-alive clients: one served, the rest waiting) means the p99 hides the waiters.
+    """
+    in_flight = float(row.get("in_flight", 0) or 0)
+    if in_flight <= 10:
+        return False
+    p99 = 0.0 if math.isnan(p99) else p99
+    return in_flight > 2.0 * float(row["throughput_rps"]) * p99 + 10
+
+
 def _detail(row: pd.Series, reason: str, slo_p99_s: float, memory_bytes: float) -> str:
     n, c = int(row["connections"]), int(row["cores"])
     p99 = float(row["latency_p99_s"])
@@ -173,6 +289,11 @@ def _detail(row: pd.Series, reason: str, slo_p99_s: float, memory_bytes: float) 
         return f"{at}: RSS {row['rss_peak_bytes'] / 2**30:.3g} GiB vs budget {memory_bytes / 2**30:.3g} GiB"
     if reason in ("threads_max", "fd_limit"):
         return f"{at}: {REASONS[reason]} (threads {int(row['threads_peak']):,}, fds {int(row['fds_peak']):,})"
+    if reason == "stalled":
+        return (f"{at}: {int(row['in_flight']):,} requests still unanswered at the end vs {int(row['completed']):,} "
+                f"completed ({float(row['throughput_rps']):,.0f} req/s, p99 of the completed {p99_txt})")
+    if reason == "backlog" and _error_rate(row) <= 0:
+        return f"{at}: the listen backlog overflowed (SYNs dropped, clients retried after 1 s or more)"
     if reason in ("backlog", "errors"):
         return (f"{at}: {_error_rate(row):.1%} of requests failed (refused {int(row['errors_refused']):,}, "
                 f"timeout {int(row['errors_timeout']):,}, reset {int(row['errors_reset']):,})")

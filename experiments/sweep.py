@@ -101,6 +101,7 @@ def sweep(
     analytic_above: int | None = None,
     analytic: SimulateFn | None = None,
     scenarios: Sequence[Scenario] | None = None,
+    use_analytic: Sequence[bool] | None = None,
     description: str = "simulating",
 ) -> pd.DataFrame:
     """Simulate models x cores x connections around `base_scenario`; return the contract frame.
@@ -110,7 +111,8 @@ def sweep(
     simulate: defaults to simkit.simulate; injectable so tests and other simulators plug in (it must be
     picklable, i.e. a module-level function, for the process pool).
     analytic_above: points with more connections than this use `analytic` (default simkit.analytic)
-    instead of `simulate`. scenarios: an explicit list that replaces the grid.
+    instead of `simulate`; use_analytic: the same choice made per point (parallel to `scenarios`,
+    e.g. from planning.plan_windows). scenarios: an explicit list that replaces the grid.
     """
     if scenarios is None:
         scenarios = build_grid(base_scenario, models, cores, connections, sizing)
@@ -121,8 +123,11 @@ def sweep(
     sim_fn = simulate or _default_simulate()
     fns: list[SimulateFn] = []
     ana_fn = None
-    for sc in scenarios:
-        if analytic_above is not None and sc.workload.connections > analytic_above:
+    if use_analytic is not None and len(use_analytic) != len(scenarios):
+        raise ValueError(f"use_analytic: {len(use_analytic)} flags for {len(scenarios)} scenarios")
+    for i, sc in enumerate(scenarios):
+        if (analytic_above is not None and sc.workload.connections > analytic_above) or (
+                use_analytic is not None and use_analytic[i]):
             ana_fn = ana_fn or analytic or _default_analytic()
             fns.append(ana_fn)
         else:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.planning import Sizing, build_grid
+from experiments.planning import Sizing, WindowPolicy, build_grid, plan_windows
 from experiments.report import ReportFiles, ReportInputs, write_report
 from experiments.sweep import sweep
 from simkit.profile import CostProfile, default_profile_path, host_name
@@ -39,11 +39,23 @@ class WhatIf:
     max_error_rate: float = 1e-3
     sizing: Sizing = dataclasses.field(default_factory=Sizing)
     analytic_above: int | None = None  # connections above which simkit.analytic answers instead of the sim
+    window: WindowPolicy | None = None  # None: every point simulates base.workload's fixed window
     workers: int | None = None
     source: str = "(built in)"
 
     def scenarios(self) -> list[Scenario]:
         return build_grid(self.base, self.models, self.cores, self.connections, self.sizing)
+
+    def planned(self, profile: CostProfile) -> tuple[list[Scenario], list[bool]]:
+        """The grid with each point's simulated window, and which points go to the analytic model."""
+        grid = self.scenarios()
+        if self.window is None:
+            flags = [False] * len(grid)
+        else:
+            grid, flags = plan_windows(grid, profile, self.window)
+        if self.analytic_above is not None:
+            flags = [f or s.workload.connections > self.analytic_above for f, s in zip(flags, grid, strict=True)]
+        return grid, flags
 
     def describe(self) -> list[str]:
         wl = self.base.workload
@@ -57,8 +69,13 @@ class WhatIf:
             f"io_us={wl.io_us:g} (blocking wait), response {wl.resp_bytes} bytes.",
             f"Limits: fd_limit {hw.fd_limit:,} per process, threads_max {hw.threads_max:,}, somaxconn "
             f"{hw.somaxconn:,}, memory {hw.memory_bytes / 2**30:.3g} GiB.",
-            f"Simulated window per point: {wl.warmup_s:g} s warm-up + {wl.duration_s:g} s measured, seed "
-            f"{self.base.seed}.",
+            (f"Simulated window per point: {wl.warmup_s:g} s warm-up + {wl.duration_s:g} s measured, seed "
+             f"{self.base.seed}." if self.window is None else
+             f"Simulated window per point: adaptive (aim {self.window.target_requests:,} completed requests, "
+             f"{self.window.min_duration_s:g}..{self.window.max_duration_s:g} s measured after a warm-up that "
+             f"covers the connection ramp); points estimated to cost more than {self.window.max_sim_requests:,} "
+             f"simulated requests come from simkit.analytic; seed {self.base.seed}. Each row's window is in "
+             "results.csv (warmup_s, duration_s)."),
             f"Sizing: m4 pool = max({self.sizing.m4_pool_min}, {self.sizing.m4_pool_per_core:g} x cores), "
             f"m5 threads = {self.sizing.m5_threads_per_core:g} x cores, m6 processes = "
             f"{self.sizing.m6_processes_per_core:g} x cores, m7 threads = {self.sizing.m7_threads_per_core:g} x cores.",
@@ -94,7 +111,11 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
                "m7_threads_per_core": ("float", (1e-3, 1e3)), "gil": ("bool", None),
                "backlog": ("int", (1, 2**31 - 1)), "dispatch": ("str", DISPATCH_MODES),
                "keepalive_timeout_s": ("float", (1e-3, 86400.0))},
-    "sim": {"duration_s": ("float", (1e-3, 3600.0)), "warmup_s": ("float", (0.0, 3600.0)),
+    "sim": {"window": ("str", ("adaptive", "fixed")),
+            "duration_s": ("float", (1e-3, 3600.0)), "warmup_s": ("float", (0.0, 3600.0)),
+            "target_requests": ("int", (100, 10_000_000)), "max_sim_requests": ("int", (1000, 10**9)),
+            "min_duration_s": ("float", (1e-3, 3600.0)), "max_duration_s": ("float", (1e-3, 3600.0)),
+            "min_warmup_s": ("float", (1e-3, 3600.0)), "max_warmup_s": ("float", (1e-3, 3600.0)),
             "seed": ("int", (0, 2**31 - 1)), "analytic_above_connections": ("int", (0, 10_000_000)),
             "workers": ("int", (1, 1024))},
 }
@@ -186,10 +207,27 @@ def parse_whatif(data: dict[str, Any], source: str = "(dict)") -> WhatIf:
         raise ValueError(f"hardware/sizing: {exc}") from None
     base = Scenario(model=model, hardware=hardware, workload=workload, seed=sim.get("seed", 1))
     above = sim.get("analytic_above_connections")
+    window = None
+    if sim.get("window", "adaptive") == "adaptive":
+        fixed_only = sorted({"duration_s", "warmup_s"} & set(sim))
+        if fixed_only:
+            raise ValueError(f"sim.{fixed_only[0]}: only with window = \"fixed\"; the adaptive window uses "
+                             "target_requests, min/max_duration_s, min/max_warmup_s, max_sim_requests")
+        keys = {f.name for f in dataclasses.fields(WindowPolicy)}
+        try:
+            window = WindowPolicy(**{k: v for k, v in sim.items() if k in keys})
+        except ValueError as exc:
+            raise ValueError(f"sim.{exc}") from None
+    else:
+        adaptive_only = sorted({f.name for f in dataclasses.fields(WindowPolicy)} & set(sim))
+        if adaptive_only:
+            raise ValueError(f"sim.{adaptive_only[0]}: only with window = \"adaptive\"; a fixed window uses "
+                             "duration_s and warmup_s")
     return WhatIf(
         base=base, models=grid["models"], connections=grid["connections"], cores=grid["cores"],
         slo_p99_s=slo["p99_ms"] / 1e3, memory_bytes=memory_bytes, max_error_rate=slo.get("max_error_rate", 1e-3),
-        sizing=sizing, analytic_above=above if above else None, workers=sim.get("workers"), source=source,
+        sizing=sizing, analytic_above=above if above else None, window=window, workers=sim.get("workers"),
+        source=source,
     )
 
 
@@ -241,9 +279,10 @@ def run_whatif(
     if prof.calibrated:
         prof.warn_if_foreign()
     t0 = time.perf_counter()
+    scenarios, use_analytic = spec.planned(prof)
     frame = sweep(spec.base, profile=prof, engine=engine, simulate=simulate, progress=progress,
-                  workers=spec.workers, analytic_above=spec.analytic_above, analytic=analytic,
-                  scenarios=spec.scenarios(), description="what-if sweep")
+                  workers=spec.workers, analytic=analytic, scenarios=scenarios, use_analytic=use_analytic,
+                  description="what-if sweep")
     elapsed = time.perf_counter() - t0
     now = dt.datetime.now(dt.UTC)
     target = Path(out_dir) if out_dir is not None else report_dir(out_root, now)

@@ -77,6 +77,11 @@ def test_latency_reason_for_blocking_work_and_tolerated_errors():
     assert classify(slow.to_row(), SLO, BUDGET) == "latency"
     assert classify(_row("m3_reactor", 4, 10, errors_reset=50).to_row(), SLO, BUDGET) == "errors"
     assert classify(_row("m3_reactor", 4, 10, failure="server_died").to_row(), SLO, BUDGET) == "server_died"
+    # m1 with keep-alive clients: one served fast, the rest wait unanswered; the p99 hides them.
+    starved = _row("m1_iterative", 1, 1000, throughput_rps=1.0, latency_p99_s=0.0003, completed=5, in_flight=999)
+    assert classify(starved.to_row(), SLO, BUDGET) == "stalled"
+    busy = _row("m6_prefork", 8, 1000, throughput_rps=29_000.0, latency_p99_s=0.04, in_flight=1000)
+    assert classify(busy.to_row(), SLO, BUDGET) == ""  # saturated closed loop: in flight ~ X x latency
     nan = _row("m3_reactor", 4, 10, latency_p99_s=math.nan, completed=0)
     assert classify(nan.to_row(), SLO, BUDGET) != ""
 
@@ -146,3 +151,32 @@ def test_extrapolation_and_calibrated_range():
     rows = [{"model": "m3", "cores": 1, "connections": 500}, {"cores": 2, "connections": 5000}, {"x": 1}]
     assert calibrated_range(rows, 99, 99) == (2, 5000)
     assert calibrated_range([], 2, 1000) == (2, 1000)
+
+
+def test_adaptive_window_covers_the_ramp_and_prices_points():
+    from experiments.planning import WindowPolicy, estimate_throughput, plan_window, plan_windows
+    from simkit.profile import CostProfile
+
+    profile = CostProfile.default()
+    policy = WindowPolicy(target_requests=2000, max_sim_requests=40_000)
+    hw = Hardware(cores=8, fd_limit=1 << 20)
+    small = Scenario(model=ModelSpec(name="m6", processes=8), hardware=hw,
+                     workload=Workload(connections=100, think_s=1.0, cpu_us=200))
+    big = small.replace(connections=100_000)
+    s2, cost = plan_window(small, profile, policy)
+    assert s2.workload.warmup_s >= 1.0  # one think time, so every client has started cycling
+    assert s2.workload.duration_s == policy.max_duration_s  # 100 req/s: the window is capped
+    assert cost < policy.max_sim_requests
+    b2, big_cost = plan_window(big, profile, policy)
+    assert b2.workload.warmup_s >= 100_000 * profile["client_cpu_per_request_s"]  # the connection ramp
+    assert big_cost > policy.max_sim_requests
+    assert plan_windows([small, big], profile, policy)[1] == [False, True]
+    # The estimate is a bound: one thread for m3, the GIL for a threaded model, cores for m6.
+    m3 = small.replace(model=ModelSpec(name="m3"), connections=10_000)
+    m5 = small.replace(model=ModelSpec(name="m5", threads=8), connections=10_000, gil_us=100)
+    m6 = small.replace(connections=10_000, think_s=0.0)
+    assert estimate_throughput(m3, profile) < 1 / 200e-6
+    assert estimate_throughput(m5, profile) < 1 / 100e-6
+    assert 1 / 200e-6 < estimate_throughput(m6, profile) < 8 / 200e-6
+    with pytest.raises(ValueError, match="min_duration_s"):
+        WindowPolicy(min_duration_s=10, max_duration_s=1)

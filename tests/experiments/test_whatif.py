@@ -25,6 +25,7 @@ cores = [1, 4]
 [workload]
 cpu_us = 100
 [sim]
+window = "fixed"
 duration_s = 0.2
 """
 
@@ -55,6 +56,8 @@ def test_default_workload_is_at_least_7x8x6():
     ({"sizing__gil": "yes"}, r"sizing\.gil: expected true or false"),
     ({"workload__cpu_us": "lots"}, r"workload\.cpu_us: expected a number in 0\.\.1e\+07"),
     ({"sim__duration_s": 0}, r"sim\.duration_s: 0 is out of range"),
+    ({"sim__target_requests": 100}, r"sim\.target_requests: only with window = \"adaptive\""),
+    ({"sim__window": "elastic"}, r"sim\.window: 'elastic' is not allowed; allowed: adaptive, fixed"),
     ({"workload__mode": "open"}, r"workload\.rate_rps: open-loop mode needs rate_rps"),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(patch, needle):
