@@ -62,12 +62,14 @@ def _print_report(summary: dict) -> None:
               help="generator worker processes (0: run in this process)")
 @click.option("--cpus", default=None, help="pin the generator to these CPUs, e.g. 1 or 2-3")
 @click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--timer-resolution", "timer_resolution_s", type=float, default=0.0, show_default=True,
+              help="open loop: wake at most this often, s (0: for every arrival; busy, but sends on time)")
 @click.option("--allow-remote", is_flag=True, help="allow a non-loopback URL (default: loopback only)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="append the summary as a CSV row to FILE")
 def load(url, connections, duration_s, warmup_s, rate_rps, arrival, think_s, requests_per_conn,
-         idle_connections, timeout_s, processes, cpus, seed, allow_remote, as_json, csv_path):
+         idle_connections, timeout_s, processes, cpus, seed, timer_resolution_s, allow_remote, as_json, csv_path):
     """Load a server with the serverlab wire protocol and print what was observed."""
     from realkit.loadgen import LoadGenError, LoadSpec, run_load
     from serverlab.options import parse_cores
@@ -78,7 +80,7 @@ def load(url, connections, duration_s, warmup_s, rate_rps, arrival, think_s, req
             mode="open" if rate_rps is not None else "closed", rate_rps=rate_rps, arrival=arrival,
             think_s=think_s, requests_per_conn=requests_per_conn, idle_connections=idle_connections,
             timeout_s=timeout_s, processes=processes, cpus=tuple(parse_cores(cpus)) if cpus else None,
-            seed=seed, allow_remote=allow_remote,
+            seed=seed, timer_resolution_s=timer_resolution_s, allow_remote=allow_remote,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
