@@ -429,6 +429,18 @@ def _classify(exc: BaseException | None) -> str:
     return "client"
 
 
+def _classify_connect(exc: BaseException | None) -> str:
+    """Error kind of a failed connect: any server-side failure to set up the connection (RST to the SYN,
+    unreachable) is a refusal; no answer within timeout_s a timeout; our own shortage a client error."""
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timeout"
+    if isinstance(exc, OSError) and exc.errno in _CLIENT_ERRNOS:
+        return "client"
+    if isinstance(exc, OSError):
+        return "refused"
+    return "client"
+
+
 class _Framer:
     """Frames HTTP/1.1 responses by Content-Length and counts them (with how many were not 2xx).
 
@@ -564,7 +576,7 @@ class _Generator:
             return
         if conn.t_req is not None:  # else the timeout sweep already counted it
             conn.t_req = None
-            self.error("timeout" if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) else _classify(exc))
+            self.error(_classify_connect(exc))
         self.lost(conn, failed_connect=True)
 
     def lost(self, conn: _Conn, failed_connect: bool = False) -> None:

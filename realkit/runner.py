@@ -128,7 +128,7 @@ def _server_preexec(cpus: tuple[int, ...], fd_limit: int):
 class ServerProcess:
     """A real server in a subprocess. start() returns once it printed its port."""
 
-    def __init__(self, scenario: Scenario, cpus: tuple[int, ...], startup_timeout_s: float = 30.0) -> None:
+    def __init__(self, scenario: Scenario, cpus: tuple[int, ...], startup_timeout_s: float = 60.0) -> None:
         self.scenario = scenario
         self.cpus = cpus
         self.startup_timeout_s = startup_timeout_s
@@ -266,7 +266,7 @@ def measure(
     scenario: Scenario,
     *,
     loadgen_processes: int | None = None,
-    startup_timeout_s: float = 30.0,
+    startup_timeout_s: float = 60.0,
     stop_timeout_s: float = 10.0,
     monitor_interval_s: float = 0.1,
 ) -> Result:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from realkit.loadgen import LoadSpec, _Framer, run_load
+from realkit.loadgen import LoadSpec, _classify, _classify_connect, _Framer, run_load
 
 RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello"
 
@@ -274,6 +274,18 @@ def test_framer_fast_path_only_takes_responses_of_the_learned_shape():
     longer = b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nContent-Type: text/plain\r\n\r\n" + b"y" * 50
     assert framer.feed(longer[:len(RESP)]) == (0, 0)
     assert framer.feed(longer[len(RESP):]) == (1, 0)
+
+
+def test_error_kinds():
+    import errno
+
+    assert _classify(None) == "reset"  # EOF with a request outstanding
+    assert _classify(ConnectionResetError()) == _classify(BrokenPipeError()) == "reset"
+    assert _classify(OSError(errno.EMFILE, "too many")) == "client"
+    assert _classify_connect(ConnectionRefusedError()) == "refused"
+    assert _classify_connect(ConnectionResetError()) == "refused"  # RST to the SYN: not let in
+    assert _classify_connect(TimeoutError()) == "timeout"
+    assert _classify_connect(OSError(errno.EADDRNOTAVAIL, "no ports")) == "client"
 
 
 def test_spec_validation_names_the_field_and_refuses_remote_hosts():
