@@ -42,15 +42,10 @@ import numpy as np
 ERROR_KINDS: tuple[str, ...] = ("refused", "timeout", "reset", "http", "client")
 
 # Errnos that mean the connection could not be made (the server side refused or was unreachable).
-_CONNECT_ERRNOS = {
-    errno.ECONNREFUSED,
-    errno.ETIMEDOUT,
-    errno.EHOSTUNREACH,
-    errno.ENETUNREACH,
-    errno.EADDRNOTAVAIL,
-}
-# Errnos that mean the generator itself ran out of something: a fault of the instrument, not the server.
-_CLIENT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_CONNECT_ERRNOS = {errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH}
+# Errnos that mean the generator itself ran out of something (fds, ephemeral ports, buffers): a fault
+# of the instrument, not the server.
+_CLIENT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL}
 
 
 class LoadGenError(RuntimeError):
