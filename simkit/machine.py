@@ -64,7 +64,7 @@ class Proc:
     """A process: its GIL, its fds (RLIMIT_NOFILE applies per process) and its threads."""
 
     __slots__ = ("pid", "gil_tracked", "gil_holder", "gil_waiters", "gil_timer", "gil_since", "gil_busy",
-                 "gil_switches", "fds", "fd_limit", "fd_waiters", "threads")
+                 "gil_switches", "gil_free_at", "settle_armed", "fds", "fd_limit", "fd_waiters", "threads")
 
     def __init__(self, pid: int, gil_tracked: bool, fd_limit: int) -> None:
         self.pid = pid
@@ -75,6 +75,8 @@ class Proc:
         self.gil_since = 0.0
         self.gil_busy = 0.0
         self.gil_switches = 0
+        self.gil_free_at = 0.0  # the holder's virtual release time when holder.vrel
+        self.settle_armed = False
         self.fds = 0
         self.fd_limit = fd_limit
         self.fd_waiters: list = []
@@ -83,7 +85,7 @@ class Proc:
 
 class Thread:
     __slots__ = ("proc", "steps", "program", "core", "last_core", "has_gil", "gen", "run_start", "burst_end",
-                 "burst_gil", "blocked", "pending", "loadgen", "drop_req", "obj", "alive")
+                 "burst_gil", "blocked", "pending", "loadgen", "drop_req", "obj", "alive", "vrel")
 
     def __init__(self, proc: Proc, program, obj=None, loadgen: bool = False) -> None:
         self.proc = proc
@@ -102,6 +104,7 @@ class Thread:
         self.drop_req = False
         self.obj = obj  # the model object this thread runs (reactor, connection, ...)
         self.alive = True
+        self.vrel = False  # holds the GIL only until proc.gil_free_at (released inside its burst)
 
 
 class Ledger:
@@ -293,6 +296,8 @@ class Machine:
         th.pending = 0.0
         proc = th.proc
         tracked = proc.gil_tracked
+        if th.vrel:
+            self._settle(proc)
         slice_s = self.slice_s
         now = self.env.now
         bg = None  # tracked processes: is this burst GIL-held (True) or released (False)?
@@ -309,8 +314,18 @@ class Machine:
             if kind == CPU or (kind == GIL and not tracked):
                 if tracked:
                     if bg is True:
-                        break
-                    if th.has_gil:
+                        if t >= self.gil_interval:
+                            break
+                        if t > 0.0:
+                            # GIL part done: release it at its virtual end time inside this burst, so a
+                            # request's Python part and its GIL-free part cost one event, not two
+                            th.vrel = True
+                            proc.gil_free_at = now + t
+                            if proc.gil_waiters and not proc.settle_armed:
+                                self._arm_settle(proc, t)
+                        else:
+                            self._gil_release(th)
+                    elif th.has_gil and not th.vrel:
                         if t > 0.0:
                             break
                         self._gil_release(th)
@@ -332,6 +347,8 @@ class Machine:
                 if not th.has_gil:
                     if t > 0.0:
                         break
+                    if proc.gil_holder is not None and proc.gil_holder.vrel:
+                        self._settle(proc)
                     if proc.gil_holder is None:
                         self._gil_take(proc, th)
                     else:
@@ -403,11 +420,28 @@ class Machine:
         proc.gil_since = self.env.now
         th.has_gil = True
 
-    def _gil_release(self, th: Thread) -> None:
+    def _settle(self, proc: Proc) -> None:
+        """A holder that released the GIL virtually inside its burst: make it real once its time came."""
+        holder = proc.gil_holder
+        if holder is not None and holder.vrel and self.env.now >= proc.gil_free_at:
+            self._gil_release(holder, proc.gil_free_at)
+
+    def _arm_settle(self, proc: Proc, delay: float) -> None:
+        proc.settle_armed = True
+        ev = Timeout(self.env, delay, proc)
+        ev.callbacks.append(self._settle_ev)
+
+    def _settle_ev(self, ev) -> None:
+        proc = ev._value
+        proc.settle_armed = False
+        self._settle(proc)
+
+    def _gil_release(self, th: Thread, at: float | None = None) -> None:
         proc = th.proc
         th.has_gil = False
+        th.vrel = False
         now = self.env.now
-        proc.gil_busy += overlap(proc.gil_since, now, self.w0, self.w1)
+        proc.gil_busy += overlap(proc.gil_since, now if at is None else at, self.w0, self.w1)
         if proc.gil_waiters:
             nxt = proc.gil_waiters.popleft()
             proc.gil_switches += 1
@@ -422,6 +456,10 @@ class Machine:
         proc.gil_waiters.append(th)
         th.blocked = True
         self._release(th)
+        holder = proc.gil_holder
+        if holder is not None and holder.vrel and not proc.settle_armed:
+            # the holder is past its GIL part at gil_free_at: hand over then
+            self._arm_settle(proc, max(0.0, proc.gil_free_at - self.env.now))
         if not proc.gil_timer:
             self._gil_arm(proc)
 
@@ -434,9 +472,15 @@ class Machine:
         """A waiter waited a switch interval: if no hand-off happened meanwhile, force a drop."""
         proc, switches = ev._value
         proc.gil_timer = False
+        self._settle(proc)
         if not proc.gil_waiters:
             return
         holder = proc.gil_holder
+        if holder is not None and holder.vrel:
+            if not proc.settle_armed:
+                self._arm_settle(proc, max(0.0, proc.gil_free_at - self.env.now))
+            self._gil_arm(proc)
+            return
         if switches != proc.gil_switches or holder is None:
             self._gil_arm(proc)
             return
@@ -466,5 +510,6 @@ class Machine:
                 core.since = now
         for proc in self.procs:
             if proc.gil_holder is not None:
-                proc.gil_busy += overlap(proc.gil_since, now, self.w0, self.w1)
+                end = min(now, proc.gil_free_at) if proc.gil_holder.vrel else now
+                proc.gil_busy += overlap(proc.gil_since, end, self.w0, self.w1)
                 proc.gil_since = now
