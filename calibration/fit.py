@@ -261,25 +261,39 @@ def sim_scenario(real: Result, target_requests: int) -> Scenario:
     return s.replace(duration_s=round(duration, 4), warmup_s=round(warmup, 4))
 
 
-def comparable(sim: Result, field: str) -> float:
-    """A simulated figure comparable with realkit's.
+def as_realkit(sim: Result, stats: Any = None) -> Result:
+    """The simulated Result with throughput and mean latency counted as realkit counts them.
 
-    Throughput: realkit counts responses completed inside its window whatever their send time;
-    simkit counts the cohort sent inside the window and completed by its end, which misses the
-    requests still in flight at the end (about latency / window of them). In a closed loop at steady
-    state the send rate equals the throughput, so (completed + in_flight) / duration is the figure
-    that matches realkit's without that edge loss.
+    realkit's load generator counts responses completed inside its window whatever their send time;
+    simkit's Result counts the cohort sent inside the window and completed by its end, which misses
+    the requests still in flight at the end (about latency / window of them). SimStats carries the
+    realkit-style count (completed_in_window); without it (an older or fake simulator), in a closed
+    loop at steady state the send rate equals the throughput: (completed + in_flight) / duration.
     """
-    value = float(getattr(sim, field))
-    if field == "throughput_rps" and sim.scenario.workload.mode == "closed":
-        return (sim.completed + sim.in_flight) / sim.scenario.workload.duration_s
-    return value
+    if sim.scenario.workload.mode != "closed":
+        return sim
+    d = sim.scenario.workload.duration_s
+    if stats is not None and hasattr(stats, "completed_in_window"):
+        x = stats.completed_in_window / d
+        lat = getattr(stats, "latency_mean_in_window_s", sim.latency_mean_s)
+        return replace(sim, throughput_rps=x, latency_mean_s=lat if lat == lat else sim.latency_mean_s)
+    return replace(sim, throughput_rps=(sim.completed + sim.in_flight) / d)
+
+
+def comparable(sim: Result, field: str) -> float:
+    """Kept for callers holding a plain simulated Result (no SimStats): see as_realkit."""
+    return float(getattr(as_realkit(sim), field))
 
 
 def _sim_one(args: tuple) -> Result | str:
     simulate, scenario, profile, seed, shared = args
     try:
-        return simulate(scenario, profile, seed=seed, loadgen_on_server_cores=shared)
+        try:
+            got = simulate(scenario, profile, seed=seed, loadgen_on_server_cores=shared, detail=True)
+        except TypeError:  # a simulator without detail=: no SimStats
+            got = simulate(scenario, profile, seed=seed, loadgen_on_server_cores=shared)
+        sim, stats = got if isinstance(got, tuple) else (got, None)
+        return as_realkit(sim, stats)
     except Exception as exc:  # noqa: BLE001 - a crashing simulation is a (bad) prediction, reported
         return f"{type(exc).__name__}: {exc}"
 
@@ -334,7 +348,7 @@ def residuals(sims: Sequence[Result | str], reals: Sequence[Result]) -> np.ndarr
     for sim, real in zip(sims, reals, strict=True):
         for metric, weight in METRICS:
             meas = getattr(real, metric)
-            pred = comparable(sim, metric) if isinstance(sim, Result) else math.nan
+            pred = getattr(sim, metric) if isinstance(sim, Result) else math.nan
             if isinstance(sim, Result) and metric != "throughput_rps" and sim.completed == 0:
                 pred = math.nan
             out.append(weight * log_ratio(pred if math.isfinite(pred) else 0.0, meas))

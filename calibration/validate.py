@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from calibration.fit import Run, SimBatch, comparable, sim_scenario
+from calibration.fit import Run, SimBatch, sim_scenario
 from simkit.profile import CostProfile
 from simkit.result import Result
 from simkit.scenario import Scenario
@@ -110,7 +110,7 @@ def validate(heldout: Sequence[Run], profile: CostProfile, batch: SimBatch, base
         usl = baseline.predict(s) if baseline else None
         for field, short in TABLE_METRICS:
             meas = float(getattr(real, field))
-            pred = comparable(sim, field) if isinstance(sim, Result) else math.nan
+            pred = float(getattr(sim, field)) if isinstance(sim, Result) else math.nan
             row = {
                 "model": s.model.name, "role": run.point.role, "mix": run.point.mix,
                 "cores": s.hardware.cores, "connections": s.workload.connections, "metric": short,

@@ -58,7 +58,7 @@ def test_broken_results_count_as_failed_runs():
 def test_pipeline_writes_profile_and_csv_with_failures_recorded(tmp_path):
     dead = lambda s: s.model.name == "m3_reactor" and s.workload.connections == 5000  # noqa: E731
     measure = FakeMeasure(TRUTH, noise=0.02, fail=dead)
-    grid = build_grid(quick=True, models=("m3_reactor", "m5_multi_reactor"))
+    grid = build_grid(quick=True, models=("m3_reactor", "m6_prefork"))
     out = tmp_path / "box.json"
     report = calibrate(out, quick=True, measure=measure, simulate=fake_simulate, probes=False, grid=grid)
     p = CostProfile.load(out)
@@ -73,7 +73,7 @@ def test_pipeline_writes_profile_and_csv_with_failures_recorded(tmp_path):
     csv = pd.read_csv(out.with_suffix(".csv"))
     assert len(csv) == len(p.validation) and {"measured", "predicted", "rel_err", "usl_rel_err"} <= set(csv.columns)
     assert "extrapolation_vs_usl" in p.notes["validation_summary"]
-    assert "m5_multi_reactor" in format_summary(report.summary)
+    assert "m6_prefork" in format_summary(report.summary)
     json.loads(out.read_text())  # plain JSON: no NaN tokens
 
 

@@ -8,36 +8,38 @@ import pandas as pd
 import pytest
 
 from calibration import calibrate
-from calibration.fit import GridPoint, comparable, fit, make_scenario
+from calibration.fit import GridPoint, _sim_one, fit, loadgen_shares_cores, make_scenario
 from simkit import simulate
 from simkit.profile import CostProfile, HostMismatchWarning, host_fingerprint
 from simkit.result import Result
 
 
 def _synthetic(truth: CostProfile, scenarios, noise: float, seed: int = 3) -> list[Result]:
-    """'Real' runs made by simkit itself under known parameters, with log-normal noise added."""
+    """'Real' runs made by simkit itself under known parameters, counted as realkit counts, with
+    log-normal noise added."""
     rng = random.Random(seed)
     out = []
     for s in scenarios:
-        r = simulate(s, truth, loadgen_on_server_cores=False)
+        r = _sim_one((simulate, s, truth, s.seed, loadgen_shares_cores(s)))
 
         def jig(v: float) -> float:
             return v * math.exp(rng.gauss(0.0, noise))
 
-        out.append(dataclasses.replace(
-            r, source="real", throughput_rps=jig(comparable(r, "throughput_rps")),
-            latency_p50_s=jig(r.latency_p50_s), latency_p99_s=jig(r.latency_p99_s)))
+        out.append(dataclasses.replace(r, source="real", throughput_rps=jig(r.throughput_rps),
+                                       latency_p50_s=jig(r.latency_p50_s), latency_p99_s=jig(r.latency_p99_s)))
     return out
 
 
 @pytest.mark.timeout(150)
 def test_fit_recovers_known_parameters_from_noisy_simkit_data_within_10_percent():
     truth = CostProfile.default().with_params("probe", parse_s=60e-6, gil_handoff_s=30e-6)
+    # Points where each parameter shows: parse_s everywhere, gil_handoff_s where threads contend
+    # for the GIL (m4's loop and workers; m5/m7 on two cores).
     scenarios = [
-        make_scenario(model, mix, c, 1, 0.3, 0.05, max_duration_s=0.3, max_warmup_s=0.05)
-        for model in ("m3_reactor", "m5_multi_reactor", "m2_thread_per_conn")
+        make_scenario(model, mix, c, cores, 0.3, 0.05, max_duration_s=0.3, max_warmup_s=0.05)
+        for model in ("m3_reactor", "m4_reactor_workers", "m5_multi_reactor", "m7_reactor_spawn")
         for mix in ("cpu", "gil")
-        for c in (4, 32)
+        for c, cores in ((4, 1), (32, 1), (32, 2))
     ]
     reals = _synthetic(truth, scenarios, noise=0.03)
     start = CostProfile.default()  # parse_s 20 us, gil_handoff_s 8 us: far from the truth
