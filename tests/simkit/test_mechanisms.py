@@ -159,3 +159,20 @@ def test_open_loop_counts_client_queueing():
     under = run(model="m3_reactor", cpu_us=200, mode="open", rate_rps=0.5 * cap, timeout_s=5.0)
     assert over.latency_p99_s > 10 * under.latency_p99_s
     assert over.throughput_rps == pytest.approx(cap, rel=0.1)
+
+
+def test_m6_reuseport_spreads_connections_unevenly():
+    # 8 connections on 8 workers and 8 cores: round-robin fd passing gives one each; reuseport hashes
+    # them to random workers, so some workers serve two or three while others idle.
+    kw = dict(model="m6_prefork", processes=8, cores=8, connections=8, cpu_us=500)
+    fdpass = run(dispatch="fdpass", **kw)
+    reuseport = run(dispatch="reuseport", **kw)
+    assert reuseport.throughput_rps < 0.9 * fdpass.throughput_rps
+    assert reuseport.cpu_util < fdpass.cpu_util
+
+
+def test_m7_spawns_a_thread_per_request():
+    r = run(model="m7_reactor_spawn", threads=2, cores=2, connections=16, cpu_us=100)
+    m5 = run(model="m5_multi_reactor", threads=2, cores=2, connections=16, cpu_us=100)
+    assert r.threads_peak > 3  # acceptor + 2 loops + short-lived request threads
+    assert r.throughput_rps < m5.throughput_rps  # each request pays a thread spawn
