@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from realkit.loadgen import LoadSpec, _classify, _classify_connect, _Framer, run_load
+from realkit.loadgen import LoadGenError, LoadSpec, _classify, _classify_connect, _Framer, run_load
 
 RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello"
 
@@ -243,6 +243,14 @@ def test_ten_thousand_idle_connections_plus_100_active_stay_under_300_mb():
     assert held >= 10_100
     assert report.completed > 0 and report.errors == 0
     assert report.loadgen_rss_peak_bytes < 300 * 2**20
+
+
+@pytest.mark.timeout(60)
+def test_a_crashing_worker_raises_a_clear_error():
+    """A worker that cannot even start (here: pinned to a CPU that does not exist) is reported with its
+    traceback, not hung on or silently ignored."""
+    with pytest.raises(LoadGenError, match="crashed"):
+        run_load(LoadSpec(url="http://127.0.0.1:9/", duration_s=0.5, cpus=(4095,)))
 
 
 # -- pure parts ------------------------------------------------------------------------------------
