@@ -225,9 +225,10 @@ class Reactor:
                 self.adopt(inbox.popleft())
         if self.completions:
             comp = self.completions
+            back = model.p["queue_handoff_s"]  # the result's way back: queue get after the wake-up fd
             while comp:
                 conn, req = comp.popleft()
-                steps.append((CPU, model.send_s + model.close_s if req.close else model.send_s, None))
+                steps.append((CPU, back + (model.send_s + model.close_s if req.close else model.send_s), None))
                 steps.append((SEND, conn, req))
         if self.ready:
             batch = self.ready
