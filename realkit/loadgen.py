@@ -32,6 +32,7 @@ import random
 import resource
 import time
 import traceback
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -940,8 +941,20 @@ def run_load(spec: LoadSpec, on_ready=None) -> LoadReport:
     monotonic time the load starts at; the window is [t0 + warmup_s, t0 + warmup_s + duration_s].
     Raises LoadGenError if a worker crashes or does not report in time.
     """
+    if spec.processes >= 1 and multiprocessing.current_process().daemon:
+        # A daemonic process (a dask or multiprocessing pool worker) may not start children: run the
+        # load on this thread instead, as one share.
+        warnings.warn(
+            "load generator: running in-process (this process is daemonic and cannot start workers)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        spec = dataclasses.replace(spec, processes=0)
     if spec.processes == 0:
         raise_nofile(_fds_needed(spec, 1))
+        saved = os.sched_getaffinity(0) if spec.cpus else None
+        if spec.cpus:
+            os.sched_setaffinity(0, set(spec.cpus))  # pid 0: this thread only, restored below
         loop = _new_loop(spec.use_uvloop)
         try:
             gen = _Generator(spec, 0, 1, loop)
@@ -952,6 +965,8 @@ def run_load(spec: LoadSpec, on_ready=None) -> LoadReport:
             part = loop.run_until_complete(gen.run(t0))
         finally:
             loop.close()
+            if saved is not None:
+                os.sched_setaffinity(0, saved)
         part["loadgen_rss_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         return _merge(spec, [part])
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import threading
 from collections.abc import Callable, Sequence
 
@@ -82,12 +83,15 @@ def run_server(
             raise ValueError(f"cores: cannot pin to {cores}: {exc}") from None
     own_stopper = stopper is None
     stopper = stopper or Stopper()
-    if install_signals and threading.current_thread() is threading.main_thread():
+    signals = install_signals and threading.current_thread() is threading.main_thread()
+    if signals:
         install_signal_handlers(stopper)
     work.calibrate()  # before ready: no request pays for it, and forked workers inherit it
     module = importlib.import_module(f"realkit.servers.{spec.name}")
     try:
         module.serve(spec, host, port, stopper, ready_callback or (lambda port: None))
     finally:
+        if signals:
+            signal.set_wakeup_fd(-1)  # the stop pipe is about to close
         if own_stopper:
             stopper.close()

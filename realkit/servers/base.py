@@ -67,6 +67,10 @@ class Stopper:
     def fd(self) -> int:
         return self._r
 
+    @property
+    def write_fd(self) -> int:
+        return self._w
+
     def set(self) -> None:
         if not self.is_set:
             self.is_set = True
@@ -97,6 +101,10 @@ def install_signal_handlers(stopper: Stopper) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    # The kernel may deliver the signal to any thread, and only the main thread runs Python handlers:
+    # a main thread blocked in select/poll would never notice. With the wake-up fd, the C-level handler
+    # writes to the stop pipe from whichever thread caught the signal, so every waiter wakes at once.
+    signal.set_wakeup_fd(stopper.write_fd, warn_on_full_buffer=False)
     # A client that vanishes must not kill us with SIGPIPE (Python ignores it already; be explicit).
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 

@@ -238,6 +238,9 @@ class Master:
 
     def run(self, ready) -> None:
         try:
+            # The master is single-threaded, so SIGTERM interrupts its select() directly; the wake-up fd
+            # would also fire on SIGCHLD and leave the stop pipe readable without a stop.
+            signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, self._on_sigchld)
         except ValueError:
             pass  # not the main thread: the periodic reap below still finds dead workers
