@@ -253,6 +253,18 @@ def test_a_crashing_worker_raises_a_clear_error():
         run_load(LoadSpec(url="http://127.0.0.1:9/", duration_s=0.5, cpus=(4095,)))
 
 
+@pytest.mark.timeout(60)
+def test_in_a_daemonic_process_the_load_runs_in_process(monkeypatch):
+    """dask and multiprocessing pool workers are daemonic and may not start children."""
+    import multiprocessing
+
+    monkeypatch.setitem(multiprocessing.current_process()._config, "daemon", True)
+    with TestServer() as srv:
+        with pytest.warns(RuntimeWarning, match="daemonic"):
+            report = run_load(LoadSpec(url=srv.url, connections=2, duration_s=0.5, processes=1))
+    assert report.completed > 0 and report.errors == 0
+
+
 # -- pure parts ------------------------------------------------------------------------------------
 
 
