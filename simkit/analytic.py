@@ -45,6 +45,7 @@ __all__ = [
     "mva",
     "mva_multiserver",
     "mva_recursive",
+    "closed_large_population",
     "usl",
     "fit_usl",
     "Demands",
@@ -317,83 +318,62 @@ def _log_convolve(log_g: np.ndarray, demand_s: float, servers: int) -> np.ndarra
 
 
 def mva_recursive(clients: int, think_s: float, stations: Sequence[Station]) -> MVAResult:
-    """Mean-value analysis by the multi-server MVA recursion, allowing overlapping stations.
+    """Approximate MVA that allows overlapping stations: what `analytic` uses for closed loops.
 
-    The recursion (Menasce & Almeida, Capacity Planning for Web Services, ch. 12) tracks p(j | n) for
-    j < servers at each multi-server station. It is exact in exact arithmetic but numerically
-    unstable once a multi-server station saturates (p(0 | n) is a difference of nearly equal terms
-    and later steps amplify its rounding: 0.2% throughput error at 200 clients on 8 servers). Use
-    `mva` for exact answers; this one exists for `analytic`, whose stations may carry overlap_s
-    (left out of the cycle time, see Station) - already a heuristic, where 0.2% does not matter.
+    A c-server station becomes Seidmann's pair - a single server of demand D / c plus a delay of
+    D (c - 1) / c - and the network is solved by the plain single-server MVA recursion. That
+    recursion is numerically stable (the exact multi-server recursion on p(j | n) is not: it loses
+    tens of percent past saturation), and Seidmann's error is small where the exact answer is
+    known (tests/simkit/test_analytic.py). A station's overlap_s is left out of the cycle time (see
+    Station). Past saturation the remaining clients only lengthen the bottleneck queue, so the tail
+    of the recursion is finished in closed form. Use `mva` for exact product-form answers.
     """
     n_total, z, stations = _check_network(clients, think_s, stations)
-    k = len(stations)
-    demand = [s.demand_s for s in stations]
-    overlap = sum(s.overlap_s for s in stations)
+    # (owner index, demand, is_queue, overlap) after splitting multi-server stations.
+    parts: list[tuple[int, float, bool, float]] = []
+    for i, st in enumerate(stations):
+        if st.servers is None:
+            parts.append((i, st.demand_s, False, st.overlap_s))
+        elif st.servers == 1:
+            parts.append((i, st.demand_s, True, st.overlap_s))
+        else:
+            c = st.servers
+            parts.append((i, st.demand_s / c, True, st.overlap_s / c))
+            parts.append((i, st.demand_s * (c - 1) / c, False, st.overlap_s * (c - 1) / c))
+    demand = [d for _, d, _, _ in parts]
+    is_queue = [q for _, _, q, _ in parts]
+    overlap = sum(o for _, _, _, o in parts)
+    k = len(parts)
     queue = [0.0] * k
     resid = [0.0] * k
-    # Marginal probabilities p(j | n-1), j = 0..m-1, for multi-server stations only. Servers beyond
-    # the client count are never all busy, so a station with m >= clients is capped at clients.
-    probs: list[np.ndarray | None] = []
-    weights: list[np.ndarray | None] = []
-    for s in stations:
-        if s.servers is not None and s.servers > 1:
-            m = min(s.servers, n_total + 1)
-            p = np.zeros(m)
-            p[0] = 1.0
-            probs.append(p)
-            weights.append(np.arange(m - 1, 0, -1, dtype=float))  # (m - j) for j = 1..m-1
-        else:
-            probs.append(None)
-            weights.append(None)
-    servers_eff = [None if s.servers is None else min(s.servers, n_total + 1) for s in stations]
-
     x = 0.0
     for n in range(1, n_total + 1):
-        for i, s in enumerate(stations):
-            d = demand[i]
-            if s.servers is None:
-                resid[i] = d
-            elif probs[i] is None:
-                resid[i] = d * (1.0 + queue[i])
-            else:
-                m = servers_eff[i]
-                p = probs[i]
-                # sum_{j=1}^{m-1} (m - j) p(j - 1 | n - 1)
-                resid[i] = d / m * (1.0 + queue[i] + float(weights[i] @ p[: m - 1]))
-        total = z + sum(resid) - overlap
-        x_prev, x = x, n / total
-        for i in range(k):
-            queue[i] = x * resid[i]
-            p = probs[i]
-            if p is not None:
-                m = servers_eff[i]
-                new = np.empty_like(p)
-                j = np.arange(1, m, dtype=float)
-                new[1:] = demand[i] * x / j * p[:-1]
-                p0 = 1.0 - (x * demand[i] + float(weights[i] @ new[1:])) / m
-                new[0] = max(p0, 0.0)
-                probs[i] = new
-        # Past saturation each extra client only lengthens the bottleneck's queue: X is flat and the
-        # recursion's remaining steps are a straight line, so finish them in closed form. This keeps
-        # 100k-client sweeps fast.
+        for j in range(k):
+            resid[j] = demand[j] * (1.0 + queue[j]) if is_queue[j] else demand[j]
+        x_prev, x = x, n / (z + sum(resid) - overlap)
+        for j in range(k):
+            queue[j] = x * resid[j]
+        # X is non-decreasing in n here; once it stops moving the bottleneck is saturated and each
+        # further client only adds 1 / X to its residence.
         if n < n_total and n > 64 and x - x_prev <= 1e-13 * x:
-            b = max(range(k), key=lambda i: -1.0 if stations[i].servers is None
-                    else demand[i] / servers_eff[i])
-            extra = n_total - n
-            queue[b] += extra
-            resid[b] += extra / x
-            break
-
-    util = {}
-    for i, s in enumerate(stations):
-        util[s.name] = x * demand[i] / (servers_eff[i] if s.servers is not None else 1)
+            b = max((j for j in range(k) if is_queue[j]), key=lambda j: demand[j], default=None)
+            if b is not None:
+                extra = n_total - n
+                queue[b] += extra
+                resid[b] += extra / x
+                break
+    queue_by = {st.name: 0.0 for st in stations}
+    resid_by = {st.name: 0.0 for st in stations}
+    for j, (i, _, _, _) in enumerate(parts):
+        queue_by[stations[i].name] += queue[j]
+        resid_by[stations[i].name] += resid[j]
+    util = {st.name: x * st.demand_s / (st.servers if st.servers is not None else 1) for st in stations}
     return MVAResult(
         clients=n_total,
         throughput_rps=x,
         response_s=sum(resid) - overlap,
-        queue_lengths={s.name: queue[i] for i, s in enumerate(stations)},
-        residence_s={s.name: resid[i] for i, s in enumerate(stations)},
+        queue_lengths=queue_by,
+        residence_s=resid_by,
         utilisation=util,
     )
 
@@ -425,6 +405,45 @@ def open_network(arrival_rate_rps: float, stations: Sequence[Station]) -> tuple[
         per[s.name] = metrics
         total += metrics.response_mean_s - s.overlap_s
     return total, per
+
+
+# Above this many clients analytic() uses the large-population fixed point instead of the MVA
+# recursion, whose cost grows with the client count (~0.5 us per client and station).
+LARGE_POPULATION = 50_000
+
+
+def closed_large_population(clients: int, think_s: float, stations: Sequence[Station]) -> float:
+    """Throughput of a closed network with many clients, as the fixed point X = N / (Z + R_open(X)).
+
+    R_open(X) is the Jackson open-network response (each station an M/M/c at rate X, overlap_s left
+    out as in mva_recursive). With many clients per server the closed network behaves like the open
+    one at the rate it carries; below the knee R_open is near the no-wait latency, past it X tends to
+    the bottleneck's capacity. Solved by brentq in microseconds, where MVA costs O(N) steps.
+    """
+    from scipy.optimize import brentq
+
+    n_total, z, stations = _check_network(clients, think_s, stations)
+    queueing = [s for s in stations if s.servers is not None and s.demand_s > 0]
+    capacity = min((s.servers / s.demand_s for s in queueing), default=math.inf)
+    delay = sum(s.demand_s - s.overlap_s for s in stations if s.servers is None)
+
+    def response(x: float) -> float:
+        total = delay
+        for s in queueing:
+            total += mmc(x, 1.0 / s.demand_s, s.servers).response_mean_s - s.overlap_s
+        return total
+
+    no_wait = delay + sum(s.demand_s - s.overlap_s for s in queueing)
+    upper = min(n_total / (z + no_wait) if z + no_wait > 0 else math.inf, capacity * (1 - 1e-12))
+    if not queueing:
+        return upper
+
+    def excess(x: float) -> float:
+        return x * (z + response(x)) - n_total
+
+    if excess(upper) <= 0:  # the no-wait bound binds before any queue forms
+        return upper
+    return brentq(excess, upper * 1e-12, upper, xtol=1e-12 * upper, rtol=1e-12)
 
 
 # -- Universal Scalability Law -------------------------------------------------------------------
@@ -680,7 +699,8 @@ def analytic(scenario: Scenario, profile: CostProfile | None = None) -> Result:
     """A coarse Result for one scenario: exact MVA of `model_stations` for closed loop, a Jackson
     network of M/M/c stations for open loop.
 
-    Mean latency is N/X - think in closed loop (Little). Open-loop quantiles are the busiest
+    Closed loop up to LARGE_POPULATION clients uses the MVA recursion, beyond it the
+    large-population fixed point (closed_large_population). Mean latency is N/X - think (Little). Open-loop quantiles are the busiest
     station's exact M/M/c quantile plus the other stations' means (exact for one station); closed-loop
     quantiles treat the queueing delay as exponential on top of the no-wait latency (a rough guide). An open loop at or past capacity returns the capacity as throughput, NaN latencies
     and failure "saturated": a sweep wants a row, not an exception. m1 with keep-alive-forever
@@ -714,10 +734,12 @@ def analytic(scenario: Scenario, profile: CostProfile | None = None) -> Result:
                 stations = [s if s.name != "network" else Station("network", d.rtt_s / k, None) for s in stations]
         if think == 0 and all(s.demand_s == 0 for s in stations):
             raise ValueError("cpu_us: every cost and the work are 0; throughput would be infinite")
-        net = mva_recursive(clients, think, stations)
-        x = net.throughput_rps
+        if clients <= LARGE_POPULATION:
+            x = mva_recursive(clients, think, stations).throughput_rps
+        else:
+            x = closed_large_population(clients, think, stations)
         mean = clients / x - w.think_s
-        util = max((net.utilisation[s.name] for s in stations if s.servers is not None), default=0.0)
+        util = max((x * s.demand_s / s.servers for s in stations if s.servers is not None), default=0.0)
         wait_prob = min(1.0, util)
     else:
         lam = w.rate_rps

@@ -343,3 +343,37 @@ def test_analytic_throughput_tracks_the_simulator_coarsely(work):
         sim = simulate(s, CostProfile.default())
         gaps[name] = analytic(s, CostProfile.default()).throughput_rps / sim.throughput_rps - 1
     assert all(abs(g) <= 0.25 for g in gaps.values()), gaps
+
+
+@pytest.mark.parametrize(
+    "n,z,spec",
+    [
+        (10, 0.0, [(1e-3, 4)]),
+        (50, 0.01, [(1e-3, 4), (2e-4, 1)]),
+        (300, 0.01, [(2.4e-4, 8), (2.5e-5, None)]),
+        (2000, 0.05, [(2.4e-4, 8), (1e-4, 2), (2.5e-5, None)]),
+        (100, 0.001, [(1e-3, 64)]),
+        (5000, 0.15, [(2.4e-4, 8), (5e-5, 1)]),
+    ],
+)
+def test_the_approximations_stay_close_to_exact_mva(n, z, spec):
+    """analytic() solves closed loops with Seidmann's MVA (any population) and the large-population
+    fixed point (many clients); both must stay near the exact answer where one exists."""
+    from simkit.analytic import closed_large_population, mva_recursive
+
+    stations = [Station(f"s{i}", d, c) for i, (d, c) in enumerate(spec)]
+    exact = mva(n, z, stations).throughput_rps
+    assert mva_recursive(n, z, stations).throughput_rps == pytest.approx(exact, rel=0.03)
+    if n >= 300:  # many clients per server: where analytic() switches to it
+        assert closed_large_population(n, z, stations) == pytest.approx(exact, rel=0.03)
+
+
+def test_analytic_is_fast_at_a_million_connections():
+    import time
+
+    s = Scenario(model=ModelSpec(name="m6_prefork", processes=64), hardware=Hardware(cores=64, fd_limit=10**7),
+                 workload=Workload(connections=1_000_000, think_s=1.0, cpu_us=200.0))
+    t0 = time.process_time()
+    r = analytic(s)
+    assert time.process_time() - t0 < 2.0  # CPU seconds, generous: it takes milliseconds
+    assert r.throughput_rps == pytest.approx(64 / demands(s).cpu_s, rel=0.01)  # 10^6 rps offered: saturated, 64 loops busy
