@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 
 from simpy.events import Timeout
@@ -78,7 +79,7 @@ class Clients:
         self.gil_s = wl.gil_us * 1e-6 * profile["gil_work_scale"]
         self.io_s = wl.io_us * 1e-6
         self.open = wl.mode == "open"
-        self.fast_closed = not self.open and wl.think_s == 0.0 and not loadgen_machine
+        self.fast_closed = not self.open and not loadgen_machine
         self.client_cpu = profile["client_cpu_per_request_s"]
         # counters over the cohort (requests issued in [w0, w1))
         self.issued = 0
@@ -89,7 +90,8 @@ class Clients:
         self.lat_sum_in_window = 0.0
         self.area = 0.0  # integral of the number in system over the window
         self.total = 0  # every request of the run
-        self.deadlines: deque = deque()
+        # pending requests by issue time (a heap: the fast path issues requests at future times)
+        self.deadlines: list = []
         self.sweep_armed = False
         self.slots = [Slot(i) for i in range(wl.connections)]
         self.free_slots: list[Slot] = []
@@ -133,7 +135,7 @@ class Clients:
         self.total += 1
         if self.w0 <= t < self.w1:
             self.issued += 1
-        self.deadlines.append(req)
+        heapq.heappush(self.deadlines, (t, self.total, req))
         if not self.sweep_armed:
             self._arm_sweep()
         return req
@@ -233,8 +235,8 @@ class Clients:
 
         Fast path (no event for the receipt): when nothing can happen to the request between now and
         its receipt at t_recv (it is in time, before the window ends, on a connection that stays
-        open), the receipt is booked now at its exact time t_recv, and a closed-loop client with no
-        think time issues its next request at t_recv directly."""
+        open), the receipt is booked now at its exact time t_recv, and the closed-loop slot's next
+        request is issued at t_recv + think_s directly (one event per request on the client side)."""
         now = self.env.now
         t_recv = t + self.half_rtt
         # (Open loop has no fast path: its slot must not look free before t_recv, or arrivals would be
@@ -243,13 +245,17 @@ class Clients:
                 and not req.close and req.slot.cur is req):
             self._complete(req, t_recv)
             slot = req.slot
-            nxt = self._new_request(t_recv, slot)
+            t_next = t_recv + self.think_s
+            if t_next >= self.w1:
+                slot.cur = None
+                return  # the run ends before the slot's next request
+            nxt = self._new_request(t_next, slot)
             slot.cur = nxt
             conn.nreq += 1
             nxt.conn = conn
             if self.rpc is not None and conn.nreq >= self.rpc:
                 nxt.close = True
-            self._at(t_recv - now + self.half_rtt, self._data_arrives, nxt)
+            self._at(t_next - now + self.half_rtt, self._data_arrives, nxt)
             return
         self._at(t_recv - now, self._receipt, req)
 
@@ -346,22 +352,22 @@ class Clients:
     # -- timeouts ---------------------------------------------------------------------------------
     def _arm_sweep(self) -> None:
         dq = self.deadlines
-        while dq and dq[0].state != PENDING:
-            dq.popleft()
+        while dq and dq[0][2].state != PENDING:
+            heapq.heappop(dq)
         if dq:
             self.sweep_armed = True
-            self._at(max(0.0, dq[0].t + self.timeout_s - self.env.now), self._sweep, None)
+            self._at(max(0.0, dq[0][0] + self.timeout_s - self.env.now), self._sweep, None)
 
     def _sweep(self, ev) -> None:
         self.sweep_armed = False
         dq = self.deadlines
         limit = self.env.now - self.timeout_s + 1e-12
         while dq:
-            req = dq[0]
+            t, _, req = dq[0]
             if req.state != PENDING:
-                dq.popleft()
-            elif req.t <= limit:
-                dq.popleft()
+                heapq.heappop(dq)
+            elif t <= limit:
+                heapq.heappop(dq)
                 self._fail(req, "timeout")
             else:
                 break
@@ -371,7 +377,7 @@ class Clients:
     def finish(self, t_end: float) -> int:
         """Close the books at t_end: add in-flight requests' time in system; return the cohort in flight."""
         in_flight = 0
-        for req in self.deadlines:
+        for _, _, req in self.deadlines:
             if req.state == PENDING:
                 self.area += _overlap(req.t, t_end, self.w0, self.w1)
                 if self.w0 <= req.t < self.w1:
