@@ -24,12 +24,12 @@ h = sys.modules[_NAME]
 
 @pytest.fixture
 def server_factory():
-    """start(config, extra_args=(), preexec_fn=None) -> ServerProcess; every server started is
+    """start(config, extra_args=(), preexec_fn=None, **start_server_kwargs) -> ServerProcess; every server started is
     SIGTERMed, then its whole process group SIGKILLed, at teardown, whatever the test did."""
     started: list = []
 
-    def start(config, extra_args=(), preexec_fn=None):
-        server = h.start_server(config, extra_args, preexec_fn)
+    def start(config, extra_args=(), preexec_fn=None, **kwargs):
+        server = h.start_server(config, extra_args, preexec_fn, **kwargs)
         started.append(server)
         return server
 

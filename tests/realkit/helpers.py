@@ -157,11 +157,12 @@ def start_server(
     extra_args: Sequence[str] = (),
     preexec_fn: Callable[[], None] | None = None,
     ready_timeout_s: float = READY_TIMEOUT_S,
+    entry: Sequence[str] = ("-m", SERVERS_MODULE),
 ) -> ServerProcess:
-    """Start `python -m realkit.servers ...` and wait for the port line on stdout."""
+    """Start `python -m realkit.servers ...` (or `python <entry> ...`) and wait for the port line."""
     outdir = Path(tempfile.mkdtemp(prefix=f"realkit-{config.id}-"))
     stdout_path, stderr_path = outdir / "stdout", outdir / "stderr"
-    cmd = [sys.executable, "-m", SERVERS_MODULE, *config.cli(), *extra_args, "--host", HOST, "--port", "0"]
+    cmd = [sys.executable, *entry, *config.cli(), *extra_args, "--host", HOST, "--port", "0"]
     # Files, not pipes: a server that logs a lot can never block on a full pipe nobody reads.
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         proc = subprocess.Popen(

@@ -1,0 +1,38 @@
+"""Conformance suite of issue 2, part 3: the command-line face of the servers (deliverable 5):
+`serverlab serve`, models named by number, SIGINT, --cores pinning, and a bad model name."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+import realkit_conformance_helpers as h
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("number", range(1, 8))
+def test_serverlab_serve_model_by_number_pinned_and_sigint(number, server_factory):
+    """`serverlab serve --model N --cores 0` prints its port, serves, is pinned to CPU 0, and
+    exits 0 on SIGINT."""
+    config = h.ServerConfig(f"m{number}-by-number", str(number))
+    server = server_factory(config, ("--cores", "0"), entry=("-m", "serverlab.cli", "serve"))
+    h.check_served(server.port, f"num{number}", n=2)
+    for p in server.tree():
+        assert p.cpu_affinity() == [0], f"{p.pid} not pinned: {p.cpu_affinity()}"
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(20) == 0, server.output()
+
+
+@pytest.mark.timeout(60)
+def test_unknown_model_is_refused():
+    out = subprocess.run(
+        [sys.executable, "-m", h.SERVERS_MODULE, "--model", "m9_nonsense", "--port", "0"],
+        capture_output=True, text=True, timeout=50, cwd=h.REPO_ROOT,
+    )
+    assert out.returncode != 0
+    assert out.stdout.strip() == "", "printed a port for a model that does not exist"
+    assert "m9_nonsense" in out.stderr or "model" in out.stderr.lower(), out.stderr
+
+
