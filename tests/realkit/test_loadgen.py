@@ -136,6 +136,9 @@ def test_open_loop_sees_stalls_that_closed_loop_hides():
         closed = run_load(LoadSpec(url=srv.url, connections=2, duration_s=2.0, warmup_s=0.2))
         opened = run_load(LoadSpec(url=srv.url, connections=200, mode="open", rate_rps=1000.0,
                                    duration_s=2.0, warmup_s=0.2))
+        # Capped at one connection, arrivals during a stall cannot even be sent: counted as late sends.
+        capped = run_load(LoadSpec(url=srv.url, connections=1, mode="open", rate_rps=500.0,
+                                   duration_s=1.0, warmup_s=0.2))
         assert srv.stalls >= 10
     c99, o99 = closed.latency_s(99), opened.latency_s(99)
     print(f"\nstalling server (50 ms every 200 ms): closed-loop p99 = {c99 * 1e3:.2f} ms "
@@ -145,6 +148,8 @@ def test_open_loop_sees_stalls_that_closed_loop_hides():
     assert c99 < o99 / 3, "closed loop understates them (coordinated omission)"
     assert opened.completed == pytest.approx(2000, rel=0.25)  # the arrivals kept their rate
     assert opened.errors == 0 and closed.errors == 0
+    assert capped.late_sends >= 0.1 * capped.issued and capped.max_send_lag_s >= 0.02
+    assert capped.latency_s(99) >= 0.025
 
 
 @pytest.mark.timeout(60)
