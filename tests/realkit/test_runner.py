@@ -48,7 +48,8 @@ def test_measure_every_model_fills_every_field(model):
     row = result.to_row()
     assert set(columns()) == set(row)
     assert result.throughput_rps > 0 and result.completed > 0
-    assert result.throughput_rps == pytest.approx(result.completed / 1.0, rel=0.1)
+    # A 1 s window (a busy box may stretch it a little).
+    assert result.completed / 1.5 <= result.throughput_rps <= result.completed / 0.95
     lat = [result.latency_p50_s, result.latency_p90_s, result.latency_p99_s, result.latency_p999_s]
     assert all(not math.isnan(v) and v > 0 for v in lat) and lat == sorted(lat)
     assert result.latency_mean_s > 0
