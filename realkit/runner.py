@@ -287,6 +287,13 @@ def measure(
         except psutil.Error:
             fd_limit = scenario.hardware.fd_limit
         monitor = ProcessTreeMonitor(server.proc.pid, monitor_interval_s, cpus=plan.loadgen_cpus)
+        if monitor.ctx_counter != "perf":
+            warnings.warn(
+                "perf counters not permitted here: context switches are sampled from /proc and undercount "
+                "threads that live under 100 ms (m2 short connections, m7)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         monitor.start()
         try:
             report = run_load(load_spec_for(scenario, port, plan.loadgen_cpus, nproc, plan.shared))
