@@ -179,3 +179,28 @@ def test_utilisation_with_the_default_profile(name):
     assert len(stats.core_busy_s) == 2 and all(0 <= b <= stats.window_s * (1 + 1e-9) for b in stats.core_busy_s)
     floor_s = CPU_US * 1e-6 * profile["cpu_work_scale"] + GIL_US * 1e-6 * profile["gil_work_scale"] + profile["parse_s"]
     assert busy_cores >= 0.95 * result.throughput_rps * floor_s
+
+
+@pytest.mark.timeout(120)
+def test_same_seed_same_result_in_a_fresh_process_with_other_hash_seeds():
+    """Determinism must not hang on set/dict order of str hashes (randomised per process)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys; sys.path.insert(0, 'tests/simkit')\n"
+        "from test_laws import scenario, run, MODEL_NAMES\n"
+        "print(json.dumps({n: run(scenario(n, 'open'))[0].to_row() for n in MODEL_NAMES}, default=str))\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for hash_seed in ("0", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": root}
+        out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                             timeout=100, check=True)
+        rows = json.loads(out.stdout.strip().splitlines()[-1])
+        for name in MODEL_NAMES:
+            here = json.loads(json.dumps(run(scenario(name, "open"))[0].to_row(), default=str))
+            assert rows[name].keys() == here.keys()
+            assert all(same(rows[name][k], here[k]) for k in here), name
