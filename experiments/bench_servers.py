@@ -73,6 +73,32 @@ def wait_port(port: int, timeout_s: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its children."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        pass
+    return total
+
+
+def measure(pid: int, port: int, connections: int, duration_s: float, wrk_core: int | None):
+    """-> (requests/s, errors, server CPU in cores) over one wrk run. The CPU figure tells whether the
+    server was the bottleneck (near 1 core) or the client was (well under 1)."""
+    c0, t0 = tree_cpu_s(pid), time.monotonic()
+    rps, errors = run_wrk(port, connections, duration_s, wrk_core)
+    return rps, errors, (tree_cpu_s(pid) - c0) / (time.monotonic() - t0)
+
+
 def run_wrk(port: int, connections: int, duration_s: float, wrk_core: int | None) -> tuple[float, int]:
     """-> (requests/s, socket errors + non-2xx) from one wrk run against GET /."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency", f"http://127.0.0.1:{port}/"]
@@ -171,9 +197,11 @@ def main(argv: list[str] | None = None) -> int:
                 rounds = []
                 for _ in range(args.repeats):
                     ref = (
-                        run_wrk(nginx.port, args.connections, args.duration, wrk_core) if nginx else (None, 0)
+                        measure(nginx.proc.pid, nginx.port, args.connections, args.duration, wrk_core)
+                        if nginx
+                        else (None, 0, None)
                     )
-                    rounds.append((ref, run_wrk(port, args.connections, args.duration, wrk_core)))
+                    rounds.append((ref, measure(proc.pid, port, args.connections, args.duration, wrk_core)))
             finally:
                 stop_model(proc)
             rows.append((name, rounds))
@@ -188,23 +216,29 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(
-        "| server | requests/s (median) | nginx requests/s (median, same rounds) | ratio to nginx | wrk errors |"
+        "| server | requests/s (median) | server CPU (cores) | nginx requests/s (same rounds) "
+        "| nginx CPU (cores) | ratio to nginx | wrk errors |"
     )
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, rounds in rows:
         mine = statistics.median(r[1][0] for r in rounds)
+        cpu = statistics.median(r[1][2] for r in rounds)
         errors = sum(r[1][1] for r in rounds)
         if nginx:
             ref = statistics.median(r[0][0] for r in rounds)
+            ref_cpu = statistics.median(r[0][2] for r in rounds)
             ratio = statistics.median(r[1][0] / r[0][0] for r in rounds)
-            print(f"| {name} | {mine:,.0f} | {ref:,.0f} | {ratio:.2f} | {errors} |")
+            print(
+                f"| {name} | {mine:,.0f} | {cpu:.2f} | {ref:,.0f} | {ref_cpu:.2f} | {ratio:.2f} | {errors} |"
+            )
         else:
-            print(f"| {name} | {mine:,.0f} | n/a | n/a | {errors} |")
+            print(f"| {name} | {mine:,.0f} | {cpu:.2f} | n/a | n/a | n/a | {errors} |")
     print()
     print("Models at their defaults (threads=1, processes=1, pool=4). m1 serves one keep-alive connection")
     print(
         "at a time, so 49 of wrk's 50 connections wait (and time out): its errors are the model, not a bug."
     )
+    print("Server CPU well under 1 core means the server was not the bottleneck (wrk, or a busy box, was).")
     return 0
 
 

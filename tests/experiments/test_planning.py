@@ -30,6 +30,8 @@ def _row(model, cores, conns, *, gil_us=0.0, **metrics):
     base = dict(throughput_rps=1000.0, latency_p99_s=0.010, completed=10_000, cpu_util=0.5,
                 rss_peak_bytes=100 * 2**20, threads_peak=4)
     base.update(metrics)
+    # A consistent closed loop (think 0): every client waits, so mean latency = N / X (Little).
+    base.setdefault("latency_mean_s", conns / base["throughput_rps"] if base["throughput_rps"] else math.nan)
     return Result(scenario=sc, source="sim", **base)
 
 
@@ -82,6 +84,9 @@ def test_latency_reason_for_blocking_work_and_tolerated_errors():
     assert classify(starved.to_row(), SLO, BUDGET) == "stalled"
     busy = _row("m6_prefork", 8, 1000, throughput_rps=29_000.0, latency_p99_s=0.04, in_flight=1000)
     assert classify(busy.to_row(), SLO, BUDGET) == ""  # saturated closed loop: in flight ~ X x latency
+    # Clients queued since before the window are not in the cohort: Little's law exposes them.
+    hidden = _row("m1_iterative", 1, 1000, throughput_rps=1.0, latency_mean_s=0.0003, latency_p99_s=0.0003)
+    assert classify(hidden.to_row(), SLO, BUDGET) == "stalled"
     nan = _row("m3_reactor", 4, 10, latency_p99_s=math.nan, completed=0)
     assert classify(nan.to_row(), SLO, BUDGET) != ""
 
