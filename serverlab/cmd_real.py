@@ -43,6 +43,9 @@ def _print_report(summary: dict) -> None:
     table.add_row("loadgen CPU", f"{summary['loadgen_cpu_util']:.2f} cores, "
                                  f"peak RSS {summary['loadgen_rss_peak_bytes'] / 2**20:.0f} MiB")
     Console().print(table)
+    if summary["loadgen_cpu_util"] >= 0.9 * max(1, summary["spec_processes"]):
+        Console(stderr=True).print("note: the load generator used ~all its CPU: it, not the server, may be the "
+                                   "bottleneck (try --processes N on more CPUs)")
 
 
 @click.command()
@@ -90,6 +93,7 @@ def load(url, connections, duration_s, warmup_s, rate_rps, arrival, think_s, req
         raise click.ClickException(str(exc)) from None
     summary = report.summary()
     summary["spec_idle_connections"] = spec.idle_connections
+    summary["spec_processes"] = spec.processes
     if csv_path:
         import os
 
