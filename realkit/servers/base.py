@@ -424,18 +424,29 @@ class Reactor:
         request = parser.next_request()
         if request is None:
             return
-        outs = []
-        while request is not None:
-            if self.stopping:
-                request.keep_alive = False
-            if request.kind == WORK:
-                work.do_work(request.cpu_us, request.gil_us, request.io_us)
-            outs.append(response_bytes(request))
-            if not request.keep_alive:
-                conn.close_after = True
-                break
+        # The common case is one request per recv: no list, no join.
+        data = self._answer(request)
+        if not request.keep_alive:
+            conn.close_after = True
+        else:
             request = parser.next_request()
-        self.send(conn, outs[0] if len(outs) == 1 else b"".join(outs))
+            if request is not None:
+                outs = [data]
+                while request is not None:
+                    outs.append(self._answer(request))
+                    if not request.keep_alive:
+                        conn.close_after = True
+                        break
+                    request = parser.next_request()
+                data = b"".join(outs)
+        self.send(conn, data)
+
+    def _answer(self, request) -> bytes:
+        if self.stopping:
+            request.keep_alive = False
+        if request.kind == WORK:
+            work.do_work(request.cpu_us, request.gil_us, request.io_us)
+        return response_bytes(request)
 
     def send(self, conn: Conn, data: bytes) -> None:
         if conn.closed:
@@ -555,6 +566,9 @@ class Reactor:
         conns = self.conns
         poll = self.ep.poll
         monotonic = time.monotonic
+        on_conn_event = self.on_conn_event
+        on_readable = self.on_readable
+        fast = not self.oneshot  # plain EPOLLIN needs none of on_conn_event's checks (not for m7)
         while True:
             timeout = self.next_sweep - self.now
             events = poll(timeout if timeout > 0 else 0)
@@ -562,7 +576,10 @@ class Reactor:
             for fd, ev in events:
                 conn = conns.get(fd)
                 if conn is not None:
-                    self.on_conn_event(conn, ev)
+                    if ev == EPOLLIN and fast:
+                        on_readable(conn)
+                    else:
+                        on_conn_event(conn, ev)
                     continue
                 handler = handlers.get(fd)
                 if handler is not None:
