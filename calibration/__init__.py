@@ -26,11 +26,11 @@ from calibration.fit import (
     SimBatch,
     apply_measured,
     build_grid,
-    fit,
     load_runs,
     run_grid,
     save_runs,
 )
+from calibration.fit import fit as fit_params  # not `fit`: that would hide the calibration.fit module
 from calibration.probes import run_probes
 from calibration.validate import USLBaseline, json_safe, summarize, validate, write_csv
 from simkit.profile import CostProfile, default_profile_path, host_fingerprint
@@ -105,8 +105,10 @@ def calibrate(
     sim_is_default = simulate is None
     simulate = simulate or _default_simulate()
     refit_all = (not quick) if refit_all is None else refit_all
-    max_evaluations = max_evaluations or (8 if quick else 20)
-    fit_time_budget_s = fit_time_budget_s or (50.0 if quick else 300.0)
+    # Evaluations of the whole training set: a coarse coordinate search (5 + 2 factors per
+    # parameter) and a least-squares finish need about 9 x len(fit_names) + 6.
+    max_evaluations = max_evaluations or (34 if quick else 50)
+    fit_time_budget_s = fit_time_budget_s or (60.0 if quick else 420.0)
     target_requests = target_requests or (800 if quick else 1500)
     if workers is None:
         # A process pool pays for itself only with the real (slow) simulator and a second core.
@@ -143,7 +145,7 @@ def calibrate(
     # 3. parameters the real runs measure directly, then the fit on the training points only
     profile = apply_measured(profile, [r.result for r in runs if r.ok and r.point.role in ("train", "cores")])
     with SimBatch(simulate, workers) as batch:
-        fitted = fit([r.result for r in train], profile, names=fit_names, target_requests=target_requests,
+        fitted = fit_params([r.result for r in train], profile, names=fit_names, target_requests=target_requests,
                      max_evaluations=max_evaluations, time_budget_s=fit_time_budget_s,
                      progress=stage_cb("fit"), batch=batch)
 
@@ -162,9 +164,10 @@ def calibrate(
         if refit_all:
             both = [r.result for r in runs if r.ok and r.point.role in ("train", "cores")]
             if len(both) > len(train):
-                refit = fit(both, fitted.profile, names=fit_names, target_requests=target_requests,
+                refit = fit_params(both, fitted.profile, names=fit_names, target_requests=target_requests,
                             max_evaluations=max(4, max_evaluations // 2), time_budget_s=fit_time_budget_s / 2,
-                            progress=stage_cb("refit"), batch=batch, bounds_factor=4.0)
+                            progress=stage_cb("refit"), batch=batch, bounds_factor=4.0,
+                            search_factors=((1 / 2, 2),))
                 final = refit.profile
 
     notes = dict(final.notes)

@@ -23,7 +23,8 @@ def test_fit_recovers_known_parameters_from_noisy_synthetic_runs():
     measure = FakeMeasure(TRUTH, noise=0.03)
     points = [p for p in build_grid(quick=False) if p.role == "train"]
     reals = [measure(p.scenario) for p in points]
-    got = fit(reals, CostProfile.default(), simulate=fake_simulate, max_evaluations=40, bootstrap=100)
+    got = fit(reals, CostProfile.default(), names=("parse_s", "gil_handoff_s"), simulate=fake_simulate,
+              max_evaluations=40, bootstrap=100)
     for name in ("parse_s", "gil_handoff_s"):
         assert got.values[name] == pytest.approx(TRUTH[name], rel=0.10), (name, got.values[name])
         assert got.profile.params[name].source == "fit"

@@ -43,7 +43,8 @@ def test_fit_recovers_known_parameters_from_noisy_simkit_data_within_10_percent(
     ]
     reals = _synthetic(truth, scenarios, noise=0.03)
     start = CostProfile.default()  # parse_s 20 us, gil_handoff_s 8 us: far from the truth
-    got = fit(reals, start, simulate=simulate, target_requests=10**9, max_evaluations=40, bootstrap=100)
+    got = fit(reals, start, names=("parse_s", "gil_handoff_s"), simulate=simulate, target_requests=10**9,
+              max_evaluations=40, bootstrap=100)
     for name in ("parse_s", "gil_handoff_s"):
         assert got.values[name] == pytest.approx(truth[name], rel=0.10), (name, got.values, got.status)
     assert got.rmse_log < got.rmse_log_start
