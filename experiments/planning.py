@@ -300,8 +300,12 @@ def _detail(row: pd.Series, reason: str, slo_p99_s: float, memory_bytes: float) 
     if reason in ("threads_max", "fd_limit"):
         return f"{at}: {REASONS[reason]} (threads {int(row['threads_peak']):,}, fds {int(row['fds_peak']):,})"
     if reason == "stalled":
-        return (f"{at}: {int(row['in_flight']):,} requests still unanswered at the end vs {int(row['completed']):,} "
-                f"completed ({float(row['throughput_rps']):,.0f} req/s, p99 of the completed {p99_txt})")
+        x = float(row["throughput_rps"])
+        mean = float(row["latency_mean_s"])
+        busy = x * (float(row.get("think_s", 0.0) or 0.0) + (0.0 if math.isnan(mean) else mean))
+        return (f"{at}: only {x:,.0f} req/s completed, which accounts for ~{busy:,.0f} of {n:,} clients; "
+                f"{int(row['in_flight']):,} requests still unanswered at the end; the others wait unseen "
+                f"(the completed ones' {p99_txt} hides them)")
     if reason == "backlog" and _error_rate(row) <= 0:
         return f"{at}: the listen backlog overflowed (SYNs dropped, clients retried after 1 s or more)"
     if reason in ("backlog", "errors"):
