@@ -215,24 +215,30 @@ def main(argv: list[str] | None = None) -> int:
             nginx.close()
 
     print()
+    # Two ratios: requests/s (the target's definition), and requests per CPU-second of the server, which
+    # stays meaningful when a shared box gives neither server its whole core.
     print(
-        "| server | requests/s (median) | server CPU (cores) | nginx requests/s (same rounds) "
-        "| nginx CPU (cores) | ratio to nginx | wrk errors |"
+        "| server | requests/s | server CPU (cores) | requests per CPU-s | nginx requests/s | nginx CPU (cores) "
+        "| ratio to nginx (req/s) | ratio to nginx (per CPU-s) | wrk errors |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, rounds in rows:
         mine = statistics.median(r[1][0] for r in rounds)
         cpu = statistics.median(r[1][2] for r in rounds)
+        per_cpu = statistics.median(r[1][0] / max(r[1][2], 1e-9) for r in rounds)
         errors = sum(r[1][1] for r in rounds)
+        cells = [name, f"{mine:,.0f}", f"{cpu:.2f}", f"{per_cpu:,.0f}"]
         if nginx:
             ref = statistics.median(r[0][0] for r in rounds)
             ref_cpu = statistics.median(r[0][2] for r in rounds)
             ratio = statistics.median(r[1][0] / r[0][0] for r in rounds)
-            print(
-                f"| {name} | {mine:,.0f} | {cpu:.2f} | {ref:,.0f} | {ref_cpu:.2f} | {ratio:.2f} | {errors} |"
+            eff = statistics.median(
+                (r[1][0] / max(r[1][2], 1e-9)) / (r[0][0] / max(r[0][2], 1e-9)) for r in rounds
             )
+            cells += [f"{ref:,.0f}", f"{ref_cpu:.2f}", f"{ratio:.2f}", f"{eff:.2f}"]
         else:
-            print(f"| {name} | {mine:,.0f} | {cpu:.2f} | n/a | n/a | n/a | {errors} |")
+            cells += ["n/a"] * 4
+        print("| " + " | ".join(cells + [str(errors)]) + " |")
     print()
     print("Models at their defaults (threads=1, processes=1, pool=4). m1 serves one keep-alive connection")
     print(

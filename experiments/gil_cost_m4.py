@@ -7,7 +7,7 @@ ratio of their throughputs, per core count and per amount of pure-Python work, i
 Run: python experiments/gil_cost_m4.py
 """
 
-from experiments.planning import sweep
+from experiments.planning import WindowPolicy, sweep
 from simkit.scenario import Hardware, ModelSpec, Scenario, Workload
 
 CORES = [1, 2, 4, 8, 16]
@@ -16,14 +16,15 @@ GIL_US = [0, 50, 200]  # pure-Python microseconds per request, on top of 200 us 
 
 def main() -> None:
     base = Scenario(hardware=Hardware(fd_limit=1 << 20),
-                    workload=Workload(connections=256, cpu_us=200, duration_s=1.0, warmup_s=0.2))
+                    workload=Workload(connections=256, cpu_us=200))
     # An explicit scenario list (instead of a models x cores x connections grid) lets gil_us and the
     # gil flag vary too; sweep() still runs them all in parallel, in this order.
     scenarios = [
         base.replace(model=ModelSpec(name="m4", pool=2 * cores, gil=gil), cores=cores, gil_us=gil_us)
         for gil_us in GIL_US for gil in (True, False) for cores in CORES
     ]
-    frame = sweep(base, scenarios=scenarios)
+    # Each point's simulated window is sized for ~2000 completions (more for the faster points).
+    frame = sweep(base, scenarios=scenarios, window=WindowPolicy(target_requests=3000, max_sim_requests=10**9))
     rate = frame.set_index(["gil_us", "gil", "cores"])["throughput_rps"]
     cpu = frame.set_index(["gil_us", "gil", "cores"])["cpu_util"]
     print("m4_reactor_workers (pool = 2 x cores), 256 clients, 200 us GIL-free work + gil_us pure Python")

@@ -270,13 +270,15 @@ def _stalled(row: pd.Series, p99: float) -> bool:
     """More requests unanswered at the end than Little's law allows for the measured latency.
 
     The p99 is over COMPLETED requests only; requests still waiting at the end are censored. In a
-    healthy run, in flight ~= throughput x mean latency <= throughput x p99. Far more than that
-    (m1 with keep-alive clients: one served, the rest waiting) means the p99 hides the waiters.
+    healthy run, in flight ~= throughput x mean latency <= throughput x p99. Far more than that, and
+    more than 5% of the cohort (m1 with keep-alive clients: one served, the rest waiting), means the
+    p99 hides the waiters.
     Under 20 closed-loop clients the Little's-law check is skipped (window edges dominate).
     """
     x = float(row["throughput_rps"])
     in_flight = float(row.get("in_flight", 0) or 0)
-    if in_flight > 10 and in_flight > 2.0 * x * (0.0 if math.isnan(p99) else p99) + 10:
+    cohort = float(row["completed"]) + in_flight
+    if in_flight > max(2.0 * x * (0.0 if math.isnan(p99) else p99) + 10, 0.05 * cohort):
         return True
     # Closed loop: every client is either thinking or waiting, so N ~= X x (think + mean latency).
     # Requests issued before the window (e.g. clients that queued behind m1's one connection since

@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from experiments.planning import Sizing, build_grid
+from experiments.planning import Sizing, WindowPolicy, build_grid, plan_windows
 from simkit.profile import CostProfile, default_profile_path
 from simkit.result import Result, to_frame
 from simkit.scenario import ModelSpec, Scenario, available_cores
@@ -102,6 +102,7 @@ def sweep(
     analytic: SimulateFn | None = None,
     scenarios: Sequence[Scenario] | None = None,
     use_analytic: Sequence[bool] | None = None,
+    window: WindowPolicy | None = None,
     description: str = "simulating",
 ) -> pd.DataFrame:
     """Simulate models x cores x connections around `base_scenario`; return the contract frame.
@@ -113,6 +114,9 @@ def sweep(
     analytic_above: points with more connections than this use `analytic` (default simkit.analytic)
     instead of `simulate`; use_analytic: the same choice made per point (parallel to `scenarios`,
     e.g. from planning.plan_windows). scenarios: an explicit list that replaces the grid.
+    window: size each point's simulated window with this policy (planning.WindowPolicy) instead of
+    the base scenario's fixed duration_s/warmup_s; points it prices above max_sim_requests go to
+    the analytic model.
     """
     if scenarios is None:
         scenarios = build_grid(base_scenario, models, cores, connections, sizing)
@@ -120,6 +124,10 @@ def sweep(
     if not scenarios:
         raise ValueError("scenarios: empty sweep")
     prof = resolve_profile(profile)
+    if window is not None:
+        scenarios, priced_out = plan_windows(scenarios, prof, window)
+        use_analytic = priced_out if use_analytic is None else [a or b for a, b in zip(use_analytic, priced_out,
+                                                                                       strict=True)]
     sim_fn = simulate or _default_simulate()
     fns: list[SimulateFn] = []
     ana_fn = None

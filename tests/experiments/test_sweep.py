@@ -87,3 +87,14 @@ def test_bad_engine_is_named():
     with pytest.raises(ValueError, match="engine"):
         sweep(BASE, models=["m3"], cores=[1], connections=[10], profile=PROFILE, engine="carrier-pigeon",
               simulate=fake_simulate, progress=False)
+
+
+def test_window_policy_sizes_windows_and_prices_out_costly_points():
+    from experiments.planning import WindowPolicy
+
+    frame = sweep(BASE, models=["m6"], cores=[2], connections=[100, 200_000], profile=PROFILE, engine="serial",
+                  simulate=fake_simulate, analytic=fake_analytic, progress=False,
+                  window=WindowPolicy(max_sim_requests=50_000))
+    assert list(frame["source"]) == ["sim", "analytic"]
+    assert frame["warmup_s"].iloc[1] >= 200_000 * PROFILE["client_cpu_per_request_s"]
+    assert (frame["duration_s"] != BASE.workload.duration_s).all()
