@@ -107,7 +107,7 @@ def calibrate(
     refit_all = (not quick) if refit_all is None else refit_all
     # Evaluations of the whole training set: a coarse coordinate search (5 + 2 factors per
     # parameter) and a least-squares finish need about 9 x len(fit_names) + 6.
-    max_evaluations = max_evaluations or (34 if quick else 50)
+    max_evaluations = max_evaluations or (34 if quick else 40)
     fit_time_budget_s = fit_time_budget_s or (60.0 if quick else 420.0)
     target_requests = target_requests or (800 if quick else 1500)
     if workers is None:
@@ -165,7 +165,7 @@ def calibrate(
             both = [r.result for r in runs if r.ok and r.point.role in ("train", "cores")]
             if len(both) > len(train):
                 refit = fit_params(both, fitted.profile, names=fit_names, target_requests=target_requests,
-                            max_evaluations=max(4, max_evaluations // 2), time_budget_s=fit_time_budget_s / 2,
+                            max_evaluations=max(4, max_evaluations // 5), time_budget_s=fit_time_budget_s / 3,
                             progress=stage_cb("refit"), batch=batch, bounds_factor=4.0,
                             search_factors=((1 / 2, 2),))
                 final = refit.profile
