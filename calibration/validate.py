@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,7 +74,10 @@ class USLBaseline:
             if len(set(n)) < 3:
                 continue
             try:
-                fits[key] = fit_usl(n, [r.throughput_rps for r in rs])
+                with warnings.catch_warnings():
+                    # A flat curve leaves sigma/kappa undetermined: the fit still predicts, say nothing.
+                    warnings.simplefilter("ignore")
+                    fits[key] = fit_usl(n, [r.throughput_rps for r in rs])
             except (ValueError, RuntimeError):  # curve_fit may fail to converge: no baseline there
                 continue
         return cls(fits)

@@ -1,0 +1,30 @@
+"""`serverlab calibrate` end to end through click, with stand-ins for the real halves."""
+
+import pytest
+from calfakes import FakeMeasure, fake_simulate
+from click.testing import CliRunner
+
+import calibration
+from serverlab.cli import main
+from simkit.profile import CostProfile
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_calibrate_quick_writes_profile_and_tables(tmp_path, monkeypatch):
+    truth = CostProfile.default().with_params("probe", parse_s=40e-6, gil_handoff_s=25e-6)
+    monkeypatch.setattr(calibration, "_default_measure", lambda: FakeMeasure(truth))
+    monkeypatch.setattr(calibration, "_default_simulate", lambda: fake_simulate)
+    out = tmp_path / "box.json"
+    result = CliRunner().invoke(main, ["calibrate", "--quick", "--out", str(out), "--model", "3", "--model", "m6"])
+    assert result.exit_code == 0, result.output
+    assert "held-out table" in result.output and "m6_prefork" in result.output
+    assert "extrapolation throughput" in result.output
+    p = CostProfile.load(out)
+    assert p.calibrated and {v["model"] for v in p.validation} == {"m3_reactor", "m6_prefork"}
+    assert out.with_suffix(".csv").exists() and out.with_suffix(".runs.csv").exists()
+
+
+def test_calibrate_rejects_unknown_model():
+    result = CliRunner().invoke(main, ["calibrate", "--quick", "--model", "m9"])
+    assert result.exit_code != 0 and "model" in result.output
