@@ -70,9 +70,7 @@ def demo(out, dask_address):
     else:
         click.echo(f"no profile for this host at {path}: running a quick calibration first")
         try:
-            from calibration import calibrate
-
-            calibrate(quick=True, out=path)
+            _quick_calibration(path)
         except Exception as exc:  # noqa: BLE001 - the demo still reports, loudly labelled uncalibrated
             click.secho(f"quick calibration failed ({type(exc).__name__}: {exc}); continuing with the "
                         "UNCALIBRATED default profile - the report says so.", fg="red", err=True)
@@ -82,3 +80,21 @@ def demo(out, dask_address):
             click.echo(f"calibrated in {time.perf_counter() - t0:.0f} s: {path}")
     html = _run(None, profile, dask_address, out)
     click.echo(f"demo done in {time.perf_counter() - t0:.0f} s. Open {html}")
+
+
+def _quick_calibration(path: Path) -> None:
+    """calibration.calibrate(quick=True) with a rich progress bar per stage (probes, real runs, fit...)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from calibration import calibrate
+
+    with Progress(TextColumn("[bold]{task.fields[stage]:<10}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.description}")) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, detail: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(detail[:70], total=max(total, 1), stage=stage)
+            bar.update(tasks[stage], description=detail[:70], completed=done, total=max(total, 1))
+
+        calibrate(out=path, quick=True, progress=progress)

@@ -118,8 +118,9 @@ def test_demo_calibrates_when_no_profile_then_reports(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_calibrate(out=None, quick=False, **kw):
+    def fake_calibrate(out=None, quick=False, progress=None, **kw):
         calls.append((out, quick))
+        progress("probes", "fake probes", 1, 1)
         profile = CostProfile.default()
         import dataclasses
 
