@@ -177,6 +177,10 @@ class Ledger:
         self.rss -= n * self.p_conn
 
 
+class StartupFailure(Exception):
+    """The server cannot even start within the scenario's limits (memory, threads_max)."""
+
+
 class Machine:
     """Cores, run queue, GILs and the ledger; drives Threads through their steps."""
 
@@ -198,11 +202,14 @@ class Machine:
         self.procs: list[Proc] = []
         self.fd_limit = hardware.fd_limit
         self.send_cb = send_cb  # send_cb(conn, req, t): a response left the server at time t
+        self.starting = True  # while the model builds itself, a refused process/thread is fatal
 
     # -- processes and threads ---------------------------------------------------------------
     def new_proc(self, gil_tracked: bool, base_fds: int = 6) -> Proc | None:
         """base_fds: stdin/out/err, the listen socket, epoll and wake-up fds of a server process."""
         if not self.ledger.add_proc(base_fds):
+            if self.starting:
+                raise StartupFailure(self.ledger.failure)
             return None
         proc = Proc(len(self.procs), gil_tracked, self.fd_limit)
         proc.fds = base_fds
@@ -212,6 +219,8 @@ class Machine:
     def new_thread(self, proc: Proc, program, obj=None, start: bool = True, loadgen: bool = False):
         """A new thread (ledger-checked: None when threads_max or memory refuses it)."""
         if not loadgen and not self.ledger.add_threads(1):
+            if self.starting:
+                raise StartupFailure(self.ledger.failure)
             return None
         th = Thread(proc, program, obj, loadgen)
         proc.threads += 1

@@ -87,6 +87,13 @@ def simulate(
     if not isinstance(profile, CostProfile):
         raise ValueError(f"profile: expected a CostProfile, got {type(profile).__name__}")
     profile.warn_if_foreign()
+    wl = scenario.workload
+    if wl.mode == "closed" and wl.think_s == 0.0:
+        floor = sum(profile[n] for n in ("loopback_rtt_s", "recv_base_s", "send_base_s", "parse_s", "io_overshoot_s"))
+        if floor + wl.cpu_us + wl.gil_us + wl.io_us == 0.0:
+            # request -> response -> next request all at one instant: simulated time could never advance
+            raise ValueError("profile: with zero costs, zero work and no think time a closed-loop request takes "
+                             "no time; give the requests work (cpu_us/gil_us/io_us) or a think time")
     if seed is None:
         seed = scenario.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -103,7 +110,7 @@ def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_
     import simpy
 
     from simkit.clients import Clients
-    from simkit.machine import Machine
+    from simkit.machine import Machine, StartupFailure
 
     wl = scenario.workload
     w0 = wl.warmup_s
@@ -115,9 +122,16 @@ def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_
     clients = Clients(env, model, scenario, profile, rng, w0, w1, service,
                       machine if loadgen_on_server_cores else None)
     model.attach(machine, clients)
-    model.build()
-    model.place_idle(wl.idle_connections)
-    clients.start()
+    try:
+        model.build()
+    except StartupFailure:
+        # The server cannot start within the limits: no request is ever issued against it; the
+        # Result carries the failure and the ledger's peaks.
+        pass
+    else:
+        machine.starting = False
+        model.place_idle(wl.idle_connections)
+        clients.start()
     env.run(until=w1)
     machine.finish()
     in_flight = clients.finish(w1)
