@@ -211,8 +211,12 @@ def plan_windows(scenarios: Sequence[Scenario], profile: Any, policy: WindowPoli
 
 # -- capacity ----------------------------------------------------------------------------------
 
+def _errors(row: pd.Series) -> float:
+    return float(row["errors_refused"]) + float(row["errors_timeout"]) + float(row["errors_reset"])
+
+
 def _error_rate(row: pd.Series) -> float:
-    errors = float(row["errors_refused"]) + float(row["errors_timeout"]) + float(row["errors_reset"])
+    errors = _errors(row)
     total = errors + float(row["completed"])
     return errors / total if total > 0 else 1.0
 
@@ -238,6 +242,8 @@ def classify(row: pd.Series | dict, slo_p99_s: float, memory_bytes: float, max_e
         return failure
     if failure:
         return failure  # e.g. "server_died": passed through, named as the simulator named it
+    if float(row["completed"]) == 0 and _errors(row) == 0:
+        return "stalled"  # nothing completed and nothing failed: every request still waiting
     err = _error_rate(row)
     refused_or_timeout = float(row["errors_refused"]) + float(row["errors_timeout"])
     if err > max_error_rate:
@@ -305,9 +311,11 @@ def _detail(row: pd.Series, reason: str, slo_p99_s: float, memory_bytes: float) 
         x = float(row["throughput_rps"])
         mean = float(row["latency_mean_s"])
         busy = x * (float(row.get("think_s", 0.0) or 0.0) + (0.0 if math.isnan(mean) else mean))
+        if float(row["completed"]) == 0:
+            return f"{at}: no request completed in the window ({int(row['in_flight']):,} still waiting at its end)"
+        waiting = f"{int(row['in_flight']):,} requests still unanswered at the end; " if row["in_flight"] else ""
         return (f"{at}: only {x:,.0f} req/s completed, which accounts for ~{busy:,.0f} of {n:,} clients; "
-                f"{int(row['in_flight']):,} requests still unanswered at the end; the others wait unseen "
-                f"(the completed ones' {p99_txt} hides them)")
+                f"{waiting}the others wait unseen (the completed ones' {p99_txt} hides them)")
     if reason == "backlog" and _error_rate(row) <= 0:
         return f"{at}: the listen backlog overflowed (SYNs dropped, clients retried after 1 s or more)"
     if reason in ("backlog", "errors"):

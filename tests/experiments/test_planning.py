@@ -87,8 +87,8 @@ def test_latency_reason_for_blocking_work_and_tolerated_errors():
     # Clients queued since before the window are not in the cohort: Little's law exposes them.
     hidden = _row("m1_iterative", 1, 1000, throughput_rps=1.0, latency_mean_s=0.0003, latency_p99_s=0.0003)
     assert classify(hidden.to_row(), SLO, BUDGET) == "stalled"
-    nan = _row("m3_reactor", 4, 10, latency_p99_s=math.nan, completed=0)
-    assert classify(nan.to_row(), SLO, BUDGET) != ""
+    nan = _row("m3_reactor", 4, 10, latency_p99_s=math.nan, completed=0, in_flight=10)
+    assert classify(nan.to_row(), SLO, BUDGET) == "stalled"
 
 
 def test_model_that_never_meets_and_one_that_never_breaks():
