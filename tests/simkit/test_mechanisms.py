@@ -176,3 +176,30 @@ def test_m7_spawns_a_thread_per_request():
     m5 = run(model="m5_multi_reactor", threads=2, cores=2, connections=16, cpu_us=100)
     assert r.threads_peak > 3  # acceptor + 2 loops + short-lived request threads
     assert r.throughput_rps < m5.throughput_rps  # each request pays a thread spawn
+
+
+def test_server_that_cannot_start_reports_why():
+    r = run(model="m6_prefork", processes=8, memory_bytes=64 * 2**20)  # 9 processes x 20 MiB > 64 MiB
+    assert r.failure == "memory"
+    assert r.completed == 0 and r.rss_peak_bytes <= 64 * 2**20
+
+
+def test_zero_time_closed_loop_is_rejected_not_hung():
+    with pytest.raises(ValueError, match="profile"):
+        simulate(BASE.replace(model="m3_reactor"), PROFILE.zeroed())
+
+
+def test_cli_simulate_prints_a_sim_result():
+    import json
+
+    from click.testing import CliRunner
+
+    from serverlab.cli import main
+
+    out = CliRunner().invoke(main, ["simulate", "-m", "5", "--threads", "2", "--cores", "2", "-c", "8",
+                                    "--cpu-us", "100", "--duration", "0.2", "--warmup", "0.05", "--json"])
+    assert out.exit_code == 0, out.output
+    row = json.loads(out.output)
+    assert row["source"] == "sim" and row["model"] == "m5_multi_reactor" and row["completed"] > 0
+    bad = CliRunner().invoke(main, ["simulate", "-m", "3", "--profile", "/nonexistent/profile.json"])
+    assert bad.exit_code != 0 and "profile" in bad.output
