@@ -98,3 +98,20 @@ def test_window_policy_sizes_windows_and_prices_out_costly_points():
     assert list(frame["source"]) == ["sim", "analytic"]
     assert frame["warmup_s"].iloc[1] >= 200_000 * PROFILE["client_cpu_per_request_s"]
     assert (frame["duration_s"] != BASE.workload.duration_s).all()
+
+
+@pytest.mark.timeout(90)
+def test_dask_worker_that_dies_is_reported_as_missing():
+    import dask
+    distributed = pytest.importorskip("distributed")
+
+    # A real worker process (so os._exit kills only it); no retries, so the death surfaces at once.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                      dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+            with pytest.raises(SweepIncomplete) as info:
+                sweep(BASE, models=["m3"], cores=[1], connections=[10, 13, 20], profile=PROFILE, engine=client,
+                      simulate=crashing_simulate, progress=False)
+    missing = {sc.workload.connections: why for _, sc, why in info.value.missing}
+    assert 13 in missing and "KilledWorker" in missing[13]
+    assert "connections=13" in str(info.value)

@@ -139,3 +139,18 @@ def test_demo_calibrates_when_no_profile_then_reports(tmp_path, monkeypatch):
     assert "UNCALIBRATED" not in page  # the demo used the profile it just made
     res = CliRunner().invoke(main, ["demo"])  # second run: the profile exists, no calibration
     assert res.exit_code == 0 and len(calls) == 1
+
+
+@pytest.mark.timeout(90)
+def test_cli_whatif_on_a_dask_scheduler(tmp_path, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    monkeypatch.setattr(sweep_mod, "_default_simulate", lambda: fake_simulate)
+    workload = tmp_path / "w.toml"
+    workload.write_text(SMALL)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, host="127.0.0.1",
+                                  protocol="tcp://", dashboard_address=None) as cluster:
+        res = CliRunner().invoke(main, ["whatif", "--workload", str(workload), "--out", str(tmp_path),
+                                        "--dask", cluster.scheduler_address])
+    assert res.exit_code == 0, res.output
+    csv = next(tmp_path.glob("whatif-*/results.csv")).read_text()
+    assert csv.count("\n") == 1 + 2 * 2 * 2  # header + models x connections x cores
