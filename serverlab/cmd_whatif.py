@@ -26,6 +26,12 @@ def _run(workload: str | None, profile: str | None, dask_address: str | None, ou
         raise click.BadParameter(str(exc), param_hint="--workload") from None
     if profile is not None and not Path(profile).exists():
         raise click.BadParameter(f"{profile}: profile file not found", param_hint="--profile")
+    from simkit.profile import default_profile_path
+
+    if profile is None and not default_profile_path().exists():
+        click.secho(f"WARNING: no calibrated profile for this host ({default_profile_path()}): using the "
+                    "UNCALIBRATED default costs; the report says so. Run `serverlab calibrate --quick` first "
+                    "for numbers that describe this machine.", fg="red", err=True)
     n = len(spec.scenarios())
     click.echo(f"what-if: {len(spec.models)} models x {len(spec.connections)} connection counts x "
                f"{len(spec.cores)} core counts = {n} points ({spec.source})")
