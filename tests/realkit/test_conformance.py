@@ -45,6 +45,23 @@ def test_pipelined_requests_answered_in_order(server):
 
 
 @pytest.mark.timeout(60)
+def test_pipelined_requests_with_decreasing_work_stay_in_order(server):
+    """Pipelined requests whose io/cpu work shrinks along the pipeline: a server that ran them in
+    parallel (m4's pool, m7's spawned threads) and sent each when done would answer out of order."""
+    works = [(40_000, 0), (20_000, 500), (5_000, 0), (0, 2_000), (0, 0)] * 3
+    expected = [h.Expected(f"o{i}", 10 * i) for i in range(len(works))]
+    with h.connect(server.port) as sock:
+        sock.sendall(b"".join(
+            h.build_request(h.work_path(cpu_us=cpu, io_us=io, resp_bytes=exp.resp_bytes), exp.request_id)
+            for (io, cpu), exp in zip(works, expected, strict=True)
+        ))
+        reader = h.ResponseReader(sock)
+        for exp in expected:
+            resp = reader.read()
+            assert resp.mismatch(exp) is None, resp.mismatch(exp)
+
+
+@pytest.mark.timeout(60)
 def test_pipelined_burst_split_at_random_points_then_close(server):
     """A pipeline of 40 requests delivered in random-sized chunks (1..200 bytes, a pause now and
     then so chunks arrive in separate recv calls), the last with Connection: close: every
@@ -201,13 +218,15 @@ def test_oversized_header_block_gets_431(server, terminated):
 
 @pytest.mark.timeout(90)
 def test_slowloris_does_not_stop_other_clients(server):
-    """20 connections each hold a half-sent request; meanwhile 20 keep-alive clients x 20 requests
-    are all served. Then the held requests are completed and answered (or, if the server timed
-    them out, closed cleanly). Required of models 3-7; m2 gets a thread per connection and is
-    checked too; m1 serves one connection at a time by design."""
+    """20 connections each hold a half-sent request, and 2 slow readers ask for 16 MiB each and
+    read nothing (their responses fill the socket buffers); meanwhile 20 keep-alive clients x 20
+    requests are all served. Then the held requests are completed and answered (or, if the
+    server timed them out, closed cleanly) and the slow readers get their whole bodies.
+    Required of models 3-7; m2 gets a thread per connection and is checked too; m1 serves one
+    connection at a time by design."""
     if server.config.number == 1:
         pytest.skip("m1_iterative serves one connection at a time by design; issue 2 asks this of models 3-7")
-    held = []
+    held, slow_readers = [], []
     try:
         for i in range(20):
             sock = h.connect(server.port)
@@ -216,10 +235,18 @@ def test_slowloris_does_not_stop_other_clients(server):
             cut = len(request) // 2
             sock.sendall(request[:cut])
             held.append((sock, exp, request[cut:]))
-        time.sleep(0.2)  # let the server read the halves and park on them
+        for i in range(2):
+            sock = h.connect(server.port, timeout_s=30)
+            exp = h.Expected(f"big{i}", 16 << 20)  # more than loopback's socket buffers hold
+            sock.sendall(exp.request(close=True))
+            slow_readers.append((sock, exp))
+        time.sleep(0.3)  # let the server read the halves and park on them, and fill the slow readers
         report = h.run_keepalive_clients(server.port, clients=20, requests_per_client=20, timeout_s=60)
         assert report.problems == [], report.summary()
         assert report.ok == 400
+        for sock, exp in slow_readers:
+            resp = h.ResponseReader(sock).read()
+            assert resp.mismatch(exp) is None, resp.mismatch(exp)
         for sock, exp, rest in held:
             try:
                 sock.sendall(rest)
@@ -229,6 +256,8 @@ def test_slowloris_does_not_stop_other_clients(server):
             assert resp.mismatch(exp) is None, resp.mismatch(exp)
     finally:
         for sock, _, _ in held:
+            sock.close()
+        for sock, _ in slow_readers:
             sock.close()
 
 
