@@ -527,3 +527,89 @@ def run_short_connections(port: int, total: int, concurrency: int, timeout_s: fl
 
     _run_loop(main())
     return report
+
+
+# ---------------------------------------------------------------- load across a shutdown
+
+
+@dataclass
+class ShutdownLoadReport:
+    connected: int = 0
+    ok: int = 0
+    closed_cleanly: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+async def _looping_client(port: int, client: int, path_args: dict, report: ShutdownLoadReport,
+                          connected: asyncio.Event, target: int, deadline: float) -> None:
+    """Requests back to back on one keep-alive connection until the server closes it. A close or
+    reset with no response byte is the keep-alive race (the server closed as the request went
+    out) and is clean; a wrong or truncated response, or no close before the deadline, is not."""
+    loop = asyncio.get_running_loop()
+    try:
+        reader, writer = await asyncio.open_connection(HOST, port)
+    except OSError as e:
+        report.problems.append(f"client {client}: connect failed before SIGTERM: {e!r}")
+        return
+    report.connected += 1
+    if report.connected >= target:
+        connected.set()
+    try:
+        i = 0
+        while loop.time() < deadline:
+            exp = Expected(f"sd{client}-{i}", (client + i) % 700)
+            writer.write(build_request(work_path(**path_args, resp_bytes=exp.resp_bytes), exp.request_id))
+            try:
+                resp = await asyncio.wait_for(read_response_async(reader), max(0.1, deadline - loop.time()))
+            except (Closed, ConnectionResetError, BrokenPipeError):
+                report.closed_cleanly += 1
+                return
+            except (ProtocolError, OSError, TimeoutError) as e:
+                report.problems.append(f"client {client} request {i}: {e!r}")
+                return
+            if (why := resp.mismatch(exp)) is not None:
+                report.problems.append(why)
+                return
+            report.ok += 1
+            i += 1
+        report.problems.append(f"client {client}: connection still open at the deadline")
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+
+
+def run_load_across_shutdown(port: int, clients: int, path_args: dict, warmup_s: float,
+                             signal_server: Callable[[], None], timeout_s: float) -> ShutdownLoadReport:
+    """`clients` keep-alive clients loop requests; once all are connected and `warmup_s` has
+    passed, `signal_server()` is called (from the event loop's thread); every client must then
+    end by the server closing its connection cleanly, within `timeout_s`."""
+    report = ShutdownLoadReport()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        connected = asyncio.Event()
+        deadline = loop.time() + timeout_s
+        tasks = [
+            asyncio.create_task(_looping_client(port, c, path_args, report, connected, clients, deadline))
+            for c in range(clients)
+        ]
+        try:
+            await asyncio.wait_for(connected.wait(), timeout_s / 2)
+        except TimeoutError:
+            report.problems.append(f"only {report.connected} of {clients} clients connected")
+        await asyncio.sleep(warmup_s)
+        signal_server()
+        done, pending = await asyncio.wait(tasks, timeout=max(1.0, deadline - loop.time()) + 5)
+        for t in pending:
+            t.cancel()
+        if pending:
+            report.problems.append(f"{len(pending)} clients never finished")
+        for t in done:
+            if not t.cancelled() and t.exception() is not None:
+                report.problems.append(f"client crashed: {t.exception()!r}")
+
+    _run_loop(main())
+    return report

@@ -8,6 +8,7 @@ import os
 import select
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -45,15 +46,25 @@ def _read_until(sock: socket.socket, deadline: float):
 @MODELS
 @pytest.mark.timeout(120)
 def test_sigterm_finishes_in_flight_requests_and_exits_0(config, server_factory):
-    """50 requests with io work are sent on 50 connections; once the server holds them (psutil:
-    the server's own sockets), SIGTERM. Every request on an accepted connection gets its full
-    response, the server exits 0, and no process of its group is left behind. Connections never
+    """100 idle keep-alive connections are open; 50 requests with io work are sent on 50 more
+    connections; once the server holds them (psutil: the server's own sockets), SIGTERM. Every request on an accepted connection gets its full
+    response, the idle connections are closed, the server exits 0 well before the 60 s idle
+    timeout, and no process of its group is left behind. Connections never
     accepted (only m1, which serves one at a time, has any) may be refused or closed, but must
     never see a partial response."""
-    server = server_factory(config)
+    server = server_factory(config, ("--keepalive-timeout", "60"))
     io_s = _in_flight_io_s(config)
-    socks, expected = [], []
+    socks, expected, idle = [], [], []
     try:
+        # Idle keep-alive connections must not hold the exit up until their 60 s timeout: the
+        # server closes them. m1 gets none: an idle client would have it to itself, by design.
+        for i in range(0 if config.number == 1 else 100):
+            sock = h.connect(server.port)
+            exp = h.Expected(f"idle{i}", i)
+            sock.sendall(exp.request())
+            resp = h.ResponseReader(sock).read()
+            assert resp.mismatch(exp) is None, resp.mismatch(exp)
+            idle.append(sock)
         for i in range(50):
             sock = h.connect(server.port)
             exp = h.Expected(f"term{i}", 10 + i)
@@ -83,20 +94,57 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(config, server_factory)
                 failures.append(f"{exp.request_id} (accepted={port in accepted}): {why}")
             else:
                 unaccepted += 1
+        for sock in idle:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            if not h.ResponseReader(sock).closed():
+                failures.append(f"idle connection {sock.getsockname()[1]} still open at the deadline")
+                break
         try:
             code = server.proc.wait(max(1.0, deadline - time.monotonic()))
-        except Exception:
+        except subprocess.TimeoutExpired:
             code = "still running"
+        exit_s = time.monotonic() - t_signal
         assert failures == [], f"{len(failures)} in-flight requests failed: {failures[:10]}\n{server.output()}"
         assert code == 0, f"exit code {code} after SIGTERM\n{server.output()}"
+        assert exit_s < 30, f"exit took {exit_s:.1f}s: idle connections held it up?"
         assert answered_before < 50, "all responses were already back before SIGTERM: nothing was in flight"
         assert len(accepted) >= want
         assert h.wait_until(lambda: not h.group_members(server.pid), 5), (
             f"processes left after exit: {h.group_members(server.pid)}"
         )
     finally:
-        for sock in socks:
+        for sock in socks + idle:
             sock.close()
+
+
+@MODELS
+@pytest.mark.timeout(120)
+def test_sigterm_under_closed_loop_load_exits_0_and_closes_every_client(config, server_factory):
+    """300 keep-alive clients loop cpu_us=200 + gil_us=20 requests; SIGTERM lands mid-load.
+    Every response received is correct, every client's connection is then closed by the server
+    (a close with no response byte is the keep-alive race, allowed), and the server exits 0
+    promptly (well before its 60 s idle timeout)."""
+    server = server_factory(config, ("--keepalive-timeout", "60"))
+    sent_at = []
+
+    def sigterm() -> None:
+        sent_at.append(time.monotonic())
+        server.proc.send_signal(signal.SIGTERM)
+
+    report = h.run_load_across_shutdown(
+        server.port, clients=300, path_args={"cpu_us": 200, "gil_us": 20}, warmup_s=1.0,
+        signal_server=sigterm, timeout_s=60,
+    )
+    try:
+        code = server.proc.wait(max(1.0, sent_at[0] + 30 - time.monotonic()) if sent_at else 1.0)
+    except subprocess.TimeoutExpired:
+        code = "still running"
+    exit_s = time.monotonic() - sent_at[0] if sent_at else float("nan")
+    print(f"{config.id}: {report.ok} ok, {report.closed_cleanly} closed, exit {code} after {exit_s:.1f}s")
+    assert report.problems == [], f"{len(report.problems)} problems: {report.problems[:10]}\n{server.output()}"
+    assert report.ok > 0
+    assert code == 0, f"exit code {code} {exit_s:.1f}s after SIGTERM\n{server.output()}"
+    assert exit_s < 30, f"exit took {exit_s:.1f}s"
 
 
 class _Load:
