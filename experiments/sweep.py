@@ -195,8 +195,10 @@ def _run_local(_engine, fns, scenarios, profile, workers, progress, description)
     results, missing = {}, []
     bar, task = _progress(progress, len(scenarios), description)
     with bar, cf.ProcessPoolExecutor(max_workers=n_workers) as pool:
-        futures = {pool.submit(run_point, fn, sc, profile): i
-                   for i, (fn, sc) in enumerate(zip(fns, scenarios, strict=True))}
+        # Largest loads first (a proxy for the longest simulations): the pool's tail is then made of
+        # short points, so both workers finish together. Rows still come back in grid order.
+        order = sorted(range(len(scenarios)), key=lambda i: -scenarios[i].workload.connections)
+        futures = {pool.submit(run_point, fns[i], scenarios[i], profile): i for i in order}
         for fut in cf.as_completed(futures):
             i = futures[fut]
             try:

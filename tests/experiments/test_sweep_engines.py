@@ -24,7 +24,7 @@ def dask_cluster():
     distributed = pytest.importorskip("distributed")
     # In-process workers on loopback tcp: the same code path as a remote `--dask tcp://HOST:PORT`.
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, host="127.0.0.1",
-                                       protocol="tcp://", dashboard_address=None)
+                                       protocol="tcp://", dashboard_address="127.0.0.1:0")
     yield cluster
     cluster.close()
 
@@ -108,7 +108,7 @@ def test_dask_worker_that_dies_is_reported_as_missing():
     # A real worker process (so os._exit kills only it); no retries, so the death surfaces at once.
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                      dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                                      dashboard_address="127.0.0.1:0") as cluster, distributed.Client(cluster) as client:
             with pytest.raises(SweepIncomplete) as info:
                 sweep(BASE, models=["m3"], cores=[1], connections=[10, 13, 20], profile=PROFILE, engine=client,
                       simulate=crashing_simulate, progress=False)

@@ -148,7 +148,7 @@ def test_cli_whatif_on_a_dask_scheduler(tmp_path, monkeypatch):
     workload = tmp_path / "w.toml"
     workload.write_text(SMALL)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, host="127.0.0.1",
-                                  protocol="tcp://", dashboard_address=None) as cluster:
+                                  protocol="tcp://", dashboard_address="127.0.0.1:0") as cluster:
         res = CliRunner().invoke(main, ["whatif", "--workload", str(workload), "--out", str(tmp_path),
                                         "--dask", cluster.scheduler_address])
     assert res.exit_code == 0, res.output
