@@ -54,9 +54,13 @@ def main() -> None:
             continue
         sim_rows = fine[fine["model"] == model].sort_values("cores")
         sim_pass = fine_ok[fine_ok["model"] == model]["cores"]
-        verdict = (f"simulator agrees: {int(sim_pass.min())} cores" if not sim_pass.empty
-                   else "simulator disagrees: none of " + ", ".join(str(c) for c in sim_rows["cores"]) + " cores hold")
-        print(f"  {model:20s} analytic: {int(cap.loc[model, 'cores'])} cores; {verdict}")
+        a_cores = int(cap.loc[model, "cores"])
+        if sim_pass.empty:
+            verdict = "simulator: none of " + ", ".join(str(c) for c in sim_rows["cores"]) + " cores hold"
+        else:
+            s_cores = int(sim_pass.min())
+            verdict = f"simulator: {s_cores} cores" + (" (agrees)" if s_cores == a_cores else " (trust this one)")
+        print(f"  {model:20s} analytic: {a_cores} cores; {verdict}")
         for r in sim_rows.itertuples():
             print(f"      sim {r.cores:3d} cores: {r.throughput_rps:9,.0f} req/s, p99 {r.latency_p99_s * 1e3:8.1f} ms, "
                   f"RSS {r.rss_peak_bytes / 2**20:7,.0f} MiB {('failure: ' + r.failure) if r.failure else ''}")
