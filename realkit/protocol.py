@@ -47,7 +47,6 @@ _REASONS = {
     500: b"Internal Server Error",  # a bug in the server, never a client's fault
 }
 _CRLF2 = b"\r\n\r\n"
-_VERSIONS = {b"HTTP/1.1": True, b"HTTP/1.0": False}  # version -> keep-alive by default
 ROOT_BODY = b"ok\n"
 _H_CONNECTION, _H_REQUEST_ID, _H_CONTENT_LENGTH, _H_TRANSFER_ENCODING = range(4)
 _HEADER_KIND = {
