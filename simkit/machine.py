@@ -23,9 +23,9 @@ not one SimPy process per thread. It is a callback engine on a plain simpy.Envir
   costs the receiver gil_handoff_s. Single-thread processes (m1, m3, m6 workers) never contend,
   so their bursts merge across GIL states (the GIL costs nothing there, as in CPython).
 - Scheduling: a runnable thread takes a free core (its last core if free: no cache/IPI cost),
-  else waits in the run queue: threads just woken (from I/O, sleep, a GIL hand-off) ahead of
-  threads preempted at the end of their slice (until those have waited a slice: no
-  starvation), as CFS favours sleepers over CPU hogs (this matters
+  else waits in the run queue: threads just woken (from I/O, sleep, a GIL hand-off) go ahead of
+  threads preempted at the end of their slice up to one slice earlier (no starvation either way),
+  as CFS favours sleepers over CPU hogs (this matters
   for the GIL: the thread it is handed to must run soon, or the GIL idles). A core that switches to a different thread charges
   ctx_switch_s; a woken thread placed on a core other than its last charges wakeup_s. At each
   burst end, a thread that has run for >= time_slice_s while others wait goes to the queue's tail.
@@ -64,7 +64,7 @@ class Proc:
     """A process: its GIL, its fds (RLIMIT_NOFILE applies per process) and its threads."""
 
     __slots__ = ("pid", "gil_tracked", "gil_holder", "gil_waiters", "gil_timer", "gil_since", "gil_busy",
-                 "gil_switches", "gil_free_at", "settle_armed", "fds", "fd_limit", "fd_waiters", "threads")
+                 "gil_switches", "gil_free_at", "settle_armed", "gil_last", "fds", "fd_limit", "fd_waiters", "threads")
 
     def __init__(self, pid: int, gil_tracked: bool, fd_limit: int) -> None:
         self.pid = pid
@@ -77,6 +77,7 @@ class Proc:
         self.gil_switches = 0
         self.gil_free_at = 0.0  # the holder's virtual release time when holder.vrel
         self.settle_armed = False
+        self.gil_last = None  # the last thread that took the GIL (a take by another is a switch)
         self.fds = 0
         self.fd_limit = fd_limit
         self.fd_waiters: list = []
@@ -85,7 +86,8 @@ class Proc:
 
 class Thread:
     __slots__ = ("proc", "steps", "program", "core", "last_core", "has_gil", "gen", "run_start", "burst_end",
-                 "burst_gil", "blocked", "pending", "loadgen", "drop_req", "obj", "alive", "vrel")
+                 "burst_gil", "blocked", "pending", "loadgen", "drop_req", "obj", "alive", "vrel", "gil_retry",
+                 "gil_wanted")
 
     def __init__(self, proc: Proc, program, obj=None, loadgen: bool = False) -> None:
         self.proc = proc
@@ -105,6 +107,8 @@ class Thread:
         self.obj = obj  # the model object this thread runs (reactor, connection, ...)
         self.alive = True
         self.vrel = False  # holds the GIL only until proc.gil_free_at (released inside its burst)
+        self.gil_retry = False  # woken by a GIL release: first in line again if it finds the GIL taken
+        self.gil_wanted = False  # waiting for the GIL (queued, or woken and not yet run)
 
 
 class Ledger:
@@ -193,8 +197,12 @@ class Machine:
         self.gil_handoff = profile["gil_handoff_s"]
         self.cores = [Core(i) for i in range(hardware.cores)]
         self.free: set[int] = set(range(hardware.cores))
-        self.runq: deque = deque()  # preempted threads (used up their slice)
-        self.wokenq: deque = deque()  # threads woken from sleep/blocking/GIL: served first
+        # Run queue as two FIFOs of (thread, key); the core takes the smaller key. Woken threads (from
+        # I/O, sleep, a GIL hand-off) have key = when they woke; preempted ones key = when preempted +
+        # one slice. So sleepers go ahead of CPU hogs, as under CFS, and neither side starves.
+        self.runq: deque = deque()
+        self.wokenq: deque = deque()
+        self.runq_delay = 0.0 if self.slice_s == math.inf else self.slice_s
         self.w0, self.w1 = w0, w1
         self.ctx_count = 0
         self.loadgen_busy = 0.0
@@ -255,9 +263,9 @@ class Machine:
                     th.pending += self.wake_s
             self._assign(core, th)
         elif woken:
-            self.wokenq.append(th)
+            self.wokenq.append((th, self.env.now))
         else:
-            self.runq.append((th, self.env.now))
+            self.runq.append((th, self.env.now + self.runq_delay))
 
     def _assign(self, core: Core, th: Thread) -> None:
         now = self.env.now
@@ -283,11 +291,11 @@ class Machine:
         if self.w0 <= now < self.w1:
             self.ctx_count += 1
         core.thread = None
-        runq = self.runq
-        if runq and (not self.wokenq or now - runq[0][1] >= self.slice_s):
-            self._assign(core, runq.popleft()[0])  # no starvation: a preempted thread waits one slice at most
-        elif self.wokenq:
-            self._assign(core, self.wokenq.popleft())
+        runq, wokenq = self.runq, self.wokenq
+        if wokenq and (not runq or wokenq[0][1] <= runq[0][1]):
+            self._assign(core, wokenq.popleft()[0])
+        elif runq:
+            self._assign(core, runq.popleft()[0])
         else:
             self.free.add(core.id)
 
@@ -359,15 +367,15 @@ class Machine:
                     if proc.gil_holder is not None and proc.gil_holder.vrel:
                         self._settle(proc)
                     if proc.gil_holder is None:
-                        self._gil_take(proc, th)
+                        t += self._gil_take(proc, th)
                     else:
                         self._gil_wait(th)
                         return
                 if th.drop_req:
                     th.drop_req = False
                     if proc.gil_waiters and t == 0.0:
-                        self._gil_release(th)
-                        self._gil_wait(th)
+                        self._gil_force(th)
+                        self._gil_arm(proc)
                         return
                 bg = True
                 room = slice_s - t
@@ -418,16 +426,24 @@ class Machine:
         th.burst_gil = False
         if (self.wokenq or self.runq) and self.env.now - th.run_start >= self.slice_s:
             # time slice used up while others wait: to the run queue's tail
-            self.runq.append((th, self.env.now))
+            self.runq.append((th, self.env.now + self.runq_delay))
             self._release(th)
             return
         self._advance(th)
 
     # -- the GIL -----------------------------------------------------------------------------------
-    def _gil_take(self, proc: Proc, th: Thread) -> None:
+    def _gil_take(self, proc: Proc, th: Thread) -> float:
+        """th takes the GIL; returns the hand-off cost when it comes from another thread."""
         proc.gil_holder = th
         proc.gil_since = self.env.now
         th.has_gil = True
+        th.gil_retry = False
+        th.gil_wanted = False
+        if proc.gil_last is not th:
+            proc.gil_last = th
+            proc.gil_switches += 1
+            return self.gil_handoff
+        return 0.0
 
     def _settle(self, proc: Proc) -> None:
         """A holder that released the GIL virtually inside its burst: make it real once its time came."""
@@ -446,64 +462,103 @@ class Machine:
         self._settle(proc)
 
     def _gil_release(self, th: Thread, at: float | None = None) -> None:
+        """A voluntary release (a syscall, cpu_us work, blocking): CPython's drop_gil frees the GIL and
+        signals one waiter, which must still be scheduled to take it. Meanwhile a running thread may
+        take it first ("barging"); the woken waiter then waits again, first in line. This is the
+        convoy: a thread returning from a blocking call (the acceptor) waits behind threads that
+        release and retake the GIL around short syscalls, until the switch interval forces a switch."""
         proc = th.proc
         th.has_gil = False
         th.vrel = False
         now = self.env.now
         proc.gil_busy += overlap(proc.gil_since, now if at is None else at, self.w0, self.w1)
+        proc.gil_holder = None
         if proc.gil_waiters:
             nxt = proc.gil_waiters.popleft()
-            proc.gil_switches += 1
-            self._gil_take(proc, nxt)
-            nxt.pending += self.gil_handoff
+            nxt.gil_retry = True
             self.wake(nxt)
-        else:
-            proc.gil_holder = None
+
+    def _gil_force(self, holder: Thread, to: Thread | None = None) -> None:
+        """A forced switch (a waiter's interval ran out): the holder drops the GIL and waits until the
+        waiter has taken it (FORCE_SWITCHING): a strict hand-off to `to` (default: the first waiter)."""
+        proc = holder.proc
+        holder.has_gil = False
+        holder.vrel = False
+        proc.gil_busy += overlap(proc.gil_since, self.env.now, self.w0, self.w1)
+        proc.gil_holder = None
+        self._gil_give(proc, to)
+        self._gil_wait(holder)
+
+    def _gil_give(self, proc: Proc, to: Thread | None) -> None:
+        """Reserve the free GIL for a waiter (queued, or woken and not yet run) and wake it."""
+        waiters = proc.gil_waiters
+        if to is None:
+            to = waiters.popleft()
+        elif waiters and waiters[0] is to:
+            waiters.popleft()
+        elif to in waiters:  # rare: displaced by a retrying waiter
+            waiters.remove(to)
+        to.pending += self._gil_take(proc, to)
+        self.wake(to)
 
     def _gil_wait(self, th: Thread) -> None:
         proc = th.proc
-        proc.gil_waiters.append(th)
+        th.gil_wanted = True
+        if th.gil_retry:
+            th.gil_retry = False
+            proc.gil_waiters.appendleft(th)
+        else:
+            proc.gil_waiters.append(th)
         th.blocked = True
         self._release(th)
         holder = proc.gil_holder
         if holder is not None and holder.vrel and not proc.settle_armed:
             # the holder is past its GIL part at gil_free_at: hand over then
             self._arm_settle(proc, max(0.0, proc.gil_free_at - self.env.now))
-        if not proc.gil_timer:
-            self._gil_arm(proc)
+        self._gil_arm(proc)
 
-    def _gil_arm(self, proc: Proc) -> None:
+    def _gil_arm(self, proc: Proc, waiter: Thread | None = None, delay: float | None = None) -> None:
+        """Time the first waiter's wait: after gil_switch_interval_s it forces a switch to itself."""
+        if proc.gil_timer:
+            return  # one timer per process at a time
+        if waiter is None:
+            if not proc.gil_waiters:
+                return
+            waiter = proc.gil_waiters[0]
         proc.gil_timer = True
-        ev = Timeout(self.env, self.gil_interval, (proc, proc.gil_switches))
+        ev = Timeout(self.env, self.gil_interval if delay is None else delay, (proc, waiter))
         ev.callbacks.append(self._gil_timeout)
 
     def _gil_timeout(self, ev) -> None:
-        """A waiter waited a switch interval: if no hand-off happened meanwhile, force a drop."""
-        proc, switches = ev._value
+        """A waiter waited a switch interval: the holder must drop the GIL and hand it to that waiter.
+        (Bounds each waiter's wait by about one interval, however often the GIL changes hands among
+        threads that barge in; this is the documented CPython behaviour, and it keeps an acceptor that
+        competes with busy threads slow but alive.)"""
+        proc, waiter = ev._value
         proc.gil_timer = False
         self._settle(proc)
-        if not proc.gil_waiters:
+        if not waiter.gil_wanted or not waiter.alive:
+            self._gil_arm(proc)  # served meanwhile: time the next one, from now
             return
         holder = proc.gil_holder
-        if holder is not None and holder.vrel:
-            if not proc.settle_armed:
-                self._arm_settle(proc, max(0.0, proc.gil_free_at - self.env.now))
-            self._gil_arm(proc)
-            return
-        if switches != proc.gil_switches or holder is None:
-            self._gil_arm(proc)
-            return
         now = self.env.now
-        if holder.core is not None and holder.burst_gil and holder.burst_end > now:
-            # interrupt the holder's GIL burst; it re-queues for the GIL behind the waiters
+        if holder is None:
+            self._gil_give(proc, waiter)  # free, but others would barge in before it runs: reserve
+            self._gil_arm(proc)
+        elif holder.vrel:
+            if not proc.settle_armed:
+                self._arm_settle(proc, max(0.0, proc.gil_free_at - now))
+            self._gil_arm(proc, waiter, max(0.0, proc.gil_free_at - now))  # decide when it is free
+        elif holder.core is not None and holder.burst_gil and holder.burst_end > now:
+            # interrupt the holder's GIL burst; the rest of it waits for the GIL again
             holder.gen += 1
             holder.burst_gil = False
             holder.steps.appendleft((GIL, holder.burst_end - now, None))
-            self._gil_release(holder)
-            self._gil_wait(holder)
+            self._gil_force(holder, waiter)
+            self._gil_arm(proc)
         else:
             holder.drop_req = True  # it drops at its next GIL step (e.g. when it gets a core)
-            self._gil_arm(proc)
+            self._gil_arm(proc, waiter, self.gil_interval)
 
     # -- end of run ------------------------------------------------------------------------------
     def finish(self) -> None:

@@ -44,6 +44,7 @@ class ModelBase:
         self.accept_s = p["accept_s"]
         self.io_extra = p["io_overshoot_s"]
         self.listeners: list[Listener] = []
+        self.window_drops = 0  # SYNs dropped inside the measurement window (a ramp storm is not a failure)
 
     # -- wiring (sim.py) -------------------------------------------------------------------------
     def attach(self, machine, clients) -> None:
@@ -62,11 +63,16 @@ class ModelBase:
         return self.listeners[0]
 
     def syn_drops(self) -> int:
+        """Every SYN dropped over the run, ramp included."""
         return sum(lst.drops for lst in self.listeners)
 
     # -- kernel -> model -------------------------------------------------------------------------
     def syn(self, conn) -> bool:
-        return self.pick_listener(conn).syn(conn)
+        if self.pick_listener(conn).syn(conn):
+            return True
+        if self.machine.w0 <= self.env.now < self.machine.w1:
+            self.window_drops += 1
+        return False
 
     def on_data(self, conn) -> None:
         """A request (conn.req) or the client's close (conn.eof) reached an accepted socket."""
