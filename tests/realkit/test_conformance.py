@@ -182,6 +182,35 @@ def test_malformed_request_gets_400_and_close(server, payload):
 
 
 @pytest.mark.timeout(60)
+def test_malformed_request_inside_a_pipeline(server):
+    """[good, good, malformed, good] in one write: the two good ones are answered in order, then
+    400, then the connection closes (the request after the bad one is never answered)."""
+    good = [h.Expected("pg0", 11), h.Expected("pg1", 0)]
+    payload = b"".join(e.request() for e in good) + b"BROKEN LINE\r\n\r\n" + h.Expected("pg3", 5).request()
+    with h.connect(server.port) as sock:
+        sock.sendall(payload)
+        reader = h.ResponseReader(sock)
+        for exp in good:
+            resp = reader.read()
+            assert resp.mismatch(exp) is None, resp.mismatch(exp)
+        resp = reader.read()
+        assert resp.status == 400, resp
+        assert reader.closed(), "server kept the connection open after a 400"
+
+
+@pytest.mark.timeout(60)
+def test_header_names_are_case_insensitive(server):
+    """`connection: close` and `x-request-id` in lower case work like their canonical spelling."""
+    request = b"GET /work?resp_bytes=9 HTTP/1.1\r\nhost: 127.0.0.1\r\nx-request-id: lc\r\nconnection: close\r\n\r\n"
+    with h.connect(server.port) as sock:
+        sock.sendall(request)
+        reader = h.ResponseReader(sock)
+        resp = reader.read()
+        assert resp.mismatch(h.Expected("lc", 9)) is None, resp.mismatch(h.Expected("lc", 9))
+        assert reader.closed(), "server kept the connection open after connection: close"
+
+
+@pytest.mark.timeout(60)
 def test_header_block_just_under_8kib_is_served(server):
     filler = "a" * (7 * 1024)
     exp = h.Expected("big-ok", 8)

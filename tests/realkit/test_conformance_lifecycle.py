@@ -325,6 +325,7 @@ def test_emfile_on_accept_does_not_spin_and_recovers(config, server_factory):
             exp = h.Expected(f"wait{i}", 100 + i)
             sock.sendall(exp.request(close=True))
             waiting.append((sock, exp))
+        held_at_start = list(held)
         time.sleep(0.5)  # let the server hit EMFILE and settle into whatever it does about it
         cpu0, t0 = h.tree_cpu_s(server), time.monotonic()
         time.sleep(1.5)
@@ -353,7 +354,7 @@ def test_emfile_on_accept_does_not_spin_and_recovers(config, server_factory):
                 assert why.startswith("closed"), f"{exp.request_id}: {why}"
                 outcomes.append("turned away")
         h.check_served(server.port, "after-emfile", n=5)
-        print(f"{config.id}: {used:.1%} CPU during EMFILE; waiting clients {outcomes}")
+        print(f"{config.id}: {used:.1%} CPU during EMFILE; {len(held_at_start)} held; waiting clients {outcomes}")
         assert server.alive(), server.output()
     finally:
         for sock in held:
