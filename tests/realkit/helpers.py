@@ -8,6 +8,7 @@ over loopback, the way wrk or curl would, so a shared bug in realkit.protocol ca
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import re
 import signal
@@ -152,6 +153,20 @@ def group_members(pgid: int) -> list[psutil.Process]:
     return members
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the forked child before exec: SIGTERM the server if the test process dies (a pytest
+    run killed from outside skips fixture teardown); the server's own shutdown then takes any
+    m6 workers with it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: teardown still reaps the group
+
+
 def start_server(
     config: ServerConfig,
     extra_args: Sequence[str] = (),
@@ -163,11 +178,17 @@ def start_server(
     outdir = Path(tempfile.mkdtemp(prefix=f"realkit-{config.id}-"))
     stdout_path, stderr_path = outdir / "stdout", outdir / "stderr"
     cmd = [sys.executable, *entry, *config.cli(), *extra_args, "--host", HOST, "--port", "0"]
+
+    def pre_exec() -> None:
+        _die_with_parent()
+        if preexec_fn is not None:
+            preexec_fn()
+
     # Files, not pipes: a server that logs a lot can never block on a full pipe nobody reads.
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
             cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=REPO_ROOT,
-            start_new_session=True, preexec_fn=preexec_fn,
+            start_new_session=True, preexec_fn=pre_exec,
         )
     server = ServerProcess(config, proc, 0, stdout_path, stderr_path)
     deadline = time.monotonic() + ready_timeout_s
