@@ -108,7 +108,8 @@ def sweep(
     """Simulate models x cores x connections around `base_scenario`; return the contract frame.
 
     engine: "local" (process pool, `workers` processes, default all cores), "serial" (this process,
-    for debugging), a dask.distributed Client, or a scheduler address "tcp://HOST:PORT".
+    for debugging), a dask.distributed Client, or a scheduler address "tcp://HOST:PORT" (its workers
+    need this project installed: tasks refer to simkit.simulate by name).
     simulate: defaults to simkit.simulate; injectable so tests and other simulators plug in (it must be
     picklable, i.e. a module-level function, for the process pool).
     analytic_above: points with more connections than this use `analytic` (default simkit.analytic)
