@@ -241,10 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         print("| " + " | ".join(cells + [str(errors)]) + " |")
     print()
     print("Models at their defaults (threads=1, processes=1, pool=4). m1 serves one keep-alive connection")
-    print(
-        "at a time, so 49 of wrk's 50 connections wait (and time out): its errors are the model, not a bug."
-    )
-    print("Server CPU well under 1 core means the server was not the bottleneck (wrk, or a busy box, was).")
+    print("at a time: the other wrk connections wait in the backlog all run long (the model, not a bug).")
+    print("Server CPU well under 1 core means the server did not get its core (a busy box) or was not the")
+    print("bottleneck (wrk was); then requests per CPU-second is the fairer comparison. Threaded models")
+    print("(m4, m7) can take more than their share of a contended core, which flatters their requests/s.")
     return 0
 
 
