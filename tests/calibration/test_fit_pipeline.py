@@ -104,3 +104,21 @@ def test_corrupt_or_truncated_profile_names_the_file(tmp_path):
     with pytest.raises(ValueError, match="absent.json.*not found"):
         CostProfile.load(tmp_path / "absent.json")
     assert not math.isnan(CostProfile.load(good)["parse_s"])
+
+
+def test_runs_csv_round_trips_and_can_be_refitted_without_measuring(tmp_path):
+    measure = FakeMeasure(TRUTH, noise=0.02, fail=lambda s: s.workload.connections == 300)
+    grid = build_grid(quick=True, models=("m3_reactor", "m6_prefork"))
+    first = calibrate(tmp_path / "a.json", quick=True, measure=measure, simulate=fake_simulate, probes=False, grid=grid)
+    n_calls = len(measure.calls)
+
+    def no_measure(_scenario):
+        raise AssertionError("runs_from must not measure")
+
+    again = calibrate(tmp_path / "b.json", quick=True, measure=no_measure, simulate=fake_simulate, probes=False,
+                      grid=grid, runs_from=tmp_path / "a.runs.csv")
+    assert len(measure.calls) == n_calls
+    assert [r.ok for r in again.runs] == [r.ok for r in first.runs]
+    assert [r.result.throughput_rps for r in again.runs if r.ok] == pytest.approx(
+        [r.result.throughput_rps for r in first.runs if r.ok])
+    assert len(again.profile.failed_runs) == len(first.profile.failed_runs) == 2  # both 300-connection points
