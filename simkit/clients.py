@@ -12,7 +12,9 @@
   `Connection: close`; the server closes after answering and the slot reconnects for its next one
   (accept, fd, memory and, for m2, a thread spawn again).
 - Idle connections hold fds and memory only; the model places them (models/base.py).
-- A connection is opened by a SYN that carries the first request (loopback clients send at once).
+- A connection reaches the accept queue 1.5 RTT after connect() (SYN, SYN-ACK, ACK); its first
+  request follows client_cpu_per_request_s later (the client's event loop must see the connect
+  complete before it writes), so a server that accepts at once may wait in recv() for it.
   A dropped SYN is retried by TCP at 1 s, then 3 s, 7 s... cumulative (kernel.SYN_RETRY_DELAYS_S).
 - Timeout: a request unanswered timeout_s after its issue time fails (errors_timeout); the client
   closes that connection (the server sees EOF) and the slot continues on a new one. Deadlines are
@@ -177,12 +179,16 @@ class Clients:
             conn = Conn(slot)
             slot.conn = conn
             conn.nreq = 1
+            conn.creq = req
             req.conn = conn
             if self.rpc is not None and self.rpc <= 1:
                 req.close = True
-            self._at(self.half_rtt, self._syn_arrives, req)
+            # SYN (rtt/2), SYN-ACK (rtt/2), then the ACK with the request: the connection reaches the
+            # accept queue 1.5 RTT after the client's connect()
+            self._at(3.0 * self.half_rtt, self._syn_arrives, req)
             return
         conn.nreq += 1
+        conn.creq = req
         req.conn = conn
         if self.rpc is not None and conn.nreq >= self.rpc:
             req.close = True
@@ -208,10 +214,10 @@ class Clients:
         conn = req.conn
         if req.state != PENDING or conn.eof:
             return  # the client gave up meanwhile
-        conn.req = req
         if self.model.syn(conn):
+            # established; the request follows once the client's event loop sees the connect complete
+            self._at(self.client_cpu, self._data_arrives, req)
             return
-        conn.req = None
         tries = conn.syn_tries
         if tries >= len(SYN_RETRY_DELAYS_S):
             self._fail(req, "refused")
@@ -222,6 +228,8 @@ class Clients:
     def _data_arrives(self, ev) -> None:
         req = ev._value
         conn = req.conn
+        if req.state != PENDING:
+            return  # the client gave up (timeout) before the request went out
         if conn.closed:
             # the server closed this connection meanwhile (keep-alive timeout): the client sees a reset
             self._fail(req, "reset")
@@ -253,6 +261,7 @@ class Clients:
             slot.cur = nxt
             conn.nreq += 1
             nxt.conn = conn
+            conn.creq = nxt
             if self.rpc is not None and conn.nreq >= self.rpc:
                 nxt.close = True
             self._at(t_next - now + self.half_rtt, self._data_arrives, nxt)
@@ -282,7 +291,7 @@ class Clients:
 
     def reset(self, conn: Conn) -> None:
         """The server closed `conn` without answering its request (e.g. could not start a thread)."""
-        req = conn.req
+        req = conn.creq
         conn.closed = True
         if req is not None and req.state == PENDING:
             self._at(self.half_rtt, self._reset_seen, req)

@@ -5,8 +5,8 @@ process (EMFILE), epoll_wait cost, connections.
   SYN arriving at a full queue is dropped (Linux drops rather than refuses) and the client's TCP
   retransmits the SYN after 1 s, then 2 s more, 4 s more... (cumulative 1, 3, 7, 15, 31, 63 s:
   tcp_syn_retries = 6), giving up at its request timeout or when the retries run out.
-- A connection's first request travels with its handshake (clients send at once on loopback), so
-  an accepted connection is readable immediately.
+- A connection's first request arrives after its handshake (clients.py): an accepted connection
+  may not be readable yet.
 - fds: each process has RLIMIT_NOFILE = fd_limit. An accept that would pass it fails with EMFILE;
   the servers back off (they stop watching the listen socket until one of their fds closes), so
   the connection stays queued in the backlog rather than crash the server (failure "fd_limit").
@@ -26,7 +26,7 @@ class Conn:
     `eof` the client's close not yet seen, `busy` a request being served."""
 
     __slots__ = ("slot", "req", "eof", "busy", "accepted", "closed", "owner", "proc", "syn_tries", "nreq",
-                 "client_free", "listener")
+                 "client_free", "listener", "creq")
 
     def __init__(self, slot) -> None:
         self.slot = slot  # client-side owner (a Slot), None for idle connections
@@ -41,6 +41,7 @@ class Conn:
         self.nreq = 0
         self.client_free = False
         self.listener = None
+        self.creq = None  # client side: the request outstanding on this connection
 
 
 class Listener:

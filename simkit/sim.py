@@ -28,6 +28,8 @@ Windows and counting (precise, so the laws can be checked on the same window):
 - SimStats.mean_in_system is the time average over W of the number of requests in the system
   (issued, not yet completed or failed), counting every request present in W whatever its issue
   time; Little's law: mean_in_system ~= throughput_rps * latency_mean_s (edge effects only).
+- SimStats.threads/rss/fds_sampled_peak: the ledger sampled every 0.1 s inside W, as realkit's
+  monitor samples /proc (Result's *_peak fields are the exact maxima over the whole run).
 - SimStats.completed_in_window / latency_mean_in_window_s count as realkit's load generator does:
   responses completed inside W whatever their issue time (differs from the cohort by edge effects,
   about latency / duration_s in relative terms).
@@ -44,6 +46,7 @@ from simkit.result import Result
 from simkit.scenario import Scenario
 
 SERVICE_KINDS = ("deterministic", "exponential")
+SAMPLE_S = 0.1  # realkit.monitor's sampling period
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,10 @@ class SimStats:
     # time, and their mean latency. Equal to the cohort figures up to edge effects of ~latency / window.
     completed_in_window: int = 0
     latency_mean_in_window_s: float = float("nan")
+    # Peaks as realkit's monitor sees them: sampled every SAMPLE_S inside W (Result's are exact maxima).
+    threads_sampled_peak: int = 0
+    rss_sampled_peak_bytes: int = 0
+    fds_sampled_peak: int = 0
 
 
 def simulate(
@@ -132,6 +139,18 @@ def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_
         machine.starting = False
         model.place_idle(wl.idle_connections)
         clients.start()
+    sampled = [0, 0, 0]
+
+    def sample(ev) -> None:
+        led = machine.ledger
+        sampled[0] = max(sampled[0], led.threads)
+        sampled[1] = max(sampled[1], led.rss)
+        sampled[2] = max(sampled[2], led.fds)
+        nxt = simpy.events.Timeout(env, SAMPLE_S)
+        nxt.callbacks.append(sample)
+
+    first = simpy.events.Timeout(env, w0)
+    first.callbacks.append(sample)
     env.run(until=w1)
     machine.finish()
     in_flight = clients.finish(w1)
@@ -187,5 +206,8 @@ def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_
         completed_in_window=clients.done_in_window,
         latency_mean_in_window_s=(clients.lat_sum_in_window / clients.done_in_window
                                   if clients.done_in_window else float("nan")),
+        threads_sampled_peak=sampled[0],
+        rss_sampled_peak_bytes=sampled[1],
+        fds_sampled_peak=sampled[2],
     )
     return result, stats
