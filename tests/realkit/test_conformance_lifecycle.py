@@ -203,8 +203,18 @@ def test_m6_kill9_worker_is_replaced_and_clients_keep_being_served(config, serve
         os.kill(victim.pid, signal.SIGKILL)
         t_kill = time.monotonic()
 
+        def live_children() -> set[int]:
+            pids = set()
+            for p in master.children():
+                try:
+                    if p.status() != psutil.STATUS_ZOMBIE:
+                        pids.add(p.pid)
+                except psutil.NoSuchProcess:
+                    continue  # reaped between listing and status: the dead worker
+            return pids
+
         def replaced() -> bool:
-            pids = {p.pid for p in master.children() if p.status() != psutil.STATUS_ZOMBIE}
+            pids = live_children()
             return len(pids) == config.processes and victim.pid not in pids and pids - before != set()
 
         assert h.wait_until(replaced, 15), f"no replacement worker: children {master.children()}\n{server.output()}"
