@@ -4,7 +4,9 @@ nine configurations as test_conformance.py; the kill -9 test over m6's three dis
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import select
 import signal
 import socket
@@ -145,6 +147,47 @@ def test_sigterm_under_closed_loop_load_exits_0_and_closes_every_client(config, 
     assert report.ok > 0
     assert code == 0, f"exit code {code} {exit_s:.1f}s after SIGTERM\n{server.output()}"
     assert exit_s < 30, f"exit took {exit_s:.1f}s"
+
+
+_SYS_TGKILL = {"x86_64": 234, "aarch64": 131}.get(platform.machine())
+
+
+def _tgkill(tgid: int, tid: int, signum: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(_SYS_TGKILL, tgid, tid, signum) != 0:
+        raise OSError(ctypes.get_errno(), f"tgkill({tgid}, {tid}) failed")
+
+
+@MODELS
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(_SYS_TGKILL is None, reason="tgkill syscall number unknown on this architecture")
+def test_sigterm_delivered_to_a_non_main_thread_still_stops_the_server(config, server_factory):
+    """kill() may hand a process-directed signal to any thread; Python then runs the handler in
+    the main thread only when that thread wakes up. Deliver SIGTERM to a non-main thread
+    (tgkill) of the server (master) process while 20 idle keep-alive connections are open: the
+    server must still stop and exit 0 (not wait for an idle timeout or more traffic).
+    Single-threaded processes (m1, m3, m6's master) get it on their only thread."""
+    server = server_factory(config, ("--keepalive-timeout", "60"))
+    idle = []
+    try:
+        for i in range(0 if config.number == 1 else 20):
+            sock = h.connect(server.port)
+            exp = h.Expected(f"tg{i}", i)
+            sock.sendall(exp.request())
+            resp = h.ResponseReader(sock).read()
+            assert resp.mismatch(exp) is None, resp.mismatch(exp)
+            idle.append(sock)
+        tids = [t.id for t in psutil.Process(server.pid).threads() if t.id != server.pid]
+        target = max(tids) if tids else server.pid
+        _tgkill(server.pid, target, signal.SIGTERM)
+        try:
+            code = server.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            code = "still running 20 s later"
+        assert code == 0, f"SIGTERM to thread {target} of {len(tids) + 1}: exit {code}\n{server.output()}"
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 class _Load:
