@@ -173,11 +173,13 @@ def start_server(
     preexec_fn: Callable[[], None] | None = None,
     ready_timeout_s: float = READY_TIMEOUT_S,
     entry: Sequence[str] = ("-m", SERVERS_MODULE),
+    pass_host: bool = True,
 ) -> ServerProcess:
     """Start `python -m realkit.servers ...` (or `python <entry> ...`) and wait for the port line."""
     outdir = Path(tempfile.mkdtemp(prefix=f"realkit-{config.id}-"))
     stdout_path, stderr_path = outdir / "stdout", outdir / "stderr"
-    cmd = [sys.executable, *entry, *config.cli(), *extra_args, "--host", HOST, "--port", "0"]
+    host_args = ["--host", HOST] if pass_host else []  # without: the default must be loopback
+    cmd = [sys.executable, *entry, *config.cli(), *extra_args, *host_args, "--port", "0"]
 
     def pre_exec() -> None:
         _die_with_parent()

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import psutil
 import pytest
 import realkit_conformance_helpers as h
 
@@ -23,6 +24,19 @@ def test_serverlab_serve_model_by_number_pinned_and_sigint(number, server_factor
         assert p.cpu_affinity() == [0], f"{p.pid} not pinned: {p.cpu_affinity()}"
     server.proc.send_signal(signal.SIGINT)
     assert server.proc.wait(20) == 0, server.output()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("config", h.MODELS, ids=h.MODEL_IDS)
+def test_binds_loopback_by_default(config, server_factory):
+    """Started without --host, every listening socket of the tree is on 127.0.0.1."""
+    server = server_factory(config, pass_host=False)
+    h.check_served(server.port, "default-host", n=1)
+    listening = [
+        c.laddr for p in server.tree() for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
+    ]
+    assert listening, "no listening socket found"
+    assert {addr.ip for addr in listening} == {"127.0.0.1"}, listening
 
 
 @pytest.mark.timeout(60)
