@@ -30,7 +30,8 @@ REASONS: dict[str, str] = {
     "fd_limit": "runs out of file descriptors (fd_limit)",
     "backlog": "the listen backlog overflows: connections refused or timed out",
     "errors": "clients see errors (resets) above the tolerated rate",
-    "stalled": "requests pile up unanswered (still in flight at the end, far more than the p99 explains)",
+    "stalled": "requests pile up unanswered: many connected clients are not being served (the p99 of the "
+               "completed requests hides them)",
     "gil": "the GIL serialises the Python work: CPU stuck near one core although more are free",
     "single_thread": "one thread does all the work: CPU stuck near one core although more are free",
     "cpu": "every core is busy (CPU saturated)",
