@@ -261,6 +261,7 @@ class Reactor:
     """A level-triggered epoll loop serving connections inline; one instance per loop thread."""
 
     oneshot = False  # m7 arms connections with EPOLLONESHOT
+    accept_limit = 1 << 16  # per readiness event: "accept all pending" (DESIGN §3, m3)
 
     def __init__(self, keepalive_s: float, name: str = "reactor") -> None:
         self.keepalive_s = keepalive_s
@@ -371,7 +372,7 @@ class Reactor:
         conn.sock.close()
 
     def _on_accept(self, events: int) -> None:
-        socks, fd_limit = accept_batch(self.listener, 128)
+        socks, fd_limit = accept_batch(self.listener, self.accept_limit)
         for sock in socks:
             self.add_conn(sock)
         if fd_limit:
@@ -428,7 +429,7 @@ class Reactor:
         data = self._answer(request)
         if not request.keep_alive:
             conn.close_after = True
-        else:
+        elif parser.buffered:  # pipelined requests behind it (or the start of the next one)
             request = parser.next_request()
             if request is not None:
                 outs = [data]
