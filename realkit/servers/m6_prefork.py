@@ -39,6 +39,7 @@ from realkit.servers.base import (
 )
 
 READY_TIMEOUT_S = 30.0
+CRASH_LOOP_S = 1.0  # a worker that dies sooner than this after its fork is restarted after a pause
 FD_HEADROOM = 16  # below this many spare fds, a fdpass worker counts its open fds exactly
 
 
@@ -125,6 +126,7 @@ class Master:
         self.port = self.listener.getsockname()[1]
         self.pids: list[int | None] = [None] * self.n
         self.channels: list[socket.socket | None] = [None] * self.n
+        self.spawned_at: list[float] = [0.0] * self.n
         self.ready_r, self.ready_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.chld_r, self.chld_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.pending: deque[socket.socket] = deque()  # fdpass: accepted, not yet passed
@@ -152,6 +154,7 @@ class Master:
                 sys.stderr.flush()
                 os._exit(code)
         self.pids[index] = pid
+        self.spawned_at[index] = time.monotonic()
         if child_channel is not None:
             child_channel.close()
             old = self.channels[index]
@@ -205,6 +208,12 @@ class Master:
             self.pids[index] = None
             if not self.stopping:
                 log(f"m6: worker {index} (pid {pid}) exited with status {status}; starting a new one")
+                if os.WIFEXITED(status) and time.monotonic() - self.spawned_at[index] < CRASH_LOOP_S:
+                    # It failed on its own right after it started: do not fork in a tight loop.
+                    # (A worker killed by a signal is replaced at once.)
+                    self.stopper.wait(CRASH_LOOP_S)
+                    if self.stopper.is_set:
+                        continue
                 self.spawn(index)
 
     # -- fd passing --------------------------------------------------------------------------------
