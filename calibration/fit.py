@@ -11,10 +11,11 @@ shares its cores with it, so those points are simulated with loadgen_on_server_c
 generator costing client_cpu_per_request_s, which is measured (loadgen CPU / throughput of the real
 runs), not fitted.
 
-The fit: scipy.optimize.least_squares over log(value / start) of a few parameters (FIT_PARAMS:
+The fit: scipy.optimize.least_squares over value / start of a few parameters (FIT_PARAMS:
 parse_s, gil_handoff_s, accept_s, loopback_rtt_s), all models at once, residuals log(simulated / measured) of throughput,
 p50 and p99. Simulations are short (about `target_requests` requests each) and use a fixed seed per
-point (common random numbers, so the objective is smooth enough for finite differences); our own
+point (common random numbers); a coarse coordinate search over factors of the start comes first
+(the simulated objective is rugged at small scales), then least squares from its best point; our own
 forward-difference Jacobian reuses the centre evaluation and runs all its simulations as one batch,
 optionally on a process pool. Uncertainty: the Gauss-Newton covariance at the optimum and a
 linearised bootstrap over runs (resample runs, one Gauss-Newton step from the optimum).
@@ -267,7 +268,7 @@ def sim_scenario(real: Result, target_requests: int) -> Scenario:
 
 
 def as_realkit(sim: Result, stats: Any = None) -> Result:
-    """The simulated Result with throughput and mean latency counted as realkit counts them.
+    """The simulated Result with throughput, mean latency and peaks counted as realkit counts them.
 
     realkit's load generator counts responses completed inside its window whatever their send time;
     simkit's Result counts the cohort sent inside the window and completed by its end, which misses
@@ -275,6 +276,12 @@ def as_realkit(sim: Result, stats: Any = None) -> Result:
     realkit-style count (completed_in_window); without it (an older or fake simulator), in a closed
     loop at steady state the send rate equals the throughput: (completed + in_flight) / duration.
     """
+    if stats is not None and getattr(stats, "threads_sampled_peak", 0) > 0:
+        # realkit's monitor samples every 100 ms; the Result's peaks are exact maxima (short-lived
+        # threads, m7's, come and go between samples). Compare like with like.
+        sim = replace(sim, threads_peak=stats.threads_sampled_peak,
+                      rss_peak_bytes=stats.rss_sampled_peak_bytes or sim.rss_peak_bytes,
+                      fds_peak=stats.fds_sampled_peak or sim.fds_peak)
     if sim.scenario.workload.mode != "closed":
         return sim
     d = sim.scenario.workload.duration_s
@@ -463,7 +470,7 @@ def fit(
     host_cores: int | None = None,
     diff_step: float = 0.25,
     bounds_factor: float = 300.0,
-    search_factors: Sequence[Sequence[float]] = ((1 / 16, 1 / 4, 4, 16, 64), (1 / 2, 2)),
+    search_factors: Sequence[Sequence[float]] = ((1 / 16, 1 / 4, 4, 16, 64), (1 / 4, 1 / 2, 2, 4), (2 / 3, 3 / 2)),
     bootstrap: int = 300,
     progress: Progress | None = None,
     batch: SimBatch | None = None,
@@ -489,16 +496,20 @@ def fit(
     from simkit.profile import PARAM_DOCS
 
     start = {n: max(base[n], 0.1 * PARAM_DOCS[n][0], 1e-9) for n in names}
+    # The search variable is value / start, bounded to [1/bounds_factor, bounds_factor]. Linear,
+    # not log: costs add up along a request, so the residuals are near-linear in it, and a cost that
+    # wandered near 0 keeps a usable gradient (in log space it would have none and stay stuck).
+    lo, hi = 1.0 / bounds_factor, bounds_factor
     own_batch = batch is None
     batch = batch or SimBatch(simulate, workers, host_cores)
     t0 = time.monotonic()
     cache: dict[tuple[float, ...], np.ndarray] = {}
-    best: dict[str, Any] = {"cost": math.inf, "x": np.zeros(len(names))}
+    best: dict[str, Any] = {"cost": math.inf, "x": np.ones(len(names))}
     evals = {"n": 0}
     max_evals = max(len(names) + 2, max_evaluations)
 
     def profile_at(x: np.ndarray) -> CostProfile:
-        return base.with_params("fit", **{n: start[n] * math.exp(v) for n, v in zip(names, x, strict=True)})
+        return base.with_params("fit", **{n: start[n] * float(v) for n, v in zip(names, x, strict=True)})
 
     def eval_many(xs: list[np.ndarray]) -> list[np.ndarray]:
         todo = [x for x in xs if tuple(np.round(x, 12)) not in cache]
@@ -530,14 +541,14 @@ def fit(
         for i in range(len(x)):
             h = np.zeros_like(x)
             # Step toward the inside of the bounds so the probe point stays feasible.
-            h[i] = diff_step if x[i] + diff_step <= math.log(bounds_factor) else -diff_step
+            step = diff_step * max(abs(x[i]), 0.2)  # relative, but not vanishing near 0
+            h[i] = step if x[i] + step <= hi else -step
             steps.append(x + h)
         f0, *fs = eval_many([x, *steps])
         cols = [(f - f0) / (s[i] - x[i]) for i, (f, s) in enumerate(zip(fs, steps, strict=True))]
         return np.column_stack(cols)
 
-    lo, hi = -math.log(bounds_factor), math.log(bounds_factor)
-    x0 = np.zeros(len(names))
+    x0 = np.ones(len(names))
     status = "converged"
     try:
         f_start = fun(x0)
@@ -551,7 +562,7 @@ def fit(
                 cands = []
                 for f in factors:
                     x = x_c.copy()
-                    x[i] = min(hi, max(lo, x_c[i] + math.log(f)))
+                    x[i] = min(hi, max(lo, x_c[i] * f))
                     cands.append(x)
                 if evals["n"] + len(cands) > max_evals - (len(names) + 2):
                     break
@@ -580,15 +591,15 @@ def fit(
         s2 = float(np.sum(r**2)) / max(1, m - p)
         cov = np.linalg.pinv(J.T @ J) * s2
         for i, n in enumerate(names):
-            sd = start[n] * math.exp(x_best[i]) * math.sqrt(max(cov[i, i], 0.0))
+            sd = start[n] * math.sqrt(max(cov[i, i], 0.0))
             sd_jac[n] = sd if math.isfinite(sd) else start[n] * bounds_factor
-        sd_boot = _bootstrap(J, r, x_best, names, start, len(METRICS), bootstrap, math.log(bounds_factor))
+        sd_boot = _bootstrap(J, r, x_best, names, start, len(METRICS), bootstrap, (lo, hi))
     except _Budget:
         pass
     finally:
         if own_batch:
             batch.close()
-    values = {n: start[n] * math.exp(v) for n, v in zip(names, x_best, strict=True)}
+    values = {n: start[n] * float(v) for n, v in zip(names, x_best, strict=True)}
     sds = {n: max(sd_jac.get(n, 0.0), sd_boot.get(n, 0.0)) or 0.5 * values[n] for n in names}
     profile = base.with_params("fit", sds=sds, **values)
     r_best = cache.get(tuple(np.round(np.asarray(x_best, float), 12)), np.zeros(1))
@@ -602,7 +613,7 @@ def fit(
 
 
 def _bootstrap(J: np.ndarray, r: np.ndarray, x: np.ndarray, names: Sequence[str], start: dict[str, float],
-               per: int, n_boot: int, limit: float, seed: int = 12345) -> dict[str, float]:
+               per: int, n_boot: int, limits: tuple[float, float], seed: int = 12345) -> dict[str, float]:
     """Linearised bootstrap over runs: resample runs, take one Gauss-Newton step from the optimum."""
     if n_boot <= 0:
         return {}
@@ -613,9 +624,9 @@ def _bootstrap(J: np.ndarray, r: np.ndarray, x: np.ndarray, names: Sequence[str]
         idx = rng.integers(0, n_runs, n_runs)
         rows = (idx[:, None] * per + np.arange(per)[None, :]).ravel()
         delta, *_ = np.linalg.lstsq(J[rows], -r[rows], rcond=None)
-        draws.append(np.clip(x + delta, -limit, limit))  # a parameter the data cannot see roams its bounds
+        draws.append(np.clip(x + delta, *limits))  # a parameter the data cannot see roams its bounds
     d = np.asarray(draws)
-    return {n: float(np.std(start[n] * np.exp(d[:, i]))) for i, n in enumerate(names)}
+    return {n: float(np.std(start[n] * d[:, i])) for i, n in enumerate(names)}
 
 
 def _per_run_rows(reals: Sequence[Result], r: np.ndarray) -> list[dict[str, Any]]:
