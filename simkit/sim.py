@@ -35,6 +35,16 @@ Windows and counting (precise, so the laws can be checked on the same window):
   about latency / duration_s in relative terms).
 - Utilisation: SimStats.core_busy_s[i] is core i's busy time inside W (server threads only, loadgen
   excluded); Result.cpu_util = sum(core_busy_s) / duration_s.
+- failure: the first limit crossed ("threads_max", "memory", "fd_limit"), else "backlog" when SYNs
+  were dropped inside W (drops while clients first connect do not count), else "".
+
+Mechanisms live in machine.py (cores, run queue, GIL, ledger), kernel.py (backlog, fds, epoll),
+clients.py and models/. Known simplifications, so nobody mistakes them for findings:
+- keep-alive timeouts are modelled for m1 only (where an idle connection blocks the server);
+- idle connections are established before the run (ledger entries: fds, memory, m2 threads);
+- fork_s is not charged (workers fork before the run; none die); virtual stack memory
+  (thread_stack_virtual_bytes) has no Result field and is not reported;
+- responses are sent whole (no EPOLLOUT / partial-write path); send cost grows per byte.
 """
 
 from __future__ import annotations
@@ -61,9 +71,11 @@ class SimStats:
     core_busy_s: tuple[float, ...]  # per core, busy seconds inside W (server threads)
     window_s: float  # duration_s
     loadgen_busy_s: float  # loadgen thread busy seconds inside W (0 unless loadgen_on_server_cores)
-    gil_busy_s: tuple[float, ...]  # per process with a tracked GIL: seconds the GIL was held inside W
+    # per process with a tracked GIL: seconds inside W the GIL belonged to a thread, counting from a
+    # hand-off, so including a recipient's wait for a core (the convoy); not on-core time
+    gil_busy_s: tuple[float, ...]
     ctx_switches: int  # inside W
-    events: int  # SimPy events processed over the whole run (cost accounting)
+    events: int  # SimPy events scheduled over the whole run (cost accounting)
     requests_simulated: int  # every request issued over the whole run (cost accounting)
     # The real load generator's counting (realkit): responses completed INSIDE W whatever their issue
     # time, and their mean latency. Equal to the cohort figures up to edge effects of ~latency / window.
