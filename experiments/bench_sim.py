@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import random
-import resource
 import subprocess
 import sys
 import time
 
 import simpy
 
+from realkit.monitor import peak_rss_bytes
 from simkit import simulate
 from simkit.analytic import analytic
 from simkit.scenario import MODEL_NAMES, Hardware, ModelSpec, Scenario, Workload
@@ -110,7 +110,7 @@ def big_scenario(connections: int, n_requests: int) -> Scenario:
 
 
 def run_big(connections: int, n_requests: int) -> dict:
-    """Runs in a child process: its ru_maxrss is then the simulation's alone."""
+    """Runs in a child process: its peak RSS (VmHWM) is then the simulation's alone."""
     scenario = big_scenario(connections, n_requests)
     t0 = time.perf_counter()
     result, stats = simulate(scenario, detail=True)
@@ -118,7 +118,7 @@ def run_big(connections: int, n_requests: int) -> dict:
     return {
         "wall_s": wall, "requests": stats.requests_simulated, "events": stats.events,
         "throughput_rps": result.throughput_rps, "failure": result.failure,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
+        "peak_rss_bytes": peak_rss_bytes(),
     }
 
 

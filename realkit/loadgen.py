@@ -40,6 +40,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from realkit.monitor import peak_rss_bytes
+
 ERROR_KINDS: tuple[str, ...] = ("refused", "timeout", "reset", "http", "client")
 
 # Errnos that mean the connection could not be made (the server side refused or was unreachable).
@@ -903,7 +905,7 @@ def _worker(spec: LoadSpec, share: int, n_shares: int, pipe) -> None:
         if msg != "go":
             return
         out = loop.run_until_complete(gen.run(t0))
-        out["loadgen_rss_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        out["loadgen_rss_peak_bytes"] = peak_rss_bytes()
         pipe.send(("done", out))
         loop.close()
     except BaseException:  # report any crash to the parent rather than dying silently
@@ -967,7 +969,7 @@ def run_load(spec: LoadSpec, on_ready=None) -> LoadReport:
             loop.close()
             if saved is not None:
                 os.sched_setaffinity(0, saved)
-        part["loadgen_rss_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        part["loadgen_rss_peak_bytes"] = peak_rss_bytes()
         return _merge(spec, [part])
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads

@@ -34,6 +34,24 @@ import numpy as np
 import psutil
 
 
+def peak_rss_bytes() -> int:
+    """This process's own peak RSS (VmHWM of its current address space).
+
+    Not getrusage's ru_maxrss: Linux carries that across fork and execve, so a worker spawned by a
+    big parent (a pytest run that has loaded pandas and dask) reports the parent's peak, not its own.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 @dataclass(frozen=True)
 class TreeSample:
     t_s: float  # time.monotonic()
