@@ -16,61 +16,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from experiments.benchkit import Nginx, run_wrk
 from simkit.scenario import MODEL_NAMES, available_cores
 
 ROOT = Path(__file__).resolve().parent.parent
-NGINX_CONF = """\
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 30s;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ default_type text/plain; return 200 "ok\\n"; }}
-    }}
-}}
-"""
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout_s: float = 10.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -91,62 +48,20 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
-def measure(pid: int, port: int, connections: int, duration_s: float, wrk_core: int | None):
+def measure(pid: int, url: str, connections: int, duration_s: float, wrk_cpus: set[int] | None):
     """-> (requests/s, errors, server CPU in cores) over one wrk run. The CPU figure tells whether the
     server was the bottleneck (near 1 core) or the client was (well under 1)."""
     c0, t0 = tree_cpu_s(pid), time.monotonic()
-    rps, errors = run_wrk(port, connections, duration_s, wrk_core)
-    return rps, errors, (tree_cpu_s(pid) - c0) / (time.monotonic() - t0)
+    res = run_wrk(url, connections, duration_s, wrk_cpus)
+    return res["rps"], int(res["errors"]), (tree_cpu_s(pid) - c0) / (time.monotonic() - t0)
 
 
-def run_wrk(port: int, connections: int, duration_s: float, wrk_core: int | None) -> tuple[float, int]:
-    """-> (requests/s, socket errors + non-2xx) from one wrk run against GET /."""
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency", f"http://127.0.0.1:{port}/"]
-    if wrk_core is not None:
-        cmd = ["taskset", "-c", str(wrk_core), *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 30).stdout
-    match = re.search(r"Requests/sec:\s*([\d.]+)", out)
-    if not match:
-        raise RuntimeError(f"wrk output not understood:\n{out}")
-    errors = 0
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if sock:
-        errors += sum(int(x) for x in sock.groups())
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if non2xx:
-        errors += int(non2xx.group(1))
-    return float(match.group(1)), errors
-
-
-class Nginx:
-    """nginx with one worker (master + worker pinned to the server core), serving GET / -> "ok\\n"."""
-
-    def __init__(self, server_core: int | None) -> None:
-        self.tmp = tempfile.TemporaryDirectory(prefix="bench-nginx-")
-        self.port = free_port()
-        conf = Path(self.tmp.name) / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(tmp=self.tmp.name, port=self.port))
-        cmd = ["nginx", "-c", str(conf), "-p", self.tmp.name]
-        if server_core is not None:
-            cmd = ["taskset", "-c", str(server_core), *cmd]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port)
-
-    def close(self) -> None:
-        self.proc.send_signal(signal.SIGQUIT)  # nginx: graceful stop
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.tmp.cleanup()
-
-
-def start_model(name: str, server_core: int | None) -> tuple[subprocess.Popen, int]:
+def start_model(name: str, server_core: int | None) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "realkit.servers", "--model", name, "--port", "0"]
     if server_core is not None:
         cmd += ["--cores", str(server_core)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    return proc, int(proc.stdout.readline())
+    return proc, f"http://127.0.0.1:{int(proc.stdout.readline())}/"
 
 
 def stop_model(proc: subprocess.Popen) -> None:
@@ -172,36 +87,36 @@ def main(argv: list[str] | None = None) -> int:
         lo, _, hi = part.partition("-")
         models.extend(range(int(lo), int(hi or lo) + 1))
     cores = sorted(os.sched_getaffinity(0))
-    if available_cores() >= 2 and shutil.which("taskset"):
-        server_core, wrk_core = cores[0], cores[1]
-        pinning = f"server on core {server_core}, wrk on core {wrk_core}"
+    if available_cores() >= 2:
+        server_core, wrk_cpus = cores[0], {cores[1]}
+        pinning = f"server on core {server_core}, wrk on core {cores[1]}"
     else:
-        server_core = wrk_core = None
-        pinning = "not pinned (fewer than 2 cores or no taskset)"
+        server_core, wrk_cpus = None, None
+        pinning = "not pinned (fewer than 2 cores)"
     have_nginx = shutil.which("nginx") is not None
     print(f"# bench_servers: wrk -t1 -c{args.connections} -d{args.duration:g}s GET /, {pinning}")
 
     # Each model is measured in `repeats` rounds, each round an nginx run right before the model's run,
     # and the ratio is the median of the per-round ratios: the box's drift (other jobs come and go)
     # hits both sides of a ratio alike.
-    nginx = Nginx(server_core) if have_nginx else None
+    nginx = Nginx(None if server_core is None else {server_core}) if have_nginx else None
     rows = []
     try:
         if nginx:
-            run_wrk(nginx.port, args.connections, 1.0, wrk_core)  # warm-up
+            run_wrk(nginx.url, args.connections, 1.0, wrk_cpus)  # warm-up
         for number in models:
             name = MODEL_NAMES[number - 1]
-            proc, port = start_model(name, server_core)
+            proc, url = start_model(name, server_core)
             try:
-                run_wrk(port, args.connections, 1.0, wrk_core)  # warm-up
+                run_wrk(url, args.connections, 1.0, wrk_cpus)  # warm-up
                 rounds = []
                 for _ in range(args.repeats):
                     ref = (
-                        measure(nginx.proc.pid, nginx.port, args.connections, args.duration, wrk_core)
+                        measure(nginx.proc.pid, nginx.url, args.connections, args.duration, wrk_cpus)
                         if nginx
                         else (None, 0, None)
                     )
-                    rounds.append((ref, measure(proc.pid, port, args.connections, args.duration, wrk_core)))
+                    rounds.append((ref, measure(proc.pid, url, args.connections, args.duration, wrk_cpus)))
             finally:
                 stop_model(proc)
             rows.append((name, rounds))
