@@ -8,9 +8,10 @@
   `connections` slots are busy, arrivals wait in the client's queue. Latency is timed from the
   intended send time, so queueing in the client is counted (no coordinated omission). A slot opens
   its connection on its first request and keeps it.
-- Short-lived connections (requests_per_conn = k): the k-th request on a connection carries
-  `Connection: close`; the server closes after answering and the slot reconnects for its next one
-  (accept, fd, memory and, for m2, a thread spawn again).
+- Short-lived connections (requests_per_conn = k): as realkit's load generator, the client closes
+  the connection after the k-th answer (no `Connection: close` header): its FIN reaches the server
+  client_cpu_per_request_s + RTT/2 after the answer arrived, and the server closes on that EOF; the
+  slot reconnects for its next request at once (accept, fd, memory and, for m2, a thread spawn again).
 - Idle connections hold fds and memory only; the model places them (models/base.py).
 - A connection reaches the accept queue 1.5 RTT after connect() (SYN, SYN-ACK, ACK); its first
   request follows client_cpu_per_request_s later (the client's event loop must see the connect
@@ -285,8 +286,15 @@ class Clients:
             return  # timed out earlier; the client had moved on
         self._complete(req, self.env.now)
         slot = req.slot
-        if req.close and slot.conn is req.conn:
-            slot.conn = None
+        if req.close:
+            conn = req.conn
+            if slot.conn is conn:
+                slot.conn = None
+            if not conn.eof and not conn.closed:
+                # the client closes after its last answer, once its event loop has handled it; the
+                # FIN reaches the server half an RTT later (it sees EOF on its next recv)
+                conn.eof = True
+                self._at(self.client_cpu + self.half_rtt, self._eof_arrives, conn)
         self._next(slot, 0.0)
 
     def reset(self, conn: Conn) -> None:

@@ -24,6 +24,9 @@ class ModelBase:
     """One architecture. Subclasses set up processes/threads in build() and define readable()."""
 
     name = ""
+    # Level-triggered readiness order for served connections (Reactor.program). m7 arms EPOLLONESHOT
+    # and re-arms after each request, so its readiness order is simply arrival order.
+    level_triggered = True
 
     def __init__(self, env, scenario, profile, rng) -> None:
         self.env = env
@@ -95,9 +98,10 @@ class ModelBase:
         """A SEND step: the response leaves at time t (resolved inside a burst, t >= now)."""
         conn.busy = False
         self.clients.respond(conn, req, t)
-        if req.close:
-            self.close_conn(conn)
-        elif conn.eof or conn.req is not None:
+        # A short-lived connection's last request carries no `Connection: close` (realkit's load
+        # generator just closes after its k-th answer): the server keeps the connection until the
+        # client's FIN shows up as EOF (an m1 server sits idle in recv() meanwhile).
+        if conn.eof or conn.req is not None:
             conn.busy = True
             self.readable(conn)
 
@@ -128,7 +132,7 @@ class ModelBase:
             steps.append((CPU, req.cpu, None))
         if req.io > 0.0:
             steps.append((SLEEP, req.io + self.io_extra, None))
-        steps.append((CPU, self.send_s + self.close_s if req.close else self.send_s, None))
+        steps.append((CPU, self.send_s, None))
         steps.append((SEND, conn, req))
 
     # -- idle connections -----------------------------------------------------------------------
@@ -173,7 +177,7 @@ class Reactor:
     fixed when epoll_wait returns; work arriving meanwhile waits for the next iteration."""
 
     __slots__ = ("model", "thread", "proc", "ready", "idle", "listener", "accept_blocked", "inbox",
-                 "completions", "conns", "inbox_cost")
+                 "completions", "conns", "inbox_cost", "batches")
 
     def __init__(self, model: ModelBase, proc, listener=None) -> None:
         self.model = model
@@ -185,6 +189,7 @@ class Reactor:
         self.inbox: deque = deque()
         self.completions: deque = deque()
         self.conns = 0
+        self.batches = 0
         # registering a handed-over fd: queue get + epoll_ctl(ADD); m6 fdpass sets recvmsg instead
         self.inbox_cost = model.p["queue_handoff_s"] + model.close_s
         if listener is not None:
@@ -234,12 +239,23 @@ class Reactor:
             back = model.p["queue_handoff_s"]  # the result's way back: queue get after the wake-up fd
             while comp:
                 conn, req = comp.popleft()
-                steps.append((CPU, back + (model.send_s + model.close_s if req.close else model.send_s), None))
+                steps.append((CPU, back + model.send_s, None))
                 steps.append((SEND, conn, req))
         if self.ready:
             batch = self.ready
             self.ready = deque()
-            for conn in batch:
+            k = self.batches = self.batches + 1
+            if len(batch) > 1 and model.level_triggered:
+                # Level-triggered epoll re-queues each fd it reports at the tail of its ready list at
+                # once, so at the next epoll_wait the fds reported last time and readable again come
+                # first, in last time's order, and an fd that turned readable after that wait comes
+                # after them all: a connection served last in a batch, whose next request arrives just
+                # after the following epoll_wait, keeps being served last (about two rounds' latency).
+                prev = k - 1
+                batch = sorted(batch, key=lambda c: c.lt_pos if c.lt_batch == prev else 1 << 60)
+            for i, conn in enumerate(batch):
+                conn.lt_batch = k
+                conn.lt_pos = i
                 if conn.closed:
                     continue
                 if conn.eof:

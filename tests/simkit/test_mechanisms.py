@@ -203,3 +203,15 @@ def test_cli_simulate_prints_a_sim_result():
     assert row["source"] == "sim" and row["model"] == "m5_multi_reactor" and row["completed"] > 0
     bad = CliRunner().invoke(main, ["simulate", "-m", "3", "--profile", "/nonexistent/profile.json"])
     assert bad.exit_code != 0 and "profile" in bad.output
+
+
+def test_m1_short_connection_waits_for_the_clients_close():
+    # The client closes after its answer (no Connection: close): m1 idles in recv() until the FIN,
+    # so a longer round trip costs m1 one RTT per connection, even with clients queued.
+    fast = PROFILE.with_params("probe", loopback_rtt_s=20e-6)
+    slow = PROFILE.with_params("probe", loopback_rtt_s=520e-6)
+    s = BASE.replace(model="m1_iterative", connections=20, requests_per_conn=1, cpu_us=50)
+    x_fast = simulate(s, fast).throughput_rps
+    x_slow = simulate(s, slow).throughput_rps
+    per_conn_gap = 1 / x_slow - 1 / x_fast
+    assert per_conn_gap == pytest.approx(500e-6, rel=0.25)
