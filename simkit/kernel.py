@@ -26,7 +26,7 @@ class Conn:
     `eof` the client's close not yet seen, `busy` a request being served."""
 
     __slots__ = ("slot", "req", "eof", "busy", "accepted", "closed", "owner", "proc", "syn_tries", "nreq",
-                 "client_free", "listener", "creq")
+                 "client_free", "listener", "creq", "lt_batch", "lt_pos")
 
     def __init__(self, slot) -> None:
         self.slot = slot  # client-side owner (a Slot), None for idle connections
@@ -42,6 +42,8 @@ class Conn:
         self.client_free = False
         self.listener = None
         self.creq = None  # client side: the request outstanding on this connection
+        self.lt_batch = -1  # the reactor batch (epoll_wait) that last reported it, and where in it
+        self.lt_pos = 0
 
 
 class Listener:
