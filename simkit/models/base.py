@@ -168,7 +168,24 @@ class ModelBase:
         return k
 
 
-class Reactor:
+class _ListenerWatcher:
+    """What a thread that sleeps on a listen socket shares (the reactor loop, the acceptor): the
+    listener wakes it when a connection is queued, and an EMFILE back-off ends by re-checking."""
+
+    __slots__ = ()
+
+    def notify(self) -> None:
+        if self.idle:
+            self.idle = False
+            self.model.machine.wake(self.thread)
+
+    def _unblock_accept(self) -> None:
+        self.accept_blocked = False
+        if self.listener is not None and self.listener.queue:
+            self.notify()
+
+
+class Reactor(_ListenerWatcher):
     """One thread running a level-triggered epoll loop.
 
     Each iteration: epoll_wait (base + per ready event), then accept everything pending on the
@@ -195,16 +212,6 @@ class Reactor:
         if listener is not None:
             listener.watchers.append(self)
         self.thread = model.machine.new_thread(proc, self.program, self)
-
-    def notify(self) -> None:
-        if self.idle:
-            self.idle = False
-            self.model.machine.wake(self.thread)
-
-    def _unblock_accept(self) -> None:
-        self.accept_blocked = False
-        if self.listener is not None and self.listener.queue:
-            self.notify()
 
     def program(self, th) -> bool:
         model = self.model
@@ -276,7 +283,7 @@ class Reactor:
             self.ready.append(conn)
 
 
-class Acceptor:
+class Acceptor(_ListenerWatcher):
     """A thread blocked in accept() on one listen socket that hands each connection to `handoff`
     (m2: spawn a thread; m5/m7: round-robin to a loop; m6 fdpass: sendmsg to a worker)."""
 
@@ -293,16 +300,6 @@ class Acceptor:
         self.target_proc = target_proc  # target_proc(conn) -> the process whose fd table gets the conn
         listener.watchers.append(self)
         self.thread = model.machine.new_thread(proc, self.program, self)
-
-    def notify(self) -> None:
-        if self.idle:
-            self.idle = False
-            self.model.machine.wake(self.thread)
-
-    def _unblock_accept(self) -> None:
-        self.accept_blocked = False
-        if self.listener.queue:
-            self.notify()
 
     def program(self, th) -> bool:
         q = self.listener.queue
