@@ -36,9 +36,11 @@ class IOThreads:
             thread.join()
 
 
-def serve(spec, host, port, stopper, ready) -> None:
+def serve(spec, host, port, stopper, ready, **io_options) -> None:
+    """The acceptor on this thread, `spec.threads` I/O loops behind it. m7 serves through this too,
+    with its own reactor class in `io_options` (passed on to IOThreads)."""
     listener = make_listener(host, port, spec.backlog)
-    io = IOThreads(spec.threads, spec.keepalive_timeout_s)
+    io = IOThreads(spec.threads, spec.keepalive_timeout_s, **io_options)
     io.start()
     ready(listener.getsockname()[1])
     try:

@@ -11,17 +11,15 @@ import threading
 
 from realkit import work
 from realkit.protocol import WORK, response_bytes
+from realkit.servers import m5_multi_reactor
 from realkit.servers.base import (
     EPOLL_DEAD,
     EPOLLIN,
     EPOLLOUT,
     RECV_BYTES,
     Reactor,
-    acceptor_loop,
     log,
-    make_listener,
 )
-from realkit.servers.m5_multi_reactor import IOThreads
 
 ONESHOT = select.EPOLLONESHOT
 
@@ -120,11 +118,4 @@ class SpawnReactor(Reactor):
 
 
 def serve(spec, host, port, stopper, ready) -> None:
-    listener = make_listener(host, port, spec.backlog)
-    io = IOThreads(spec.threads, spec.keepalive_timeout_s, reactor_class=SpawnReactor, name="m7-io")
-    io.start()
-    ready(listener.getsockname()[1])
-    try:
-        acceptor_loop(listener, stopper, io.dispatch)
-    finally:
-        io.stop_and_join()
+    m5_multi_reactor.serve(spec, host, port, stopper, ready, reactor_class=SpawnReactor, name="m7-io")
