@@ -1,7 +1,12 @@
 """The business work a request asks for (DESIGN §4), calibrated by duration at start-up.
 
-- cpu_us: sha256 over a 4 KiB buffer, chunk after chunk. CPython drops the GIL while hashing inputs of
-  2048 bytes or more (HASHLIB_GIL_MINSIZE), so this work scales across cores even in threads.
+- cpu_us: sha256 over n x 4 KiB of a buffer in ONE update() call. CPython drops the GIL while hashing an
+  input of 2048 bytes or more (HASHLIB_GIL_MINSIZE), so this work scales across cores even in threads,
+  as DESIGN §4 asks, like any C call that releases the GIL for its whole run (zlib, numpy, a driver).
+  An earlier version called update() once per 4 KiB chunk: it re-took the GIL every ~2 us, and with
+  threads on 2 cores that made ~250 context switches per request and ran slower than on one core
+  (m5: 3.1k req/s on 2 cores vs 3.5k on 1; one call per request: 5.8k vs 3.6k), which is GIL-bound
+  work, not what cpu_us stands for.
 - gil_us: a pure Python loop; it holds the GIL (the interpreter forces a hand-off every 5 ms).
 - io_us: time.sleep, standing for a database or disk call (releases the GIL, uses no CPU).
 
@@ -11,11 +16,17 @@ round(us / unit cost) units. The work is a fixed amount of computation, so under
 longer in wall time, exactly as real CPU work does. The bursts are timed with the thread's own CPU
 clock (time.thread_time_ns), so preemption by other processes on a busy box does not inflate the
 unit cost, and the median of several bursts drops outliers (frequency steps, cache misses).
+
+A server measures its rate at start-up unless SERVERLAB_WORK_CALIBRATION ("cpu_ns_per_chunk,gil_ns_per_iter",
+from Calibration.to_env) is set: a calibration campaign measures the rate once and pins it for every
+server it starts, so a request asks for the same computation in all of its runs. (Each server's own
+150 ms measurement scatters by ~10% on a shared box, which moved throughput between runs just as much.)
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import statistics
 import threading
 import time
@@ -23,7 +34,9 @@ from dataclasses import dataclass
 
 # >= 2048 so hashlib releases the GIL; small enough that one chunk (a few us) gives fine granularity.
 CPU_CHUNK_BYTES = 4096
-_CPU_BUFFER = bytes(range(256)) * (CPU_CHUNK_BYTES // 256)
+_CPU_BUFFER = bytes(range(256)) * (CPU_CHUNK_BYTES // 256) * 256  # 1 MiB: one update() up to ~0.5 ms
+_CPU_VIEW = memoryview(_CPU_BUFFER)
+WORK_CALIBRATION_ENV = "SERVERLAB_WORK_CALIBRATION"
 _GIL_BATCH = 64  # iterations per inner-loop round; a unit of gil work is one iteration
 
 
@@ -46,13 +59,27 @@ class Calibration:
     def gil_iters(self, gil_us: float) -> int:
         return max(0, round(gil_us * 1000.0 / self.gil_ns_per_iter))
 
+    def to_env(self) -> str:
+        return f"{self.cpu_ns_per_chunk!r},{self.gil_ns_per_iter!r}"
+
+    @classmethod
+    def from_env(cls, text: str) -> Calibration:
+        try:
+            cpu, gil = (float(x) for x in text.split(","))
+        except ValueError:
+            raise ValueError(f"{WORK_CALIBRATION_ENV}: expected 'cpu_ns_per_chunk,gil_ns_per_iter', "
+                             f"got {text!r}") from None
+        return cls(cpu, gil)
+
 
 def _hash_chunks(n: int) -> None:
+    # One update() per MiB: the GIL is released once for the whole work, re-taken once at its end.
     h = hashlib.sha256()
-    update = h.update
-    buf = _CPU_BUFFER
-    for _ in range(n):
-        update(buf)
+    left = n * CPU_CHUNK_BYTES
+    while left > 0:
+        k = min(left, len(_CPU_BUFFER))
+        h.update(_CPU_VIEW[:k])
+        left -= k
     h.digest()
 
 
@@ -98,11 +125,13 @@ def calibrate(force: bool = False) -> Calibration:
     global _calibration
     with _lock:
         if _calibration is None or force:
-            _calibration = measure_calibration()
+            pinned = os.environ.get(WORK_CALIBRATION_ENV)
+            _calibration = Calibration.from_env(pinned) if pinned and not force else measure_calibration()
         return _calibration
 
 
-def set_calibration(calibration: Calibration) -> None:
+def set_calibration(calibration: Calibration | None) -> None:
+    """Use these unit costs from now on (None: measure again, or read the environment, on next use)."""
     global _calibration
     with _lock:
         _calibration = calibration

@@ -9,6 +9,7 @@ looser bound makes sure the CPU clock is not hiding something (like time spent w
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import threading
 import time
@@ -96,3 +97,41 @@ def test_cpu_work_releases_the_gil_and_gil_work_holds_it():
     released = _progress_of_other_thread(work.cpu_work, 50_000)
     held = _progress_of_other_thread(work.gil_work, 50_000)
     assert released > 3 * max(held, 10), (released, held)
+
+
+def test_cpu_work_is_one_gil_free_call_per_request(monkeypatch):
+    """cpu_us work releases the GIL once for its whole run (one update() of >= 2 KiB), not once per
+    4 KiB chunk: re-taking the GIL every few us would make it GIL-bound work on several cores."""
+    calls = []
+    real_sha256 = hashlib.sha256
+
+    class Counting:
+        def __init__(self):
+            self.h = real_sha256()
+
+        def update(self, data):
+            calls.append(len(data))
+            self.h.update(data)
+
+        def digest(self):
+            return self.h.digest()
+
+    monkeypatch.setattr(work.hashlib, "sha256", Counting)
+    cal = work.Calibration(cpu_ns_per_chunk=2000.0, gil_ns_per_iter=40.0)
+    work.cpu_work(200.0, cal)
+    assert calls == [cal.cpu_chunks(200.0) * work.CPU_CHUNK_BYTES]
+
+
+def test_a_pinned_work_rate_comes_from_the_environment(monkeypatch):
+    saved = work._calibration
+    try:
+        pinned = work.Calibration(cpu_ns_per_chunk=1234.5, gil_ns_per_iter=42.0)
+        monkeypatch.setenv(work.WORK_CALIBRATION_ENV, pinned.to_env())
+        work.set_calibration(None)
+        assert work.calibrate() == pinned
+        monkeypatch.setenv(work.WORK_CALIBRATION_ENV, "fast")
+        work.set_calibration(None)
+        with pytest.raises(ValueError, match=work.WORK_CALIBRATION_ENV):
+            work.calibrate()
+    finally:
+        work.set_calibration(saved)
