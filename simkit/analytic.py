@@ -609,8 +609,9 @@ def model_stations(scenario: Scenario, profile: CostProfile | None = None) -> li
       (shared-queue approximation of the round-robin / kernel split).
     - m4: the loop thread (recv/parse/send, hand-offs) and a pool of `pool` workers for the work.
     - m2, m7: a thread per connection (m7: per request, after the loop's dispatch): io is a delay.
-    The GIL is one server per multi-threaded Python process (gil=True), whose demand adds one
-    gil_handoff_s per request; m6's processes each have their own. "cores" appears where more threads can run than there are cores. Stations whose time
+    The GIL is one server per multi-threaded Python process (gil=True), whose demand adds a
+    hand-off (gil_handoff_s, + wakeup_s on more than one core) per GIL acquisition of a request, also
+    charged to the cores; m6's processes each have their own. "cores" appears where more threads can run than there are cores. Stations whose time
     is also time on another station (a loop's CPU on a core) carry it in overlap_s.
     """
     profile = profile or CostProfile.default()
@@ -619,7 +620,11 @@ def model_stations(scenario: Scenario, profile: CostProfile | None = None) -> li
     d = demands(scenario, profile)
     name = m.name
     gil = m.gil
-    handoff = profile["gil_handoff_s"]  # waking the next GIL waiter, paid on each contended acquisition
+    # Each GIL acquisition of a request (the simulator's serve steps: parse, after the GIL-free cpu
+    # work, after the sleep, after send) may be a hand-off from a waiting thread: gil_handoff_s, and
+    # on more than one core the new holder is woken on another core (wakeup_s) with the GIL held.
+    acquisitions = 2 + (w.cpu_us > 0) + (w.io_us > 0)
+    handoff = acquisitions * (profile["gil_handoff_s"] + (profile["wakeup_s"] if cores > 1 else 0.0))
     st: list[Station] = []
     if name in ("m1_iterative", "m3_reactor"):
         hold = 0.0
@@ -630,17 +635,20 @@ def model_stations(scenario: Scenario, profile: CostProfile | None = None) -> li
     elif name in ("m5_multi_reactor", "m6_prefork"):
         loops = m.threads if name == "m5_multi_reactor" else m.processes
         st.append(Station("loops", d.cpu_s + d.io_s, loops))
-        if gil and name == "m5_multi_reactor" and loops > 1:
+        contended = gil and name == "m5_multi_reactor" and loops > 1
+        if contended:
             st.append(Station("gil", d.gil_s + handoff, 1, overlap_s=d.gil_s + handoff))
         if loops > cores:
-            st.append(Station("cores", d.cpu_s, cores, overlap_s=d.cpu_s))
+            on_core = d.cpu_s + (handoff if contended else 0.0)
+            st.append(Station("cores", on_core, cores, overlap_s=on_core))
     elif name == "m4_reactor_workers":
         st.append(Station("loop", d.python_s + d.syscall_s + d.per_conn_s, 1))
         st.append(Station("pool", d.cpu_work_s + d.gil_work_s + d.io_s, m.pool))
         if gil:
             st.append(Station("gil", d.gil_s + handoff, 1, overlap_s=d.gil_s + handoff))
         if m.pool + 1 > cores:
-            st.append(Station("cores", d.cpu_s, cores, overlap_s=d.cpu_s))
+            on_core = d.cpu_s + (handoff if gil else 0.0)
+            st.append(Station("cores", on_core, cores, overlap_s=on_core))
     else:  # m2, m7
         executors = w.connections
         counted, loop_py = 0.0, 0.0
@@ -650,11 +658,13 @@ def model_stations(scenario: Scenario, profile: CostProfile | None = None) -> li
             loop_s = loop_py + p["epoll_wait_base_s"] + 2 * p["epoll_ctl_s"] + p["thread_spawn_s"]
             st.append(Station("loops", loop_s, m.threads))
             counted = loop_s  # CPU time of this request already on its latency path
+        on_core = d.cpu_s
         if gil and executors > 1:
             gil_overlap = loop_py if name == "m7_reactor_spawn" else 0.0
             st.append(Station("gil", d.gil_s + handoff, 1, overlap_s=gil_overlap))
             counted += d.gil_s + handoff - gil_overlap
-        st.append(Station("cores", d.cpu_s, min(cores, executors), overlap_s=counted))
+            on_core += handoff  # the hand-offs are CPU time too (the woken holder's)
+        st.append(Station("cores", on_core, min(cores, executors), overlap_s=counted))
         if d.io_s:
             st.append(Station("io", d.io_s, None))
     if d.rtt_s:

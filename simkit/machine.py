@@ -85,7 +85,7 @@ class Proc:
 
 class Thread:
     __slots__ = ("proc", "steps", "program", "core", "last_core", "has_gil", "gen", "run_start", "burst_end",
-                 "burst_gil", "blocked", "pending", "loadgen", "drop_req", "obj", "alive", "vrel")
+                 "burst_gil", "blocked", "gil_wait", "pending", "loadgen", "drop_req", "obj", "alive", "vrel")
 
     def __init__(self, proc: Proc, program, obj=None, loadgen: bool = False) -> None:
         self.proc = proc
@@ -99,6 +99,7 @@ class Thread:
         self.burst_end = -1.0
         self.burst_gil = False
         self.blocked = True
+        self.gil_wait = False  # blocked in the GIL's queue: only a hand-off wakes it
         self.pending = 0.0  # overhead (switch, wake-up, hand-off) charged to the next burst
         self.loadgen = loadgen
         self.drop_req = False
@@ -239,13 +240,15 @@ class Machine:
         if not th.loadgen:
             self.ledger.del_threads(1)
 
-    def wake(self, th: Thread) -> None:
-        if th.blocked and th.alive:
+    def wake(self, th: Thread, src: Core | None = None) -> None:
+        """src: the waker's core, when a thread on this machine wakes `th` (a GIL hand-off); None for
+        I/O and timers, whose interrupt lands on the core `th` last ran on."""
+        if th.blocked and th.alive and not th.gil_wait:
             th.blocked = False
-            self._runnable(th, True)
+            self._runnable(th, True, src)
 
     # -- scheduling ------------------------------------------------------------------------------
-    def _runnable(self, th: Thread, woken: bool) -> None:
+    def _runnable(self, th: Thread, woken: bool, src: Core | None = None) -> None:
         free = self.free
         if free:
             last = th.last_core
@@ -255,8 +258,11 @@ class Machine:
             else:
                 core = self.cores[min(free)] if len(free) < 8 else self.cores[free.pop()]
                 free.discard(core.id)
-                if woken and last is not None:
-                    th.pending += self.wake_s
+            # Waking onto a core other than the waker's (an idle one) takes an IPI and the scheduler's
+            # wake-up path there: a GIL hand-off between cores pays it, on one core it never does.
+            ref = src if src is not None else last
+            if woken and ref is not None and ref is not core:
+                th.pending += self.wake_s
             self._assign(core, th)
         elif woken:
             self.wokenq.append((th, self.env.now))
@@ -296,10 +302,16 @@ class Machine:
             self.free.add(core.id)
 
     def _block(self, th: Thread) -> None:
-        if th.has_gil:
-            self._gil_release(th)
+        """th leaves its core and waits (its program decided so). The GIL's next holder is woken only
+        after th is marked blocked and off its core: a wake-up the new holder sends th at once (a
+        worker it hands a job to) must find it blocked, or it would be lost. And th's core is free
+        by then, so the new holder can take it, as Linux runs a synchronous wakee on the waker's core."""
+        nxt = self._gil_release(th, wake=False) if th.has_gil else None
         th.blocked = True
+        src = th.core
         self._release(th)
+        if nxt is not None:
+            self.wake(nxt, src)
 
     # -- the executor ------------------------------------------------------------------------------
     def _advance(self, th: Thread) -> None:
@@ -392,10 +404,7 @@ class Machine:
                 if t > 0.0:
                     break
                 steps.popleft()
-                if th.has_gil:
-                    self._gil_release(th)
-                th.blocked = True
-                self._release(th)
+                self._block(th)
                 ev = Timeout(self.env, a, th)
                 ev.callbacks.append(self._wake_ev)
                 return
@@ -449,7 +458,7 @@ class Machine:
         proc.settle_armed = False
         self._settle(proc)
 
-    def _gil_release(self, th: Thread, at: float | None = None) -> None:
+    def _gil_release(self, th: Thread, at: float | None = None, wake: bool = True) -> Thread | None:
         """Release; with waiters, a FIFO hand-off to the first (it holds the GIL while it waits for a
         core: the convoy). CPython lets a running thread barge in before the woken waiter runs; that
         variant was tried and dropped: on the calibration grid it changed throughput and latency by
@@ -461,16 +470,20 @@ class Machine:
         proc.gil_busy += overlap(proc.gil_since, now if at is None else at, self.w0, self.w1)
         if proc.gil_waiters:
             nxt = proc.gil_waiters.popleft()
+            nxt.gil_wait = False
             proc.gil_switches += 1
             self._gil_take(proc, nxt)
             nxt.pending += self.gil_handoff
-            self.wake(nxt)
-        else:
-            proc.gil_holder = None
+            if wake:
+                self.wake(nxt, th.core or th.last_core)
+            return nxt
+        proc.gil_holder = None
+        return None
 
     def _gil_wait(self, th: Thread) -> None:
         proc = th.proc
         proc.gil_waiters.append(th)
+        th.gil_wait = True
         th.blocked = True
         self._release(th)
         holder = proc.gil_holder

@@ -127,13 +127,20 @@ class ModelBase:
         req = conn.req
         conn.req = None
         steps.append((CPU, self.recv_s, None))
-        steps.append((GIL, self.parse_s + req.gil, None))
         if req.cpu > 0.0:
+            # realkit's order (handle -> do_work): parse, hash with the GIL released, then re-take the
+            # GIL for gil_us and the response. Each re-take is a point where threads contend.
+            steps.append((GIL, self.parse_s, None))
             steps.append((CPU, req.cpu, None))
+            steps.append((GIL, req.gil, None))
+        else:
+            steps.append((GIL, self.parse_s + req.gil, None))
         if req.io > 0.0:
             steps.append((SLEEP, req.io + self.io_extra, None))
+            steps.append((GIL, 0.0, None))  # back from time.sleep
         steps.append((CPU, self.send_s, None))
         steps.append((SEND, conn, req))
+        steps.append((GIL, 0.0, None))  # back from send() into the Python loop
 
     # -- idle connections -----------------------------------------------------------------------
     def idle_procs(self) -> list:

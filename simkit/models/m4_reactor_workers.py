@@ -53,13 +53,14 @@ class Model(ModelBase):
         conn, req = self.jobs.popleft()
         steps = th.steps
         steps.append((CPU, self.handoff_s, None))  # queue get + the wake-up it waited for
+        if req.cpu > 0.0:  # do_work's order: cpu (GIL released), then gil, then io
+            steps.append((GIL, 0.0, None))  # queue.get() returns into Python
+            steps.append((CPU, req.cpu, None))
         if req.gil > 0.0:
             steps.append((GIL, req.gil, None))
-        if req.cpu > 0.0:
-            steps.append((CPU, req.cpu, None))
         if req.io > 0.0:
             steps.append((SLEEP, req.io + self.io_extra, None))
-        steps.append((GIL, 0.0, None))  # queue put (Python)
+        steps.append((GIL, 0.0, None))  # response build + queue put (Python)
         steps.append((CALL, self.complete, (conn, req)))
         return True
 
