@@ -10,10 +10,12 @@ tests can run the pipeline against fakes.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,28 @@ def raise_nofile(needed: int) -> int:
     return soft
 
 
+@contextlib.contextmanager
+def pinned_work_rate(budget_s: float = 1.0) -> Iterator[str]:
+    """Measure realkit's work rate once (a longer budget than a server's own start-up measurement) and
+    pin it, in this process and (through the environment) in every server started meanwhile: every
+    run of the campaign then asks for the same computation per request. Yields the pinned value."""
+    from realkit import work
+
+    env = work.WORK_CALIBRATION_ENV
+    saved_env, saved = os.environ.get(env), work._calibration
+    rate = work.measure_calibration(budget_s=budget_s)
+    work.set_calibration(rate)
+    os.environ[env] = rate.to_env()
+    try:
+        yield os.environ[env]
+    finally:
+        if saved_env is None:
+            os.environ.pop(env, None)
+        else:
+            os.environ[env] = saved_env
+        work.set_calibration(saved)
+
+
 def calibrate(
     out: str | Path | None = None,
     quick: bool = False,
@@ -101,6 +125,7 @@ def calibrate(
     runs_from: reuse the real runs of an earlier calibration (its .runs.csv) instead of measuring:
     refits and re-validation without the real-run time."""
     t_start = time.monotonic()
+    real_runs = measure is None and runs_from is None  # realkit's servers will be started
     measure = measure or _default_measure()
     sim_is_default = simulate is None
     simulate = simulate or _default_simulate()
@@ -121,20 +146,24 @@ def calibrate(
     def stage_cb(stage: str):
         return lambda detail, done, total: say(stage, detail, done, total)
 
-    # 1. probes
-    profile = base or CostProfile.default()
-    if probes:
-        profile, _results = run_probes(profile, quick=quick, progress=stage_cb("probes"))
-    else:
-        profile = replace(profile, fingerprint=host_fingerprint())
+    work_rate = None
+    with contextlib.ExitStack() as pin:
+        if real_runs:
+            work_rate = pin.enter_context(pinned_work_rate())
+        # 1. probes
+        profile = base or CostProfile.default()
+        if probes:
+            profile, _results = run_probes(profile, quick=quick, progress=stage_cb("probes"))
+        else:
+            profile = replace(profile, fingerprint=host_fingerprint())
 
-    # 2. real runs
-    points = list(grid) if grid is not None else build_grid(quick, models)
-    raise_nofile(max(p.scenario.workload.connections + p.scenario.workload.idle_connections for p in points) * 2 + 1024)
-    if runs_from is not None:
-        runs = load_runs(runs_from)
-    else:
-        runs = run_grid(points, measure, progress=stage_cb("real runs"))
+        # 2. real runs
+        points = list(grid) if grid is not None else build_grid(quick, models)
+        raise_nofile(max(p.scenario.workload.connections + p.scenario.workload.idle_connections for p in points) * 2 + 1024)
+        if runs_from is not None:
+            runs = load_runs(runs_from)
+        else:
+            runs = run_grid(points, measure, progress=stage_cb("real runs"))
     failed = [r.failure_record() for r in runs if not r.ok]
     train = [r for r in runs if r.ok and r.point.role == "train"]
     heldout = [r for r in runs if r.ok and r.point.role != "train"]
@@ -173,6 +202,7 @@ def calibrate(
     notes = dict(final.notes)
     notes.update({
         "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "work_rate": work_rate,  # realkit.work's pinned unit costs (ns per 4 KiB hashed, per loop step)
         "mode": "quick" if quick else "full",
         "grid": {"points": len(points), "ok": sum(r.ok for r in runs), "failed": len(failed),
                  "roles": {role: sum(1 for p in points if p.role == role) for role in {p.role for p in points}}},
