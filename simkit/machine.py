@@ -85,7 +85,7 @@ class Proc:
 
 class Thread:
     __slots__ = ("proc", "steps", "program", "core", "last_core", "has_gil", "gen", "run_start", "burst_end",
-                 "burst_gil", "blocked", "gil_wait", "pending", "loadgen", "drop_req", "obj", "alive", "vrel")
+                 "burst_gil", "blocked", "gil_wait", "rewake", "pending", "loadgen", "drop_req", "obj", "alive", "vrel")
 
     def __init__(self, proc: Proc, program, obj=None, loadgen: bool = False) -> None:
         self.proc = proc
@@ -100,6 +100,7 @@ class Thread:
         self.burst_gil = False
         self.blocked = True
         self.gil_wait = False  # blocked in the GIL's queue: only a hand-off wakes it
+        self.rewake = False  # woken while leaving its core: runnable again as soon as it is off
         self.pending = 0.0  # overhead (switch, wake-up, hand-off) charged to the next burst
         self.loadgen = loadgen
         self.drop_req = False
@@ -240,10 +241,17 @@ class Machine:
         if not th.loadgen:
             self.ledger.del_threads(1)
 
+    def park(self, th: Thread) -> None:
+        """From a CALL step: th blocks until something wakes it (it drops the GIL if it holds it)."""
+        self._block(th)
+
     def wake(self, th: Thread, src: Core | None = None) -> None:
         """src: the waker's core, when a thread on this machine wakes `th` (a GIL hand-off); None for
         I/O and timers, whose interrupt lands on the core `th` last ran on."""
         if th.blocked and th.alive and not th.gil_wait:
+            if th.core is not None:  # still leaving its core (see _block): runnable once it is off
+                th.rewake = True
+                return
             th.blocked = False
             self._runnable(th, True, src)
 
@@ -302,16 +310,17 @@ class Machine:
             self.free.add(core.id)
 
     def _block(self, th: Thread) -> None:
-        """th leaves its core and waits (its program decided so). The GIL's next holder is woken only
-        after th is marked blocked and off its core: a wake-up the new holder sends th at once (a
-        worker it hands a job to) must find it blocked, or it would be lost. And th's core is free
-        by then, so the new holder can take it, as Linux runs a synchronous wakee on the waker's core."""
-        nxt = self._gil_release(th, wake=False) if th.has_gil else None
+        """th leaves its core and waits (its program decided so). It drops the GIL first, waking the
+        next holder while th still has its core (CPython signals the waiter, then th enters its
+        syscall), so the kernel places the wakee on another core. A wake-up sent to th meanwhile (the
+        new holder hands th, a worker, a job at once) is kept in th.rewake, not lost."""
         th.blocked = True
-        src = th.core
+        if th.has_gil:
+            self._gil_release(th)
         self._release(th)
-        if nxt is not None:
-            self.wake(nxt, src)
+        if th.rewake:
+            th.rewake = False
+            self.wake(th)
 
     # -- the executor ------------------------------------------------------------------------------
     def _advance(self, th: Thread) -> None:
@@ -458,7 +467,7 @@ class Machine:
         proc.settle_armed = False
         self._settle(proc)
 
-    def _gil_release(self, th: Thread, at: float | None = None, wake: bool = True) -> Thread | None:
+    def _gil_release(self, th: Thread, at: float | None = None) -> None:
         """Release; with waiters, a FIFO hand-off to the first (it holds the GIL while it waits for a
         core: the convoy). CPython lets a running thread barge in before the woken waiter runs; that
         variant was tried and dropped: on the calibration grid it changed throughput and latency by
@@ -474,11 +483,9 @@ class Machine:
             proc.gil_switches += 1
             self._gil_take(proc, nxt)
             nxt.pending += self.gil_handoff
-            if wake:
-                self.wake(nxt, th.core or th.last_core)
-            return nxt
-        proc.gil_holder = None
-        return None
+            self.wake(nxt, th.core or th.last_core)
+        else:
+            proc.gil_holder = None
 
     def _gil_wait(self, th: Thread) -> None:
         proc = th.proc
