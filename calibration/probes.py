@@ -639,8 +639,19 @@ def probe_work(scale: float = 1.0) -> list[ProbeResult]:
                     fn(**{kind: asked_us})
                 return (perf() - t0) / n / (asked_us * 1e-6)
 
+            def jitter(kind: str = kind, asked_us: float = 200.0) -> float:
+                # coefficient of variation of single requests' work: what the simulator scatters by
+                times = []
+                for _ in range(60):
+                    t0 = perf()
+                    fn(**{kind: asked_us})
+                    times.append(perf() - t0)
+                return statistics.pstdev(times) / statistics.fmean(times)
+
             try:
                 out.append(_result(pname, stable_median(batch, budget_s=0.5 * scale), source="realkit.work"))
+                out.append(_result(pname.replace("_scale", "_cv"), stable_median(jitter, budget_s=0.3 * scale),
+                                   source="realkit.work"))
             except TypeError:
                 break  # a different signature than expected: keep the defaults rather than guess
     asked = 200e-6

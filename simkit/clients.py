@@ -81,6 +81,12 @@ class Clients:
         self.cpu_s = wl.cpu_us * 1e-6 * profile["cpu_work_scale"]
         self.gil_s = wl.gil_us * 1e-6 * profile["gil_work_scale"]
         self.io_s = wl.io_us * 1e-6
+        # The box's jitter (probed): each request's work is scaled by a Gamma(k, 1/k) factor, mean 1 and
+        # CV 1/sqrt(k). Without it, equal requests on a closed loop fall into a lock-step schedule in
+        # which the same few connections miss every epoll round and the p99 sits at twice the p50.
+        cv_cpu, cv_gil = profile["cpu_work_cv"], profile["gil_work_cv"]
+        self.k_cpu = 1.0 / cv_cpu**2 if cv_cpu > 0 else 0.0
+        self.k_gil = 1.0 / cv_gil**2 if cv_gil > 0 else 0.0
         self.open = wl.mode == "open"
         self.fast_closed = not self.open and not loadgen_machine
         self.client_cpu = profile["client_cpu_per_request_s"]
@@ -135,6 +141,10 @@ class Clients:
             req.io = rnd(1.0 / self.io_s) if self.io_s > 0 else 0.0
         else:
             req.cpu, req.gil, req.io = self.cpu_s, self.gil_s, self.io_s
+            if self.k_cpu and req.cpu > 0.0:
+                req.cpu *= self.rng.gammavariate(self.k_cpu, 1.0 / self.k_cpu)
+            if self.k_gil and req.gil > 0.0:
+                req.gil *= self.rng.gammavariate(self.k_gil, 1.0 / self.k_gil)
         self.total += 1
         if self.w0 <= t < self.w1:
             self.issued += 1

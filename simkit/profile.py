@@ -43,6 +43,8 @@ PARAM_DOCS: dict[str, tuple[float, str]] = {
     "gil_handoff_s": (8e-6, "cost of passing the GIL to another thread (condvar signal + wake-up)"),
     "cpu_work_scale": (1.0, "actual / requested duration of cpu_us work (GIL released)"),
     "gil_work_scale": (1.0, "actual / requested duration of gil_us work (GIL held)"),
+    "cpu_work_cv": (0.0, "coefficient of variation of one request's cpu_us work duration (the box's jitter)"),
+    "gil_work_cv": (0.0, "coefficient of variation of one request's gil_us work duration (the box's jitter)"),
     "io_overshoot_s": (60e-6, "extra time a time.sleep(io_us) takes (timer slack, wake-up)"),
     "client_cpu_per_request_s": (25e-6, "load generator CPU per request, when it shares the server's box"),
     "loopback_rtt_s": (25e-6, "TCP round trip on loopback, no work"),
@@ -53,6 +55,10 @@ PARAM_DOCS: dict[str, tuple[float, str]] = {
     "kernel_bytes_per_socket": (4 * 2**10, "kernel memory per open TCP socket, idle"),
 }
 PARAM_NAMES: tuple[str, ...] = tuple(PARAM_DOCS)
+# Parameters added after profiles were first written: a profile without them still loads, with the
+# default value (source "default"), so a team's saved calibration survives an upgrade. Any other
+# missing parameter means a damaged file and is an error.
+ADDED_LATER: tuple[str, ...] = ("cpu_work_cv", "gil_work_cv")
 
 
 @dataclass(frozen=True)
@@ -177,6 +183,8 @@ class CostProfile:
             if not isinstance(p, dict) or "value" not in p:
                 raise ValueError(f"{name}: parameter has no value")
             params[name] = Param(p["value"], p.get("sd", 0.0), p.get("source", "default"), p.get("spread"))
+        for name in ADDED_LATER:
+            params.setdefault(name, Param(PARAM_DOCS[name][0], 0.0, "default"))
         return cls(
             params=params,
             fingerprint=dict(data.get("fingerprint") or {}),

@@ -10,8 +10,9 @@ Signature (stable; other areas code against it)::
 - loadgen_on_server_cores: the load generator is modelled as one more thread on the server's cores,
   spending profile client_cpu_per_request_s per request; its busy time is Result.loadgen_cpu_util
   (and is NOT part of cpu_util, which is the server's alone).
-- service: "deterministic" (each request's cpu_us / gil_us / io_us work lasts exactly that long,
-  times the profile's work scales) or "exponential" (each is drawn Exp(mean = that value) from the
+- service: "deterministic" (each request's cpu_us / gil_us / io_us work lasts that long, times the
+  profile's work scales and, where the profile measured it, the box's jitter: cpu_work_cv /
+  gil_work_cv, 0 in the default and zeroed profiles, which are then exact) or "exponential" (each is drawn Exp(mean = that value) from the
   run's seeded RNG): for checking models against M/M/1 and Erlang C.
 - detail=True returns (Result, SimStats).
 

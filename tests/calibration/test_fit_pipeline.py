@@ -122,3 +122,14 @@ def test_runs_csv_round_trips_and_can_be_refitted_without_measuring(tmp_path):
     assert [r.result.throughput_rps for r in again.runs if r.ok] == pytest.approx(
         [r.result.throughput_rps for r in first.runs if r.ok])
     assert len(again.profile.failed_runs) == len(first.profile.failed_runs) == 2  # both 300-connection points
+
+
+def test_a_profile_from_before_the_jitter_parameters_still_loads(tmp_path):
+    data = CostProfile.default().with_params("fit", parse_s=3e-5).to_dict()
+    for name in ("cpu_work_cv", "gil_work_cv"):
+        del data["params"][name]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    loaded = CostProfile.load(old)
+    assert loaded["parse_s"] == 3e-5
+    assert loaded["cpu_work_cv"] == 0.0 and loaded.params["gil_work_cv"].source == "default"

@@ -215,3 +215,16 @@ def test_m1_short_connection_waits_for_the_clients_close():
     x_slow = simulate(s, slow).throughput_rps
     per_conn_gap = 1 / x_slow - 1 / x_fast
     assert per_conn_gap == pytest.approx(500e-6, rel=0.25)
+
+
+def test_work_jitter_spreads_latency_and_keeps_the_mean_demand():
+    """cpu_work_cv scatters each request's work (mean unchanged): same throughput, wider latency."""
+    exact = run(model="m3_reactor", connections=10, cpu_us=200, duration_s=2.0)
+    jittered = simulate(BASE.replace(model="m3_reactor", connections=10, cpu_us=200, duration_s=2.0),
+                        PROFILE.with_params("probe", cpu_work_cv=0.2))
+    assert jittered.throughput_rps == pytest.approx(exact.throughput_rps, rel=0.03)
+    # exact work: every request takes one or two whole epoll rounds (a connection whose next request
+    # lands just after epoll_wait misses a round), so p90 and p99 are the same value ...
+    assert exact.latency_p99_s == pytest.approx(exact.latency_p90_s, rel=1e-6)
+    # ... jittered work spreads them
+    assert jittered.latency_p99_s > 1.05 * jittered.latency_p90_s
