@@ -29,6 +29,7 @@ from calibration.fit import (
     apply_measured,
     build_grid,
     load_runs,
+    probe_floors,
     run_grid,
     save_runs,
 )
@@ -173,10 +174,11 @@ def calibrate(
 
     # 3. parameters the real runs measure directly, then the fit on the training points only
     profile = apply_measured(profile, [r.result for r in runs if r.ok and r.point.role in ("train", "cores")])
+    floors = probe_floors(profile)
     with SimBatch(simulate, workers) as batch:
         fitted = fit_params([r.result for r in train], profile, names=fit_names, target_requests=target_requests,
                      max_evaluations=max_evaluations, time_budget_s=fit_time_budget_s,
-                     progress=stage_cb("fit"), batch=batch)
+                     progress=stage_cb("fit"), batch=batch, floors=floors)
 
         # 4. held-out validation with the training-only fit, against USL on the same training points
         say("validation", f"simulating {len(heldout)} held-out points", 0, 1)
@@ -196,7 +198,7 @@ def calibrate(
                 refit = fit_params(both, fitted.profile, names=fit_names, target_requests=target_requests,
                             max_evaluations=max(4, max_evaluations // 5), time_budget_s=fit_time_budget_s / 3,
                             progress=stage_cb("refit"), batch=batch, bounds_factor=4.0,
-                            search_factors=((1 / 2, 2),))
+                            search_factors=((1 / 2, 2),), floors=floors)
                 final = refit.profile
 
     notes = dict(final.notes)

@@ -65,6 +65,10 @@ QUICK_EXTRAP_MODELS = ("m2_thread_per_conn", "m3_reactor", "m6_prefork")
 # per-connection cost (m1 makes one connection per request) and the client-side round trip, which on
 # a loaded box also carries the scheduling delay of every wake-up the probes measured idle.
 FIT_PARAMS: tuple[str, ...] = ("parse_s", "gil_handoff_s", "accept_s", "loopback_rtt_s")
+# Fitted costs that contain a probed one and so may not go below it: parse_s is the probed parse plus
+# the rest of a request's Python, accept_s the probed accept() plus its bookkeeping. Unbounded, the
+# fit traded them for loopback_rtt_s (latency that costs no CPU) and drove both to < 1 us.
+FLOORED_AT_PROBE: tuple[str, ...] = ("parse_s", "accept_s")
 # (metric, weight): p99 is the noisiest figure on a shared box, so it counts half.
 METRICS: tuple[tuple[str, float], ...] = (("throughput_rps", 1.0), ("latency_p50_s", 1.0), ("latency_p99_s", 0.5))
 # A Result.failure that means the run itself broke (not a limit the model legitimately hit).
@@ -457,6 +461,11 @@ def robust_cost(r: np.ndarray) -> float:
     return float(np.sum(2.0 * (np.sqrt(1.0 + z) - 1.0)) * F_SCALE**2)
 
 
+def probe_floors(profile: CostProfile) -> dict[str, float]:
+    """The FLOORED_AT_PROBE parameters' probed values, as fit() floors."""
+    return {n: profile[n] for n in FLOORED_AT_PROBE if profile.params[n].source == "probe"}
+
+
 def fit(
     results: Sequence[Result],
     base: CostProfile,
@@ -474,8 +483,11 @@ def fit(
     bootstrap: int = 300,
     progress: Progress | None = None,
     batch: SimBatch | None = None,
+    floors: dict[str, float] | None = None,
 ) -> FitResult:
     """Fit `names` so simulate() reproduces `results` (real runs) in throughput, p50 and p99.
+
+    floors: lowest values allowed (see FLOORED_AT_PROBE; probe_floors() makes them from a profile).
 
     max_evaluations counts evaluations of the whole residual vector (one simulation per run each),
     Jacobian columns included; the time budget stops the search at the best point seen so far.
@@ -499,7 +511,9 @@ def fit(
     # The search variable is value / start, bounded to [1/bounds_factor, bounds_factor]. Linear,
     # not log: costs add up along a request, so the residuals are near-linear in it, and a cost that
     # wandered near 0 keeps a usable gradient (in log space it would have none and stay stuck).
-    lo, hi = 1.0 / bounds_factor, bounds_factor
+    floors = floors or {}
+    lo = np.array([max(1.0 / bounds_factor, floors.get(n, 0.0) / start[n]) for n in names])
+    hi = bounds_factor
     own_batch = batch is None
     batch = batch or SimBatch(simulate, workers, host_cores)
     t0 = time.monotonic()
@@ -562,7 +576,7 @@ def fit(
                 cands = []
                 for f in factors:
                     x = x_c.copy()
-                    x[i] = min(hi, max(lo, x_c[i] * f))
+                    x[i] = min(hi, max(lo[i], x_c[i] * f))
                     cands.append(x)
                 if evals["n"] + len(cands) > max_evals - (len(names) + 2):
                     break

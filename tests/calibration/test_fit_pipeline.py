@@ -32,6 +32,17 @@ def test_fit_recovers_known_parameters_from_noisy_synthetic_runs():
     assert got.rmse_log < got.rmse_log_start
 
 
+def test_a_floored_parameter_stops_at_its_probed_value():
+    """The data want parse_s = 40 us; a floor of 60 us (a probe said a request's Python costs at
+    least that) holds the fit there, and the unfloored parameter is still fitted."""
+    measure = FakeMeasure(TRUTH, noise=0.0)
+    reals = [measure(p.scenario) for p in build_grid(quick=False) if p.role == "train"]
+    got = fit(reals, CostProfile.default(), names=("parse_s", "gil_handoff_s"), simulate=fake_simulate,
+              max_evaluations=40, bootstrap=10, floors={"parse_s": 60e-6})
+    assert got.values["parse_s"] == pytest.approx(60e-6, rel=1e-6)
+    assert got.values["gil_handoff_s"] != CostProfile.default()["gil_handoff_s"]
+
+
 def test_flaky_run_is_retried_once_and_then_succeeds():
     point = GridPoint(make_scenario("m3_reactor", "cpu", 10, 1, 0.5, 0.1), "train", "cpu")
     measure = FakeMeasure(TRUTH, flaky=lambda s: True)
