@@ -133,7 +133,7 @@ def calibrate(
     refit_all = (not quick) if refit_all is None else refit_all
     # Evaluations of the whole training set: a coarse coordinate search (5 + 2 factors per
     # parameter) and a least-squares finish need about 9 x len(fit_names) + 6.
-    max_evaluations = max_evaluations or (34 if quick else 40)
+    max_evaluations = max_evaluations or (34 if quick else 9 * len(fit_names) + 6)
     fit_time_budget_s = fit_time_budget_s or (60.0 if quick else 420.0)
     target_requests = target_requests or (800 if quick else 1500)
     if workers is None:
