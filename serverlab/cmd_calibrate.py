@@ -44,6 +44,8 @@ def calibrate(quick: bool, out: str | None, models: tuple[str, ...], workers: in
     console.print(f"profile: {report.path}   held-out table: {report.csv_path}   "
                   f"({report.elapsed_s:.0f} s, {len(report.profile.failed_runs)} failed real runs)")
     fit = report.fit
-    console.print("fitted: " + ", ".join(f"{n} = {fit.values[n]:.3g} s (start {fit.start[n]:.3g})" for n in fit.names)
+    unit = {n: (" s" if n.endswith("_s") else "") for n in fit.names}  # the work scales are ratios
+    console.print("fitted: " + ", ".join(f"{n} = {fit.values[n]:.3g}{unit[n]} (start {fit.start[n]:.3g})"
+                                         for n in fit.names)
                   + f"; rms log error {fit.rmse_log_start:.3f} -> {fit.rmse_log:.3f}")
     console.print(format_summary(report.summary))
