@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import resource
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -79,26 +78,13 @@ def raise_nofile(needed: int) -> int:
     return soft
 
 
-@contextlib.contextmanager
-def pinned_work_rate(budget_s: float = 1.0) -> Iterator[str]:
+def pinned_work_rate(budget_s: float = 1.0):
     """Measure realkit's work rate once (a longer budget than a server's own start-up measurement) and
-    pin it, in this process and (through the environment) in every server started meanwhile: every
-    run of the campaign then asks for the same computation per request. Yields the pinned value."""
+    pin it for the campaign (realkit.work.pinned): every run then asks for the same computation per
+    request. A context manager yielding the pinned value."""
     from realkit import work
 
-    env = work.WORK_CALIBRATION_ENV
-    saved_env, saved = os.environ.get(env), work._calibration
-    rate = work.measure_calibration(budget_s=budget_s)
-    work.set_calibration(rate)
-    os.environ[env] = rate.to_env()
-    try:
-        yield os.environ[env]
-    finally:
-        if saved_env is None:
-            os.environ.pop(env, None)
-        else:
-            os.environ[env] = saved_env
-        work.set_calibration(saved)
+    return work.pinned(work.measure_calibration(budget_s=budget_s))
 
 
 def calibrate(

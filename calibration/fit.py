@@ -62,8 +62,7 @@ ROLES = ("train", "cores", "interp", "connections")
 # single reactor, processes): a 5,000-connection real run costs more than all the others of a model.
 QUICK_EXTRAP_MODELS = ("m2_thread_per_conn", "m3_reactor", "m6_prefork")
 # What the fit moves (the probes start them): per-request Python work, the GIL hand-off, the
-# per-connection cost (m1 makes one connection per request) and the client-side round trip, which on
-# a loaded box also carries the scheduling delay of every wake-up the probes measured idle.
+# per-connection cost (m1 makes one connection per request) and the box's speed for each kind of work.
 # The work scales are probed, but in a moment: this shared VM's speed for the pure Python loop moved by
 # up to 1.9x between the probe and the real runs a few minutes later (two campaigns pinned 38 and
 # 60 ns per loop step). Fitting them to the training runs themselves takes the campaign's own speed.

@@ -25,11 +25,13 @@ server it starts, so a request asks for the same computation in all of its runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 # >= 2048 so hashlib releases the GIL; small enough that one chunk (a few us) gives fine granularity.
@@ -135,6 +137,23 @@ def set_calibration(calibration: Calibration | None) -> None:
     global _calibration
     with _lock:
         _calibration = calibration
+
+
+@contextlib.contextmanager
+def pinned(calibration: Calibration) -> Iterator[str]:
+    """Use `calibration` in this process and, through WORK_CALIBRATION_ENV, in every server started
+    meanwhile; on exit, put back what was there. Yields the environment value."""
+    saved_env, saved = os.environ.get(WORK_CALIBRATION_ENV), _calibration
+    set_calibration(calibration)
+    os.environ[WORK_CALIBRATION_ENV] = calibration.to_env()
+    try:
+        yield os.environ[WORK_CALIBRATION_ENV]
+    finally:
+        if saved_env is None:
+            os.environ.pop(WORK_CALIBRATION_ENV, None)
+        else:
+            os.environ[WORK_CALIBRATION_ENV] = saved_env
+        set_calibration(saved)
 
 
 def cpu_work(cpu_us: float, calibration: Calibration | None = None) -> None:

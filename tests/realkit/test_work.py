@@ -10,6 +10,7 @@ looser bound makes sure the CPU clock is not hiding something (like time spent w
 from __future__ import annotations
 
 import hashlib
+import os
 import statistics
 import threading
 import time
@@ -135,3 +136,15 @@ def test_a_pinned_work_rate_comes_from_the_environment(monkeypatch):
             work.calibrate()
     finally:
         work.set_calibration(saved)
+
+
+def test_pinned_sets_the_rate_here_and_for_servers_and_puts_back_what_was_there(monkeypatch):
+    monkeypatch.delenv(work.WORK_CALIBRATION_ENV, raising=False)
+    before = work._calibration
+    rate = work.Calibration(cpu_ns_per_chunk=2000.0, gil_ns_per_iter=40.0)
+    with work.pinned(rate) as value:
+        assert work.calibrate() == rate
+        assert work.Calibration.from_env(value) == rate
+        assert os.environ[work.WORK_CALIBRATION_ENV] == value
+    assert work.WORK_CALIBRATION_ENV not in os.environ
+    assert work._calibration is before
