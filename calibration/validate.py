@@ -102,7 +102,7 @@ class USLBaseline:
 
 
 def validate(heldout: Sequence[Run], profile: CostProfile, batch: SimBatch, baseline: USLBaseline | None,
-             *, target_requests: int = 3000) -> list[dict[str, Any]]:
+             *, target_requests: int | None = None) -> list[dict[str, Any]]:
     """The held-out table: one row per (held-out run, metric)."""
     ok = [run for run in heldout if run.ok]
     scen = [sim_scenario(run.result, target_requests) for run in ok]

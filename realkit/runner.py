@@ -244,6 +244,7 @@ def load_spec_for(
         requests_per_conn=w.requests_per_conn,
         idle_connections=w.idle_connections,
         timeout_s=w.timeout_s,
+        connect_concurrency=w.connect_concurrency,
         request_bytes=w.request_bytes,
         processes=processes,
         cpus=cpus,

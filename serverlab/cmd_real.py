@@ -61,6 +61,8 @@ def _print_report(summary: dict) -> None:
 @click.option("--idle", "idle_connections", type=int, default=0, show_default=True,
               help="extra connections held open without traffic")
 @click.option("--timeout", "timeout_s", type=float, default=10.0, show_default=True, help="per request, s")
+@click.option("--connect-concurrency", type=int, default=256, show_default=True,
+              help="connects in flight at once, over all worker processes")
 @click.option("--processes", type=int, default=1, show_default=True,
               help="generator worker processes (0: run in this process)")
 @click.option("--cpus", default=None, help="pin the generator to these CPUs, e.g. 1 or 2-3")
@@ -72,7 +74,8 @@ def _print_report(summary: dict) -> None:
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="append the summary as a CSV row to FILE")
 def load(url, connections, duration_s, warmup_s, rate_rps, arrival, think_s, requests_per_conn,
-         idle_connections, timeout_s, processes, cpus, seed, timer_resolution_s, allow_remote, as_json, csv_path):
+         idle_connections, timeout_s, connect_concurrency, processes, cpus, seed, timer_resolution_s, allow_remote,
+         as_json, csv_path):
     """Load a server with the serverlab wire protocol and print what was observed."""
     from realkit.loadgen import LoadGenError, LoadSpec, run_load
     from serverlab.options import parse_cores
@@ -82,7 +85,8 @@ def load(url, connections, duration_s, warmup_s, rate_rps, arrival, think_s, req
             url=url, connections=connections, duration_s=duration_s, warmup_s=warmup_s,
             mode="open" if rate_rps is not None else "closed", rate_rps=rate_rps, arrival=arrival,
             think_s=think_s, requests_per_conn=requests_per_conn, idle_connections=idle_connections,
-            timeout_s=timeout_s, processes=processes, cpus=tuple(parse_cores(cpus)) if cpus else None,
+            timeout_s=timeout_s, connect_concurrency=connect_concurrency, processes=processes,
+            cpus=tuple(parse_cores(cpus)) if cpus else None,
             seed=seed, timer_resolution_s=timer_resolution_s, allow_remote=allow_remote,
         )
     except ValueError as exc:

@@ -623,7 +623,11 @@ def model_stations(scenario: Scenario, profile: CostProfile | None = None) -> li
     # Each GIL acquisition of a request (the simulator's serve steps: parse, after the GIL-free cpu
     # work, after the sleep, after send) may be a hand-off from a waiting thread: gil_handoff_s, and
     # on more than one core the new holder is woken on another core (wakeup_s) with the GIL held.
-    acquisitions = 2 + (w.cpu_us > 0) + (w.io_us > 0)
+    # A syscall shorter than a wake-up keeps the GIL (simkit.machine), so send may not count, nor
+    # very short cpu work.
+    wake = profile["wakeup_s"]
+    send_s = profile["send_base_s"] + profile["send_per_byte_s"] * (w.resp_bytes + RESP_HEADER_BYTES)
+    acquisitions = 1 + (d.cpu_work_s > 0 and d.cpu_work_s >= wake) + (w.io_us > 0) + (send_s >= wake)
     handoff = acquisitions * (profile["gil_handoff_s"] + (profile["wakeup_s"] if cores > 1 else 0.0))
     st: list[Station] = []
     if name in ("m1_iterative", "m3_reactor"):

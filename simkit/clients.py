@@ -17,6 +17,11 @@
   request follows client_cpu_per_request_s later (the client's event loop must see the connect
   complete before it writes), so a server that accepts at once may wait in recv() for it.
   A dropped SYN is retried by TCP at 1 s, then 3 s, 7 s... cumulative (kernel.SYN_RETRY_DELAYS_S).
+- At most `connect_concurrency` connects are in flight at once (realkit's load generator holds a
+  semaphore around connect()); the others wait their turn in order, their latency already running.
+  A place is held from connect() until the connection is established, refused, or abandoned by its
+  request's timeout, so SYNs dropped at a full backlog stall everyone behind them for the 1 s retry.
+  (The real generator splits the places between its worker processes; one pool here.)
 - Timeout: a request unanswered timeout_s after its issue time fails (errors_timeout); the client
   closes that connection (the server sees EOF) and the slot continues on a new one. Deadlines are
   kept in one FIFO (timeout_s is constant, so issue order is deadline order) and swept by a single
@@ -97,12 +102,15 @@ class Clients:
         self.latencies: list[float] = []
         self.done_in_window = 0
         self.lat_sum_in_window = 0.0
+        self.latencies_in_window: list[float] = []
         self.area = 0.0  # integral of the number in system over the window
         self.total = 0  # every request of the run
         # pending requests by issue time (a heap: the fast path issues requests at future times)
         self.deadlines: list = []
         self.sweep_armed = False
         self.slots = [Slot(i) for i in range(wl.connections)]
+        self.connect_places = wl.connect_concurrency
+        self.connect_queue: deque = deque()  # requests waiting for a place to connect
         self.free_slots: list[Slot] = []
         self.queue: deque = deque()  # open loop: arrivals waiting for a free slot
         # load generator on the server's cores
@@ -187,16 +195,11 @@ class Clients:
             return
         conn = slot.conn
         if conn is None or conn.eof or conn.closed:
-            conn = Conn(slot)
-            slot.conn = conn
-            conn.nreq = 1
-            conn.creq = req
-            req.conn = conn
-            if self.rpc is not None and self.rpc <= 1:
-                req.close = True
-            # SYN (rtt/2), SYN-ACK (rtt/2), then the ACK with the request: the connection reaches the
-            # accept queue 1.5 RTT after the client's connect()
-            self._at(3.0 * self.half_rtt, self._syn_arrives, req)
+            slot.conn = None
+            if self.connect_places > 0:
+                self._connect(req)
+            else:
+                self.connect_queue.append(req)
             return
         conn.nreq += 1
         conn.creq = req
@@ -204,6 +207,31 @@ class Clients:
         if self.rpc is not None and conn.nreq >= self.rpc:
             req.close = True
         self._at(self.half_rtt, self._data_arrives, req)
+
+    def _connect(self, req: Request) -> None:
+        """Take a connect place and connect() for `req`."""
+        self.connect_places -= 1
+        slot = req.slot
+        conn = Conn(slot)
+        slot.conn = conn
+        conn.nreq = 1
+        conn.creq = req
+        req.conn = conn
+        if self.rpc is not None and self.rpc <= 1:
+            req.close = True
+        # SYN (rtt/2), SYN-ACK (rtt/2), then the ACK with the request: the connection reaches the
+        # accept queue 1.5 RTT after the client's connect()
+        self._at(3.0 * self.half_rtt, self._syn_arrives, req)
+
+    def _connect_done(self) -> None:
+        """A connect place is free: the oldest request still waiting for one connects."""
+        self.connect_places += 1
+        q = self.connect_queue
+        while q:
+            req = q.popleft()
+            if req.state == PENDING and req.slot is not None and req.slot.cur is req:
+                self._connect(req)
+                return
 
     def _lg_program(self, th) -> bool:
         jobs = self.lg_jobs
@@ -224,13 +252,16 @@ class Clients:
         req = ev._value
         conn = req.conn
         if req.state != PENDING or conn.eof:
-            return  # the client gave up meanwhile
+            self._connect_done()  # the client gave up meanwhile
+            return
         if self.model.syn(conn):
+            self._connect_done()
             # established; the request follows once the client's event loop sees the connect complete
             self._at(self.client_cpu, self._data_arrives, req)
             return
         tries = conn.syn_tries
         if tries >= len(SYN_RETRY_DELAYS_S):
+            self._connect_done()
             self._fail(req, "refused")
             return
         conn.syn_tries = tries + 1
@@ -285,6 +316,7 @@ class Clients:
         if self.w0 <= t < self.w1:  # the real load generator's view: completions inside the window
             self.done_in_window += 1
             self.lat_sum_in_window += t - t0
+            self.latencies_in_window.append(t - t0)
         if self.w0 <= t0 < self.w1:
             self.completed += 1
             self.latencies.append(t - t0)

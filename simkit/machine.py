@@ -20,8 +20,13 @@ not one SimPy process per thread. It is a callback engine on a plain simpy.Envir
   thread may run Python code): there a GIL burst and a released burst are separate, a thread
   waiting for the GIL is off-core, a waiter forces the holder to drop the GIL after
   gil_switch_interval_s (the holder's burst is interrupted, the rest re-queued), and each hand-off
-  costs the receiver gil_handoff_s. Single-thread processes (m1, m3, m6 workers) never contend,
-  so their bursts merge across GIL states (the GIL costs nothing there, as in CPython).
+  costs the receiver gil_handoff_s. A holder's CPU step shorter than wakeup_s (recv, send, accept
+  on a ready socket) keeps the GIL: CPython drops it around the syscall and signals a waiter, but
+  the thread is back and re-takes it before the waiter can run. (Handing it over there too made
+  the fit push accept_s to 3-15x its probe, to slow the thread models' start-up; refitted on two
+  campaigns' runs, the held-out p99 error was 26-28% without this and 19-20% with it.)
+  Single-thread processes (m1, m3, m6 workers) never contend, so their bursts merge across GIL
+  states (the GIL costs nothing there, as in CPython).
 - Scheduling: a runnable thread takes a free core (its last core if free: no cache/IPI cost),
   else waits in the run queue: threads just woken (from I/O, sleep, a GIL hand-off) go ahead of
   threads preempted at the end of their slice up to one slice earlier (no starvation either way),
@@ -345,6 +350,8 @@ class Machine:
                     return
                 continue
             kind, a, b = steps[0]
+            if kind == CPU and tracked and a < self.wake_s and th.has_gil and not th.vrel:
+                kind = GIL  # a syscall too short to lose the GIL (module docstring)
             if kind == CPU or (kind == GIL and not tracked):
                 if tracked:
                     if bg is True:
@@ -469,9 +476,10 @@ class Machine:
 
     def _gil_release(self, th: Thread, at: float | None = None) -> None:
         """Release; with waiters, a FIFO hand-off to the first (it holds the GIL while it waits for a
-        core: the convoy). CPython lets a running thread barge in before the woken waiter runs; that
-        variant was tried and dropped: on the calibration grid it changed throughput and latency by
-        under 4% and the acceptor's starvation not at all, while making gil_handoff_s hard to fit."""
+        core: the convoy). CPython lets any running thread barge in before the woken waiter runs; only
+        the commonest case is modelled, a thread's own short syscall (see _advance). Full barging (a
+        free GIL, woken waiters retrying) was tried: under 4% change on the grid, gil_handoff_s hard
+        to fit."""
         proc = th.proc
         th.has_gil = False
         th.vrel = False

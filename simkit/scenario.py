@@ -10,6 +10,11 @@ Decisions beyond DESIGN.md §5 (written down here so the next engineer finds the
   False models a C server without a GIL; the real servers are Python and always have one).
 - Workload also carries `arrival` ("poisson" | "constant", open loop only) and `timeout_s`, the
   client's per-request timeout, past which a request counts in errors_timeout.
+- Workload.connect_concurrency: how many connects the clients have in flight at once (realkit's
+  load generator holds a semaphore around connect(); 256 as it always had). It is part of the load:
+  when the backlog overflows, a dropped SYN holds its place for the 1 s retransmit, so a 10k-client
+  start-up or a short-lived-connection load stalls in waves. A request's latency runs from when the
+  client wanted to connect, so the wait for a place counts.
 """
 
 from __future__ import annotations
@@ -141,6 +146,7 @@ class Workload:
     duration_s: float = 5.0
     warmup_s: float = 1.0
     timeout_s: float = 10.0
+    connect_concurrency: int = 256
 
     def __post_init__(self) -> None:
         _check_int(self, "connections", 1)
@@ -159,6 +165,7 @@ class Workload:
         _check_float(self, "duration_s", 0.0, strict=True)
         _check_float(self, "warmup_s")
         _check_float(self, "timeout_s", 0.0, strict=True)
+        _check_int(self, "connect_concurrency", 1)
 
     @property
     def work_path(self) -> str:

@@ -65,6 +65,7 @@ _FIELDS = {
     "connections": (Workload, st.integers(max_value=0)),
     "cpu_us": (Workload, st.floats(max_value=-1e-9) | st.just(float("nan"))),
     "duration_s": (Workload, st.floats(max_value=0.0)),
+    "connect_concurrency": (Workload, st.integers(max_value=0)),
     "mode": (Workload, st.text().filter(lambda t: t not in ("closed", "open"))),
 }
 

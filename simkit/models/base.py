@@ -122,6 +122,24 @@ class ModelBase:
         if conn.accepted:
             fd_close(conn.proc, self.machine.ledger)
 
+    def start_thread(self, parent, proc, program, obj):
+        """Thread.start() called by `parent` (from one of its CALL steps): a new thread running
+        `program`, or None when threads_max or memory refuses it. Thread.start() returns only once the
+        new thread has run its bootstrap, which needs the GIL, so `parent` waits for that: under GIL
+        contention a server starts threads no faster than they get the GIL."""
+        m = self.machine
+        th = m.new_thread(proc, program, obj, start=False)
+        if th is None:
+            return None
+        th.steps.append((GIL, 0.0, None))  # _bootstrap_inner sets the started event
+        th.steps.append((CALL, self._started, parent))
+        m.park(parent)
+        m.wake(th)
+        return th
+
+    def _started(self, th, parent) -> None:
+        self.machine.wake(parent, th.core)
+
     def serve_steps(self, steps, conn) -> None:
         """Append the steps that serve conn's pending request inline (conn.busy is already set)."""
         req = conn.req

@@ -7,7 +7,7 @@ loop spawned threads as fast as it could and held ~9x the real server's threads 
 
 from __future__ import annotations
 
-from simkit.machine import CALL, CPU, GIL
+from simkit.machine import CALL, CPU
 from simkit.models.base import Acceptor, ModelBase, Reactor
 
 
@@ -33,19 +33,10 @@ class Model(ModelBase):
         steps.append((CALL, self.spawn, conn))
 
     def spawn(self, th, conn) -> None:
-        m = self.machine
-        t = m.new_thread(self.proc, self.request_program, [conn, False, th], start=False)
-        if t is None:  # threads_max or memory: the request cannot be served; close the connection
+        if self.start_thread(th, self.proc, self.request_program, [conn, False]) is None:
+            # threads_max or memory: the request cannot be served; close the connection
             self.clients.reset(conn)
             self.close_conn(conn)
-            return
-        # Thread.start() returns only once the new thread has run its bootstrap, which needs the GIL:
-        # the loop waits for it, so under GIL contention the loop spawns no faster than threads start.
-        m.park(th)
-        m.wake(t)
-
-    def started(self, th, loop) -> None:
-        self.machine.wake(loop, th.core)
 
     def request_program(self, th) -> bool:
         state = th.obj
@@ -53,9 +44,6 @@ class Model(ModelBase):
             self.machine.exit_thread(th)
             return False
         state[1] = True
-        conn = state[0]
-        th.steps.append((GIL, 0.0, None))  # _bootstrap_inner sets the started event
-        th.steps.append((CALL, self.started, state[2]))
-        self.serve_steps(th.steps, conn)
+        self.serve_steps(th.steps, state[0])
         th.steps.append((CPU, self.close_s, None))  # epoll_ctl(re-arm)
         return True

