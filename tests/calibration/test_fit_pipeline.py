@@ -9,7 +9,7 @@ import pytest
 from calfakes import FakeMeasure, fake_simulate
 
 from calibration import calibrate, format_summary
-from calibration.fit import GridPoint, build_grid, fit, make_scenario, measure_with_retry, run_failed
+from calibration.fit import GridPoint, build_grid, fit, make_scenario, measure_with_retry, run_failed, run_grid
 from calibration.validate import USLBaseline, rel_err
 from simkit.profile import CostProfile
 from simkit.result import Result
@@ -48,6 +48,18 @@ def test_flaky_run_is_retried_once_and_then_succeeds():
     measure = FakeMeasure(TRUTH, flaky=lambda s: True)
     run = measure_with_retry(point, measure)
     assert run.ok and run.attempts == 2 and len(measure.calls) == 2
+
+
+def test_grid_runs_interleaved_and_comes_back_in_grid_order():
+    # A spell of a slow box must not land on one model's points only: the grid runs in a shuffled order.
+    points = build_grid(quick=True)
+    measure = FakeMeasure(TRUTH)
+    runs = run_grid(points, measure)
+    assert [r.point for r in runs] == list(points)
+    assert [r.result.scenario for r in runs] == [p.scenario for p in points]
+    first = [s.model.name for s in measure.calls[: len(points) // 3]]
+    assert len(set(first)) >= 4  # model after model, the first third would hold two or three models
+    assert sorted(map(repr, measure.calls)) == sorted(repr(p.scenario) for p in points)
 
 
 def test_failing_run_is_retried_once_then_recorded_not_dropped():
