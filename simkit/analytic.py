@@ -557,7 +557,9 @@ def demands(scenario: Scenario, profile: CostProfile | None = None) -> Demands:
 
     Charges one epoll_wait per request (no batching credit) to the event-loop models, a switch and a
     cross-core wake-up per request to m2 (its thread sleeps in recv), a thread spawn per connection
-    to m2 and per request to m7, two queue hand-offs per request to m4, one per connection to m5.
+    to m2 and per request to m7, two queue hand-offs per request to m4 (the simulator charges them only
+    when a worker slept waiting for a job, so under load this m4 is pessimistic), one per connection
+    to m5.
     The response carries RESP_HEADER_BYTES of headers on top of resp_bytes, as the real servers send.
     """
     profile = profile or CostProfile.default()

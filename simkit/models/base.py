@@ -267,11 +267,13 @@ class Reactor(_ListenerWatcher):
                 steps.append((CPU, cost, None))
                 self.adopt(inbox.popleft())
         if self.completions:
+            # the results' way back: one read of the wake-up fd, then each result off a deque and sent
+            # (the eventfd is written once per batch: realkit's Reactor.post coalesces wake-ups)
             comp = self.completions
-            back = model.p["queue_handoff_s"]  # the result's way back: queue get after the wake-up fd
+            steps.append((CPU, model.recv_s, None))
             while comp:
                 conn, req = comp.popleft()
-                steps.append((CPU, back + model.send_s, None))
+                steps.append((CPU, model.send_s, None))
                 steps.append((SEND, conn, req))
         if self.ready:
             batch = self.ready

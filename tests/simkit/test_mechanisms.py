@@ -146,6 +146,18 @@ def test_connect_storm_is_in_the_window_percentiles():
     assert p50 == pytest.approx(r.latency_p50_s, rel=0.3)
 
 
+def test_m4_workers_pay_the_queue_wakeup_only_when_they_slept():
+    # A worker blocked in queue.get() pays the probed hand-off (a condition variable's wake-up); one
+    # that finds a job already queued does not. So a dear hand-off slows one connection's every
+    # request but hardly touches a saturated pool (realkit's m4 under load is as fast as m3).
+    dear = PROFILE.with_params("probe", queue_handoff_s=500e-6)
+    common = dict(model="m4_reactor_workers", pool=4, cpu_us=200)
+    one_cheap, one_dear = (simulate(BASE.replace(connections=1, **common), p) for p in (PROFILE, dear))
+    busy_cheap, busy_dear = (simulate(BASE.replace(connections=64, **common), p) for p in (PROFILE, dear))
+    assert one_dear.latency_p50_s > one_cheap.latency_p50_s + 400e-6
+    assert busy_dear.throughput_rps > 0.85 * busy_cheap.throughput_rps
+
+
 def test_epoll_batching_cheapens_requests_under_load():
     # CPU per request falls as connections grow: one epoll_wait returns many events
     light = run(model="m3_reactor", connections=1)
