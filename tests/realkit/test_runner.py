@@ -10,7 +10,14 @@ import pytest
 from realkit import measure
 from realkit.loadgen import LatencyHistogram, LoadReport, LoadSpec
 from realkit.monitor import TreeStats
-from realkit.runner import ServerProcess, ServerStartError, build_result, load_spec_for, plan_cpus, server_command
+from realkit.runner import (
+    ServerProcess,
+    ServerStartError,
+    build_result,
+    load_spec_for,
+    plan_cpus,
+    server_command,
+)
 from simkit.result import Result, columns, metric_columns, to_frame
 from simkit.scenario import MODEL_NAMES, Hardware, ModelSpec, Scenario, Workload, available_cores
 
