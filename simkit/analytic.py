@@ -552,6 +552,11 @@ class Demands:
         return self.python_s + self.gil_work_s + self.per_conn_s
 
 
+def _send_s(p: CostProfile, w) -> float:
+    """One response's send(): headers included, as the real servers send."""
+    return p["send_base_s"] + p["send_per_byte_s"] * (w.resp_bytes + RESP_HEADER_BYTES)
+
+
 def demands(scenario: Scenario, profile: CostProfile | None = None) -> Demands:
     """Per-request demands of a scenario under a profile, with each model's own extra costs.
 
@@ -585,8 +590,7 @@ def demands(scenario: Scenario, profile: CostProfile | None = None) -> Demands:
         extra_sys = 2 * p["epoll_ctl_s"] + p["thread_spawn_s"]
     syscall_s = (
         p["recv_base_s"] + p["recv_per_byte_s"] * w.request_bytes
-        + p["send_base_s"] + p["send_per_byte_s"] * (w.resp_bytes + RESP_HEADER_BYTES)
-        + epoll_sys + extra_sys
+        + _send_s(p, w) + epoll_sys + extra_sys
     )
     per_conn = 0.0
     if w.requests_per_conn is not None:  # None: keep-alive for the run, setup amortised to nothing
@@ -628,8 +632,7 @@ def model_stations(scenario: Scenario, profile: CostProfile | None = None) -> li
     # A syscall shorter than a wake-up keeps the GIL (simkit.machine), so send may not count, nor
     # very short cpu work.
     wake = profile["wakeup_s"]
-    send_s = profile["send_base_s"] + profile["send_per_byte_s"] * (w.resp_bytes + RESP_HEADER_BYTES)
-    acquisitions = 1 + (d.cpu_work_s > 0 and d.cpu_work_s >= wake) + (w.io_us > 0) + (send_s >= wake)
+    acquisitions = 1 + (d.cpu_work_s > 0 and d.cpu_work_s >= wake) + (w.io_us > 0) + (_send_s(profile, w) >= wake)
     handoff = acquisitions * (profile["gil_handoff_s"] + (profile["wakeup_s"] if cores > 1 else 0.0))
     st: list[Station] = []
     if name in ("m1_iterative", "m3_reactor"):

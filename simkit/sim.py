@@ -224,9 +224,8 @@ def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_
         ctx_switches=machine.ctx_count,
         events=next(env._eid),
         requests_simulated=clients.total,
-        completed_in_window=clients.done_in_window,
-        latency_mean_in_window_s=(clients.lat_sum_in_window / clients.done_in_window
-                                  if clients.done_in_window else float("nan")),
+        completed_in_window=int(lat_w.size),
+        latency_mean_in_window_s=float(lat_w.mean()) if lat_w.size else float("nan"),
         latency_percentiles_in_window_s=pct_w,
         threads_sampled_peak=sampled[0],
         rss_sampled_peak_bytes=sampled[1],
