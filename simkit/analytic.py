@@ -1,699 +1,92 @@
-"""Fast queueing approximations: a cross-check for the simulator and a tool for coarse sweeps.
+"""Each architecture as a small queueing network: a fast cross-check of the simulator and a tool for
+coarse sweeps. Pure functions, no SimPy.
 
-Pure functions, no SimPy. Four layers:
+`analytic(scenario, profile) -> Result` (source "analytic") prices one request with simkit.costs,
+builds the architecture's station network (simkit.registry: each entry's `stations`), and solves
+it with simkit.queueing. It is a coarse, product-form approximation: it ignores the GIL convoy
+effect, scheduling noise and batching in epoll, and charges each syscall once per request. Use it
+to sanity-check the simulator and to prune sweeps, never as the answer.
 
-- Single stations: `mm1` and `mmc` (Erlang C) for open-loop Poisson arrivals with exponential
-  service; `erlang_c` on its own.
-- Closed networks: `mva`, the exact solution of a closed product-form network (N clients with a
-  think time, single- and multi-server queueing stations, delay stations), computed by the
-  convolution algorithm in log space because the multi-server MVA recursion is numerically unstable
-  past saturation. The simulator's default clients are closed loop, so this and not M/M/c is the
-  right reference there. `mva_recursive` (Seidmann's multi-server approximation, stable, allows
-  overlapping stations) and `closed_large_population` (a fixed point for very many clients) are the
-  fast approximations `analytic` uses.
-- The Universal Scalability Law (`usl`, `fit_usl`): calibration's baseline curve.
-- `analytic(scenario, profile) -> Result` (source "analytic"): each architecture as a small network
-  of stations whose demands come from the CostProfile. It is a coarse, product-form approximation:
-  it ignores the GIL convoy effect, scheduling noise and batching in epoll, and charges each syscall
-  once per request. Use it to sanity-check the simulator and to prune sweeps, never as the answer.
-
-Every function validates its inputs and raises ValueError naming the offending argument; an open
-queue at or past saturation names the arrival rate, since that is the knob the caller turns.
+The queueing formulas (mm1, mmc, mva, usl, ...) live in simkit.queueing and are re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
 
-import numpy as np
-
+from simkit import registry
+from simkit.costs import Demands, demands, gil_acquisitions
 from simkit.profile import CostProfile
+from simkit.queueing import (  # noqa: F401 - re-exported: the formulas' historical home
+    LARGE_POPULATION,
+    MVAResult,
+    QueueMetrics,
+    Station,
+    USLFit,
+    closed_large_population,
+    erlang_c,
+    fit_usl,
+    mm1,
+    mmc,
+    mva,
+    mva_multiserver,
+    mva_recursive,
+    open_network,
+    usl,
+)
 from simkit.result import Result
 from simkit.scenario import Scenario
 
-# Status line + Content-Length + Connection headers of our servers; the same figure as
-# simkit/models/base.py, kept here so this module stays free of the SimPy engine.
-RESP_HEADER_BYTES = 80
-
-__all__ = [
-    "QueueMetrics",
-    "Station",
-    "MVAResult",
-    "USLFit",
-    "erlang_c",
-    "mm1",
-    "mmc",
-    "mva",
-    "mva_multiserver",
-    "mva_recursive",
-    "closed_large_population",
-    "usl",
-    "fit_usl",
-    "Demands",
-    "demands",
-    "model_stations",
-    "open_network",
-    "analytic",
-]
-
-
-# -- validation helpers --------------------------------------------------------------------------
-def _positive(name: str, value: float, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name}: expected a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return value
-
-
-def _count(name: str, value: int, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name}: expected an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}: must be >= {minimum}, got {value!r}")
-    return int(value)
-
-
-# -- open stations ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class QueueMetrics:
-    """Steady state of one open station. Times in seconds, rates in requests per second."""
-
-    utilisation: float  # per server, 0..1
-    wait_probability: float  # P(an arrival queues)
-    wait_mean_s: float  # time in queue, before service
-    response_mean_s: float  # wait + service
-    number_in_system_mean: float  # Little: arrival rate x response
-    number_in_queue_mean: float
-
-    def response_quantile_s(self, q: float, service_rate_rps: float, servers: int) -> float:
-        """Quantile of the response time of an M/M/c station (exact, by root finding on the CDF)."""
-        return _mmc_response_quantile(q, self, service_rate_rps, servers)
-
-
-def erlang_c(servers: int, offered_load: float) -> float:
-    """Probability that an arrival waits in an M/M/c queue with offered load a = lambda/mu (Erlang C).
-
-    Computed through the Erlang B recursion, which stays stable for thousands of servers where the
-    textbook factorial form overflows.
-    """
-    c = _count("servers", servers)
-    a = _positive("offered_load", offered_load, allow_zero=True)
-    if a >= c:
-        raise ValueError(f"offered_load: {a:g} >= servers {c}: the queue is unstable (utilisation >= 1)")
-    if a == 0:
-        return 0.0
-    b = 1.0  # Erlang B with 0 servers
-    for k in range(1, c + 1):
-        b = a * b / (k + a * b)
-    rho = a / c
-    return b / (1.0 - rho + rho * b)
-
-
-def mmc(arrival_rate_rps: float, service_rate_rps: float, servers: int) -> QueueMetrics:
-    """M/M/c: Poisson arrivals, exponential service of rate mu per server, c servers, FCFS."""
-    lam = _positive("arrival_rate_rps", arrival_rate_rps, allow_zero=True)
-    mu = _positive("service_rate_rps", service_rate_rps)
-    c = _count("servers", servers)
-    a = lam / mu
-    if a >= c:
-        raise ValueError(
-            f"arrival_rate_rps: {lam:g} rps saturates {c} server(s) of {mu:g} rps each (utilisation {a / c:.3f} >= 1)"
-        )
-    pw = erlang_c(c, a)
-    wq = pw / (c * mu - lam) if lam > 0 else 0.0
-    response = wq + 1.0 / mu
-    return QueueMetrics(
-        utilisation=a / c,
-        wait_probability=pw,
-        wait_mean_s=wq,
-        response_mean_s=response,
-        number_in_system_mean=lam * response,
-        number_in_queue_mean=lam * wq,
-    )
-
-
-def mm1(arrival_rate_rps: float, service_rate_rps: float) -> QueueMetrics:
-    """M/M/1: mean response 1 / (mu - lambda)."""
-    return mmc(arrival_rate_rps, service_rate_rps, 1)
-
-
-def _mmc_response_quantile(q: float, m: QueueMetrics, mu: float, c: int) -> float:
-    from scipy.optimize import brentq
-
-    q = float(q)
-    if not 0.0 < q < 1.0:
-        raise ValueError(f"q: must be in (0, 1), got {q!r}")
-    pw = m.wait_probability
-    theta = c * mu - m.utilisation * c * mu  # rate of the conditional wait: c mu - lambda
-
-    def survival(t: float) -> float:
-        # R = W + S, W = 0 w.p. 1 - pw else Exp(theta), S ~ Exp(mu) independent.
-        no_wait = (1.0 - pw) * math.exp(-mu * t)
-        if pw == 0.0:
-            return no_wait
-        if abs(theta - mu) < 1e-12 * mu:
-            waited = pw * math.exp(-mu * t) * (1.0 + mu * t)
-        else:
-            waited = pw * (theta * math.exp(-mu * t) - mu * math.exp(-theta * t)) / (theta - mu)
-        return no_wait + waited
-
-    hi = 1.0 / mu
-    while survival(hi) > 1.0 - q:
-        hi *= 2.0
-    return brentq(lambda t: survival(t) - (1.0 - q), 0.0, hi, xtol=1e-15, rtol=1e-10)
-
-
-# -- closed networks: MVA ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Station:
-    """A station of a closed or open network: a service demand per request and its servers.
-
-    servers=None is a delay (infinite-server) station: no queueing, the demand is pure latency.
-    overlap_s is the part of the demand that another station already charges to the request's
-    latency: time in a reactor loop is also time on a core, so the "cores" station adds only its
-    queueing to a request's response, not its service a second time. Exact product-form networks
-    leave it at 0; the architecture networks of `model_stations` use it (a coarse heuristic).
-    """
-
-    name: str
-    demand_s: float
-    servers: int | None = 1
-    overlap_s: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"name: expected a non-empty string, got {self.name!r}")
-        object.__setattr__(self, "demand_s", _positive("demand_s", self.demand_s, allow_zero=True))
-        if self.servers is not None:
-            object.__setattr__(self, "servers", _count("servers", self.servers))
-        overlap = _positive("overlap_s", self.overlap_s, allow_zero=True)
-        if overlap > self.demand_s * (1 + 1e-12):
-            raise ValueError(f"overlap_s: {overlap:g} exceeds demand_s {self.demand_s:g}")
-        object.__setattr__(self, "overlap_s", min(overlap, self.demand_s))
-
-
-@dataclass(frozen=True)
-class MVAResult:
-    clients: int
-    throughput_rps: float
-    response_s: float  # mean time in the stations (excludes the think time and any overlap_s)
-    queue_lengths: dict[str, float]  # mean number at each station
-    residence_s: dict[str, float]  # mean time at each station per request
-    utilisation: dict[str, float]  # busy servers / servers (delay stations: mean number busy)
-
-    @property
-    def number_in_system(self) -> float:
-        return sum(self.queue_lengths.values())
-
-
-def mva(clients: int, think_s: float, stations: Sequence[Station]) -> MVAResult:
-    """Exact analysis of a single-class closed product-form network (what MVA computes), stably.
-
-    `clients` customers cycle between a think (delay) of `think_s` and the stations: single-server,
-    c-server FCFS (a load-dependent rate min(j, c) / D) or delay. Solved by the convolution algorithm
-    in log space rather than by the MVA recursion, whose multi-server form is numerically unstable
-    past saturation (see mva_recursive): the normalising constant G(n) of the think + delay stations
-    is closed form, each queueing station is convolved in O(clients x servers) using the geometric
-    tail of a c-server station's weights, and X = G(N-1) / G(N). Mean queue lengths come from each
-    station's marginal distribution, F_k(j) G_-k(N-j) / G(N). Stations may not carry overlap_s.
-    """
-    n_total, z, stations = _check_network(clients, think_s, stations)
-    bad = [s.name for s in stations if s.overlap_s > 0]
-    if bad:
-        raise ValueError(f"overlap_s: station {bad[0]!r} overlaps another; exact MVA needs disjoint stations "
-                         "(mva_recursive handles overlap heuristically)")
-    queueing = [s for s in stations if s.servers is not None and s.demand_s > 0]
-    delay_s = z + sum(s.demand_s for s in stations if s.servers is None)
-    n = np.arange(n_total + 1, dtype=float)
-    from scipy.special import gammaln
-
-    if delay_s > 0:
-        log_delay = n * math.log(delay_s) - gammaln(n + 1)
-    else:
-        log_delay = np.full(n_total + 1, -np.inf)
-        log_delay[0] = 0.0
-
-    def convolve_all(members: list[Station]) -> np.ndarray:
-        log_g = log_delay
-        for st in members:
-            log_g = _log_convolve(log_g, st.demand_s, min(st.servers, n_total))
-        return log_g
-
-    log_g = convolve_all(queueing)
-    x = math.exp(log_g[n_total - 1] - log_g[n_total])
-    queue: dict[str, float] = {}
-    for st in stations:
-        if st.servers is None or st.demand_s == 0:
-            queue[st.name] = x * st.demand_s
-            continue
-        others = convolve_all([o for o in queueing if o is not st])
-        log_f = _log_weights(st.demand_s, min(st.servers, n_total), n_total)
-        log_p = log_f + others[::-1] - log_g[n_total]  # p(j | N), j = 0..N
-        queue[st.name] = float(np.sum(n * np.exp(log_p)))
-    util = {s.name: x * s.demand_s / (min(s.servers, n_total) if s.servers is not None else 1) for s in stations}
-    return MVAResult(
-        clients=n_total,
-        throughput_rps=x,
-        response_s=n_total / x - z,
-        queue_lengths=queue,
-        residence_s={name: q / x for name, q in queue.items()},
-        utilisation=util,
-    )
-
-
-def _check_network(clients: int, think_s: float, stations: Sequence[Station]) -> tuple[int, float, list[Station]]:
-    n_total = _count("clients", clients)
-    z = _positive("think_s", think_s, allow_zero=True)
-    stations = list(stations)
-    if not stations:
-        raise ValueError("stations: need at least one station")
-    if not all(isinstance(s, Station) for s in stations):
-        raise ValueError("stations: expected Station objects")
-    names = [s.name for s in stations]
-    if len(set(names)) != len(names):
-        raise ValueError(f"stations: duplicate station names {names}")
-    if z == 0 and all(s.demand_s == 0 for s in stations):
-        raise ValueError("stations: every demand and the think time are 0; throughput would be infinite")
-    return n_total, z, stations
-
-
-def _log_weights(demand_s: float, servers: int, n_total: int) -> np.ndarray:
-    """log F(j), j = 0..N, of a c-server station: D^j / j! up to c, then F(c) (D / c)^(j - c)."""
-    from scipy.special import gammaln
-
-    j = np.arange(n_total + 1, dtype=float)
-    head = j * math.log(demand_s) - gammaln(j + 1)
-    if servers >= n_total:
-        return head
-    tail = head[servers] + (j - servers) * math.log(demand_s / servers)
-    return np.where(j <= servers, head, tail)
-
-
-def _log_convolve(log_g: np.ndarray, demand_s: float, servers: int) -> np.ndarray:
-    """log of G'(n) = sum_j F(j) G(n - j) for a c-server station, in O(N c).
-
-    j < c terms directly; the geometric tail T(n) = sum_{j>=c} F(c) r^(j-c) G(n-j), r = D / c, is
-    r^n F(c) r^-c times a running log-sum-exp of G(m) r^-m, m <= n - c.
-    """
-    from scipy.special import logsumexp
-
-    size = log_g.size
-    c = min(servers, size - 1)
-    log_f = _log_weights(demand_s, servers, size - 1)
-    head_terms = np.full((size, c), -np.inf)
-    for j in range(c):
-        head_terms[j:, j] = log_f[j] + log_g[: size - j]
-    out = logsumexp(head_terms, axis=1) if c > 0 else np.full(size, -np.inf)
-    if c < size:
-        log_r = math.log(demand_s / servers)
-        m = np.arange(size, dtype=float)
-        running = np.logaddexp.accumulate(log_g - m * log_r)  # index i: m <= i
-        tail = np.full(size, -np.inf)
-        tail[c:] = log_f[c] - c * log_r + m[c:] * log_r + running[: size - c]
-        out = np.logaddexp(out, tail)
-    return out
-
-
-def mva_recursive(clients: int, think_s: float, stations: Sequence[Station]) -> MVAResult:
-    """Approximate MVA that allows overlapping stations: what `analytic` uses for closed loops.
-
-    A c-server station becomes Seidmann's pair - a single server of demand D / c plus a delay of
-    D (c - 1) / c - and the network is solved by the plain single-server MVA recursion. That
-    recursion is numerically stable (the exact multi-server recursion on p(j | n) is not: it loses
-    tens of percent past saturation), and Seidmann's error is small where the exact answer is
-    known (tests/simkit/test_analytic.py). A station's overlap_s is left out of the cycle time (see
-    Station). Past saturation the remaining clients only lengthen the bottleneck queue, so the tail
-    of the recursion is finished in closed form. Use `mva` for exact product-form answers.
-    """
-    n_total, z, stations = _check_network(clients, think_s, stations)
-    # (owner index, demand, is_queue, overlap) after splitting multi-server stations.
-    parts: list[tuple[int, float, bool, float]] = []
-    for i, st in enumerate(stations):
-        if st.servers is None:
-            parts.append((i, st.demand_s, False, st.overlap_s))
-        elif st.servers == 1:
-            parts.append((i, st.demand_s, True, st.overlap_s))
-        else:
-            c = st.servers
-            parts.append((i, st.demand_s / c, True, st.overlap_s / c))
-            parts.append((i, st.demand_s * (c - 1) / c, False, st.overlap_s * (c - 1) / c))
-    demand = [d for _, d, _, _ in parts]
-    is_queue = [q for _, _, q, _ in parts]
-    overlap = sum(o for _, _, _, o in parts)
-    k = len(parts)
-    queue = [0.0] * k
-    resid = [0.0] * k
-    x = 0.0
-    for n in range(1, n_total + 1):
-        for j in range(k):
-            resid[j] = demand[j] * (1.0 + queue[j]) if is_queue[j] else demand[j]
-        x_prev, x = x, n / (z + sum(resid) - overlap)
-        for j in range(k):
-            queue[j] = x * resid[j]
-        # X is non-decreasing in n here; once it stops moving the bottleneck is saturated and each
-        # further client only adds 1 / X to its residence.
-        if n < n_total and n > 64 and x - x_prev <= 1e-13 * x:
-            b = max((j for j in range(k) if is_queue[j]), key=lambda j: demand[j], default=None)
-            if b is not None:
-                extra = n_total - n
-                queue[b] += extra
-                resid[b] += extra / x
-                break
-    queue_by = {st.name: 0.0 for st in stations}
-    resid_by = {st.name: 0.0 for st in stations}
-    for j, (i, _, _, _) in enumerate(parts):
-        queue_by[stations[i].name] += queue[j]
-        resid_by[stations[i].name] += resid[j]
-    util = {st.name: x * st.demand_s / (st.servers if st.servers is not None else 1) for st in stations}
-    return MVAResult(
-        clients=n_total,
-        throughput_rps=x,
-        response_s=sum(resid) - overlap,
-        queue_lengths=queue_by,
-        residence_s=resid_by,
-        utilisation=util,
-    )
-
-
-def mva_multiserver(clients: int, think_s: float, demand_s: float, servers: int) -> MVAResult:
-    """N clients with think time Z and one station of c servers (the machine-repairman model)."""
-    return mva(clients, think_s, [Station("station", demand_s, servers)])
-
-
-def open_network(arrival_rate_rps: float, stations: Sequence[Station]) -> tuple[float, dict[str, QueueMetrics]]:
-    """Jackson approximation: each station an independent M/M/c at the same arrival rate.
-
-    Returns (mean response in seconds, per-station metrics). Raises ValueError naming
-    arrival_rate_rps when any station saturates.
-    """
-    lam = _positive("arrival_rate_rps", arrival_rate_rps)
-    per: dict[str, QueueMetrics] = {}
-    total = 0.0
-    for s in stations:
-        if s.demand_s == 0:
-            continue
-        if s.servers is None:
-            total += s.demand_s - s.overlap_s
-            continue
-        try:
-            metrics = mmc(lam, 1.0 / s.demand_s, s.servers)
-        except ValueError as exc:
-            raise ValueError(f"arrival_rate_rps: station {s.name!r}: {exc}") from None
-        per[s.name] = metrics
-        total += metrics.response_mean_s - s.overlap_s
-    return total, per
-
-
-# Above this many clients analytic() uses the large-population fixed point instead of the MVA
-# recursion, whose cost grows with the client count (~0.5 us per client and station).
-LARGE_POPULATION = 50_000
-
-
-def closed_large_population(clients: int, think_s: float, stations: Sequence[Station]) -> float:
-    """Throughput of a closed network with many clients, as the fixed point X = N / (Z + R_open(X)).
-
-    R_open(X) is the Jackson open-network response (each station an M/M/c at rate X, overlap_s left
-    out as in mva_recursive). With many clients per server the closed network behaves like the open
-    one at the rate it carries; below the knee R_open is near the no-wait latency, past it X tends to
-    the bottleneck's capacity. Solved by brentq in microseconds, where MVA costs O(N) steps.
-    """
-    from scipy.optimize import brentq
-
-    n_total, z, stations = _check_network(clients, think_s, stations)
-    queueing = [s for s in stations if s.servers is not None and s.demand_s > 0]
-    capacity = min((s.servers / s.demand_s for s in queueing), default=math.inf)
-    delay = sum(s.demand_s - s.overlap_s for s in stations if s.servers is None)
-
-    def response(x: float) -> float:
-        total = delay
-        for s in queueing:
-            total += mmc(x, 1.0 / s.demand_s, s.servers).response_mean_s - s.overlap_s
-        return total
-
-    no_wait = delay + sum(s.demand_s - s.overlap_s for s in queueing)
-    upper = min(n_total / (z + no_wait) if z + no_wait > 0 else math.inf, capacity * (1 - 1e-12))
-    if not queueing:
-        return upper
-
-    def excess(x: float) -> float:
-        return x * (z + response(x)) - n_total
-
-    if excess(upper) <= 0:  # the no-wait bound binds before any queue forms
-        return upper
-    return brentq(excess, upper * 1e-12, upper, xtol=1e-12 * upper, rtol=1e-12)
-
-
-# -- Universal Scalability Law -------------------------------------------------------------------
-def usl(n, lambda_: float, sigma: float, kappa: float):
-    """Gunther's USL: X(N) = lambda N / (1 + sigma (N - 1) + kappa N (N - 1)).
-
-    lambda_ is the throughput of one unit of concurrency, sigma the contention (serial fraction),
-    kappa the coherency (crosstalk) penalty. Accepts a scalar or an array of N.
-    """
-    n_arr = np.asarray(n, dtype=float)
-    return lambda_ * n_arr / (1.0 + sigma * (n_arr - 1.0) + kappa * n_arr * (n_arr - 1.0))
-
-
-@dataclass(frozen=True)
-class USLFit:
-    lambda_: float
-    sigma: float
-    kappa: float
-    lambda_sd: float
-    sigma_sd: float
-    kappa_sd: float
-    rmse_rel: float  # root mean square relative residual on the fitted points
-
-    def predict(self, n):
-        return usl(n, self.lambda_, self.sigma, self.kappa)
-
-    @property
-    def peak_n(self) -> float:
-        """Concurrency of peak throughput, sqrt((1 - sigma) / kappa); inf when kappa == 0."""
-        return math.sqrt(max(1.0 - self.sigma, 0.0) / self.kappa) if self.kappa > 0 else math.inf
-
-
-def fit_usl(n, x) -> USLFit:
-    """Least-squares USL fit, in relative error, with 1-sd uncertainties from the covariance.
-
-    n: concurrency levels (>= 1), x: measured throughputs (> 0). Needs three distinct n. Relative
-    residuals, so a high-throughput point does not drown the shape of the curve.
-    """
-    from scipy.optimize import curve_fit
-
-    n_arr = np.asarray(n, dtype=float)
-    x_arr = np.asarray(x, dtype=float)
-    if n_arr.ndim != 1 or x_arr.ndim != 1 or n_arr.shape != x_arr.shape:
-        raise ValueError(f"x: expected a 1-D sequence as long as n ({n_arr.shape} vs {x_arr.shape})")
-    if not np.all(np.isfinite(n_arr)) or np.any(n_arr < 1):
-        raise ValueError("n: every concurrency level must be finite and >= 1")
-    if not np.all(np.isfinite(x_arr)) or np.any(x_arr <= 0):
-        raise ValueError("x: every throughput must be finite and > 0")
-    if len(np.unique(n_arr)) < 3:
-        raise ValueError("n: need at least three distinct concurrency levels to fit three parameters")
-
-    # Start lambda_ from the lowest-concurrency point's throughput per unit of concurrency.
-    i0 = int(np.argmin(n_arr))
-    p0 = (x_arr[i0] / n_arr[i0], 0.01, 1e-4)
-    params, cov = curve_fit(
-        usl,
-        n_arr,
-        x_arr,
-        p0=p0,
-        sigma=x_arr,  # relative residuals
-        absolute_sigma=False,
-        bounds=([0.0, 0.0, 0.0], [np.inf, 1.0, np.inf]),
-        maxfev=20_000,
-    )
-    sds = np.sqrt(np.clip(np.diag(cov), 0.0, np.inf)) if np.all(np.isfinite(cov)) else np.full(3, np.inf)
-    resid = (usl(n_arr, *params) - x_arr) / x_arr
-    return USLFit(
-        lambda_=float(params[0]),
-        sigma=float(params[1]),
-        kappa=float(params[2]),
-        lambda_sd=float(sds[0]),
-        sigma_sd=float(sds[1]),
-        kappa_sd=float(sds[2]),
-        rmse_rel=float(np.sqrt(np.mean(resid**2))),
-    )
-
-
-# -- the seven architectures as station networks ---------------------------------------------------
-@dataclass(frozen=True)
-class Demands:
-    """Per-request costs of one scenario, in seconds, from the profile.
-
-    Split as the simulator splits them (simkit/models/base.py): syscalls, cpu_us work and sleeps
-    release the GIL; parsing, Python dispatch and gil_us work hold it.
-    """
-
-    python_s: float  # Python-level handling per request, GIL held: parse, event dispatch, hand-offs
-    syscall_s: float  # kernel work per request, GIL released: recv, send, epoll_wait, switches
-    cpu_work_s: float  # cpu_us work, GIL released
-    gil_work_s: float  # gil_us work, GIL held
-    io_s: float  # io_us blocking wait: no CPU
-    per_conn_s: float  # connection setup (accept, epoll_ctl, spawn) amortised over its requests
-    rtt_s: float  # client-side loopback round trip: pure delay
-
-    @property
-    def cpu_s(self) -> float:
-        """Core time per request: what the utilisation law multiplies by throughput."""
-        return self.python_s + self.syscall_s + self.cpu_work_s + self.gil_work_s + self.per_conn_s
-
-    @property
-    def gil_s(self) -> float:
-        """GIL-held time per request (connection setup counted as Python: it is mostly object work)."""
-        return self.python_s + self.gil_work_s + self.per_conn_s
-
-
-def _send_s(p: CostProfile, w) -> float:
-    """One response's send(): headers included, as the real servers send."""
-    return p["send_base_s"] + p["send_per_byte_s"] * (w.resp_bytes + RESP_HEADER_BYTES)
-
-
-def demands(scenario: Scenario, profile: CostProfile | None = None) -> Demands:
-    """Per-request demands of a scenario under a profile, with each model's own extra costs.
-
-    Charges one epoll_wait per request (no batching credit) to the event-loop models, a switch and a
-    cross-core wake-up per request to m2 (its thread sleeps in recv), a thread spawn per connection
-    to m2 and per request to m7, two queue hand-offs per request to m4 (the simulator charges them only
-    when a worker slept waiting for a job, so under load this m4 is pessimistic), one per connection
-    to m5.
-    The response carries RESP_HEADER_BYTES of headers on top of resp_bytes, as the real servers send.
-    """
-    profile = profile or CostProfile.default()
-    p = profile
-    w = scenario.workload
-    name = scenario.model.name
-    epoll_sys, epoll_py = p["epoll_wait_base_s"], p["epoll_per_event_s"]
-    extra_py, extra_sys, extra_conn = 0.0, 0.0, 0.0
-    if name in ("m1_iterative", "m2_thread_per_conn"):
-        epoll_sys = epoll_py = 0.0  # blocking sockets
-    if name == "m2_thread_per_conn":
-        extra_sys = p["ctx_switch_s"] + p["wakeup_s"]
-        extra_conn = p["thread_spawn_s"]
-    elif name == "m4_reactor_workers":
-        extra_py = 2 * p["queue_handoff_s"]
-    elif name == "m5_multi_reactor":
-        extra_conn = p["queue_handoff_s"]
-    elif name == "m6_prefork" and scenario.model.dispatch == "fdpass":
-        extra_conn = p["accept_s"] + p["send_base_s"]  # master accepts, then passes the fd
-    elif name == "m7_reactor_spawn":
-        # Thread.start() is mostly clone() and scheduling, charged (as the simulator does) as CPU
-        # time with the GIL released.
-        extra_sys = 2 * p["epoll_ctl_s"] + p["thread_spawn_s"]
-    syscall_s = (
-        p["recv_base_s"] + p["recv_per_byte_s"] * w.request_bytes
-        + _send_s(p, w) + epoll_sys + extra_sys
-    )
-    per_conn = 0.0
-    if w.requests_per_conn is not None:  # None: keep-alive for the run, setup amortised to nothing
-        per_conn = (p["accept_s"] + 2 * p["epoll_ctl_s"] + extra_conn) / w.requests_per_conn
-    return Demands(
-        python_s=p["parse_s"] + epoll_py + extra_py,
-        syscall_s=syscall_s,
-        cpu_work_s=w.cpu_us * 1e-6 * p["cpu_work_scale"],
-        gil_work_s=w.gil_us * 1e-6 * p["gil_work_scale"],
-        io_s=(w.io_us * 1e-6 + p["io_overshoot_s"]) if w.io_us > 0 else 0.0,
-        per_conn_s=per_conn,
-        rtt_s=p["loopback_rtt_s"],
-    )
+__all__ = ["Demands", "demands", "model_stations", "throughput_bound", "analytic"]
 
 
 def model_stations(scenario: Scenario, profile: CostProfile | None = None) -> list[Station]:
-    """The coarse station network of one scenario (see the module docstring for what it leaves out).
+    """The coarse station network of one scenario: its architecture's stations (registry) plus the
+    client's round trip as a delay.
 
-    - m1, m3: one thread does everything, io included (the thread blocks in it): one server. m1
-      also holds its thread across a connection's think times between requests (closed loop).
-    - m5, m6: `threads` / `processes` loops, each doing everything inline: a multi-server station
-      (shared-queue approximation of the round-robin / kernel split).
-    - m4: the loop thread (recv/parse/send, hand-offs) and a pool of `pool` workers for the work.
-    - m2, m7: a thread per connection (m7: per request, after the loop's dispatch): io is a delay.
-    The GIL is one server per multi-threaded Python process (gil=True), whose demand adds a
-    hand-off (gil_handoff_s, + wakeup_s on more than one core) per GIL acquisition of a request, also
-    charged to the cores; m6's processes each have their own. "cores" appears where more threads can run than there are cores. Stations whose time
-    is also time on another station (a loop's CPU on a core) carry it in overlap_s.
+    The GIL is one server per multi-threaded Python process (gil=True), whose demand adds a hand-off
+    (gil_handoff_s, + wakeup_s on more than one core) per GIL acquisition of a request, also charged
+    to the cores; m6's processes each have their own. "cores" appears where more threads can run
+    than there are cores. Stations whose time is also time on another station (a loop's CPU on a
+    core) carry it in overlap_s.
     """
     profile = profile or CostProfile.default()
-    m, w = scenario.model, scenario.workload
-    cores = scenario.hardware.cores
     d = demands(scenario, profile)
-    name = m.name
-    gil = m.gil
-    # Each GIL acquisition of a request (the simulator's serve steps: parse, after the GIL-free cpu
-    # work, after the sleep, after send) may be a hand-off from a waiting thread: gil_handoff_s, and
+    cores = scenario.hardware.cores
+    # Each GIL acquisition of a request may be a hand-off from a waiting thread: gil_handoff_s, and
     # on more than one core the new holder is woken on another core (wakeup_s) with the GIL held.
-    # A syscall shorter than a wake-up keeps the GIL (simkit.machine), so send may not count, nor
-    # very short cpu work.
-    wake = profile["wakeup_s"]
-    acquisitions = 1 + (d.cpu_work_s > 0 and d.cpu_work_s >= wake) + (w.io_us > 0) + (_send_s(profile, w) >= wake)
-    handoff = acquisitions * (profile["gil_handoff_s"] + (profile["wakeup_s"] if cores > 1 else 0.0))
-    st: list[Station] = []
-    if name in ("m1_iterative", "m3_reactor"):
-        hold = 0.0
-        if name == "m1_iterative" and w.mode == "closed" and w.requests_per_conn is not None:
-            k = w.requests_per_conn
-            hold = (k - 1) / k * (d.rtt_s + w.think_s)  # waits in recv for the same client's next request
-        st.append(Station("thread", d.cpu_s + d.io_s + hold, 1))
-    elif name in ("m5_multi_reactor", "m6_prefork"):
-        loops = m.threads if name == "m5_multi_reactor" else m.processes
-        st.append(Station("loops", d.cpu_s + d.io_s, loops))
-        contended = gil and name == "m5_multi_reactor" and loops > 1
-        if contended:
-            st.append(Station("gil", d.gil_s + handoff, 1, overlap_s=d.gil_s + handoff))
-        if loops > cores:
-            on_core = d.cpu_s + (handoff if contended else 0.0)
-            st.append(Station("cores", on_core, cores, overlap_s=on_core))
-    elif name == "m4_reactor_workers":
-        st.append(Station("loop", d.python_s + d.syscall_s + d.per_conn_s, 1))
-        st.append(Station("pool", d.cpu_work_s + d.gil_work_s + d.io_s, m.pool))
-        if gil:
-            st.append(Station("gil", d.gil_s + handoff, 1, overlap_s=d.gil_s + handoff))
-        if m.pool + 1 > cores:
-            on_core = d.cpu_s + (handoff if gil else 0.0)
-            st.append(Station("cores", on_core, cores, overlap_s=on_core))
-    else:  # m2, m7
-        executors = w.connections
-        counted, loop_py = 0.0, 0.0
-        if name == "m7_reactor_spawn":
-            p = profile
-            loop_py = p["epoll_per_event_s"]  # Python dispatch: GIL held
-            loop_s = loop_py + p["epoll_wait_base_s"] + 2 * p["epoll_ctl_s"] + p["thread_spawn_s"]
-            st.append(Station("loops", loop_s, m.threads))
-            counted = loop_s  # CPU time of this request already on its latency path
-        on_core = d.cpu_s
-        if gil and executors > 1:
-            gil_overlap = loop_py if name == "m7_reactor_spawn" else 0.0
-            st.append(Station("gil", d.gil_s + handoff, 1, overlap_s=gil_overlap))
-            counted += d.gil_s + handoff - gil_overlap
-            on_core += handoff  # the hand-offs are CPU time too (the woken holder's)
-        st.append(Station("cores", on_core, min(cores, executors), overlap_s=counted))
-        if d.io_s:
-            st.append(Station("io", d.io_s, None))
+    per = profile["gil_handoff_s"] + (profile["wakeup_s"] if cores > 1 else 0.0)
+    handoff = gil_acquisitions(profile, scenario.workload) * per
+    st = list(registry.get(scenario.model.name).stations(scenario, profile, d, handoff))
     if d.rtt_s:
         st.append(Station("network", d.rtt_s, None))
     return st
 
 
+def throughput_bound(scenario: Scenario, profile: CostProfile | None = None) -> float:
+    """A bottleneck upper bound on throughput (req/s): the clients' own rate (closed loop: N over
+    think time plus an unqueued request; open loop: the arrival rate) and every queueing station's
+    servers / demand. No queueing: it sizes simulated windows and prices points, never a result."""
+    profile = profile or CostProfile.default()
+    w = scenario.workload
+    stations = model_stations(scenario, profile)
+    if w.mode == "open":
+        bound = float(w.rate_rps)
+    else:
+        d = demands(scenario, profile)
+        bound = w.connections / (w.think_s + d.cpu_s + d.io_s + d.rtt_s)
+    for s in stations:
+        if s.servers is not None and s.demand_s > 0:
+            bound = min(bound, s.servers / s.demand_s)
+    return max(bound, 1e-3)
+
+
 def _peaks(scenario: Scenario, profile: CostProfile, busy: float) -> dict[str, int]:
+    arch = registry.get(scenario.model.name)
     m, w = scenario.model, scenario.workload
     conns = w.connections + w.idle_connections
-    processes = m.processes + 1 if m.name == "m6_prefork" else 1
-    threads = {
-        "m1_iterative": 1,
-        "m2_thread_per_conn": 1 + conns,
-        "m3_reactor": 1,
-        "m4_reactor_workers": 1 + m.pool,
-        "m5_multi_reactor": 1 + m.threads,
-        "m6_prefork": processes,
-        "m7_reactor_spawn": 1 + m.threads + math.ceil(busy),
-    }[m.name]
+    processes = arch.processes(m)
+    threads = arch.threads_peak(m, conns, busy)
     rss = (
         processes * profile["rss_process_bytes"]
         + threads * profile["rss_thread_bytes"]
@@ -709,9 +102,7 @@ def _failure(scenario: Scenario, peaks: dict[str, int]) -> str:
         return "threads_max"
     if peaks["rss_peak_bytes"] > hw.memory_bytes:
         return "memory"
-    per_process = w.connections + w.idle_connections
-    if m.name == "m6_prefork":
-        per_process = math.ceil(per_process / m.processes)
+    per_process = math.ceil((w.connections + w.idle_connections) / registry.get(m.name).connection_processes(m))
     if per_process + 4 > hw.fd_limit:
         return "fd_limit"
     return ""
@@ -726,11 +117,10 @@ def analytic(scenario: Scenario, profile: CostProfile | None = None) -> Result:
     stations' means (exact for one station); closed-loop quantiles treat the queueing delay as
     exponential on top of the no-wait latency (a rough guide). An open loop at or past capacity
     returns the capacity as throughput, NaN latencies and failure "saturated": a sweep wants a row,
-    not an exception. m1 with keep-alive-forever clients serves one connection only and reports the
-    others as timeouts; open-loop m1 ignores that a connection holds the thread between requests.
-    Against the simulator (default profile, 2 and 8 cores, cpu / gil / io work mixes) throughput
-    lands within ~12%, except thread-per-connection models with io work on many cores (+20%: the
-    GIL convoy, which no product-form network has).
+    not an exception. A server that serves one connection at a time, under keep-alive-forever
+    clients, serves one of them and reports the others as timeouts; in an open loop it ignores that
+    a connection holds the thread between requests. The GIL convoy is out of reach of any
+    product-form network: thread-per-connection models with io work on many cores come out fast.
     """
     if not isinstance(scenario, Scenario):
         raise ValueError(f"scenario: expected a Scenario, got {type(scenario).__name__}")
@@ -745,10 +135,11 @@ def analytic(scenario: Scenario, profile: CostProfile | None = None) -> Result:
     timeouts = 0
     failure = ""
     open_quantiles: dict[float, float] = {}
+    arch = registry.get(scenario.model.name)
     if w.mode == "closed":
         clients = w.connections
         think = w.think_s
-        if scenario.model.name == "m1_iterative":
+        if arch.one_connection_at_a_time:
             if w.requests_per_conn is None:
                 clients = 1  # keep-alive forever: the first connection holds the only thread
                 timeouts = w.connections - 1
@@ -802,7 +193,7 @@ def analytic(scenario: Scenario, profile: CostProfile | None = None) -> Result:
     busy = x * (mean if not math.isnan(mean) else 0.0)
     peaks = _peaks(scenario, profile, busy)
     failure = failure or _failure(scenario, peaks)
-    ctx_per_request = 0.0 if scenario.model.name in ("m1_iterative", "m3_reactor") else 2.0
+    ctx_per_request = arch.ctx_switches_per_request
     return Result(
         scenario=scenario,
         source="analytic",

@@ -40,6 +40,7 @@ from collections import deque
 
 from simpy.events import Timeout
 
+from simkit import costs
 from simkit.kernel import SYN_RETRY_DELAYS_S, Conn
 from simkit.machine import CALL, CPU, Proc
 
@@ -83,8 +84,8 @@ class Clients:
         self.think_s = wl.think_s
         self.rpc = wl.requests_per_conn
         self.exp = service == "exponential"
-        self.cpu_s = wl.cpu_us * 1e-6 * profile["cpu_work_scale"]
-        self.gil_s = wl.gil_us * 1e-6 * profile["gil_work_scale"]
+        self.cpu_s = costs.cpu_work_s(profile, wl)
+        self.gil_s = costs.gil_work_s(profile, wl)
         self.io_s = wl.io_us * 1e-6
         # The box's jitter (probed): each request's work is scaled by a Gamma(k, 1/k) factor, mean 1 and
         # CV 1/sqrt(k). Without it, equal requests on a closed loop fall into a lock-step schedule in

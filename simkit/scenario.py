@@ -25,29 +25,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-MODEL_NAMES: tuple[str, ...] = (
-    "m1_iterative",
-    "m2_thread_per_conn",
-    "m3_reactor",
-    "m4_reactor_workers",
-    "m5_multi_reactor",
-    "m6_prefork",
-    "m7_reactor_spawn",
-)
+from simkit import registry
+
 DISPATCH_MODES: tuple[str, ...] = ("shared", "reuseport", "fdpass")
 LOAD_MODES: tuple[str, ...] = ("closed", "open")
 ARRIVALS: tuple[str, ...] = ("poisson", "constant")
-
-
-def model_name(name_or_number: str | int) -> str:
-    """Accept a model by full name, by number 1..7, or by its short 'm5' prefix."""
-    text = str(name_or_number).strip()
-    if text.isdigit() and 1 <= int(text) <= len(MODEL_NAMES):
-        return MODEL_NAMES[int(text) - 1]
-    for name in MODEL_NAMES:
-        if text == name or text == name.split("_", 1)[0]:
-            return name
-    raise ValueError(f"model: unknown model {name_or_number!r}; expected 1..7 or one of {', '.join(MODEL_NAMES)}")
 
 
 def _check_int(obj: Any, name: str, minimum: int = 0, maximum: int | None = None, optional: bool = False) -> None:
@@ -81,20 +63,21 @@ def _check_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which architecture, and its sizing knobs (DESIGN §3)."""
+    """Which architecture (a name, number or short name from simkit.registry), and its knobs."""
 
     name: str = "m3_reactor"
-    threads: int = 1  # m5/m7: I/O threads (each with its own epoll loop)
-    processes: int = 1  # m6: worker processes
-    pool: int = 0  # m4: worker threads for the business logic
-    dispatch: str = "shared"  # m6: shared | reuseport | fdpass
+    # Sizing knobs; which model uses which, and its minimum, is in simkit.registry.
+    threads: int = 1  # I/O threads (each with its own epoll loop)
+    processes: int = 1  # worker processes
+    pool: int = 0  # worker threads for the business logic
+    dispatch: str = "shared"  # how a pre-forked server spreads connections: shared | reuseport | fdpass
     backlog: int = 1024  # listen() backlog; effective = min(backlog, somaxconn)
     keepalive_timeout_s: float = 30.0
     gil: bool = True  # simulation only; False models a C server
 
     def __post_init__(self) -> None:
         try:
-            object.__setattr__(self, "name", model_name(self.name))
+            object.__setattr__(self, "name", registry.resolve(self.name))
         except ValueError as exc:
             raise ValueError(f"name: {exc}") from None
         _check_int(self, "threads", 1, 4096)
@@ -105,8 +88,18 @@ class ModelSpec:
         _check_float(self, "keepalive_timeout_s", 0.0, strict=True)
         if not isinstance(self.gil, bool):
             raise ValueError(f"gil: expected a bool, got {self.gil!r}")
-        if self.name == "m4_reactor_workers" and self.pool < 1:
-            raise ValueError("pool: m4_reactor_workers needs pool >= 1")
+        registry.get(self.name).check(self)
+
+    @classmethod
+    def for_model(cls, name: str | int, **knobs: Any) -> ModelSpec:
+        """The spec of model `name` (name, number or short name) with the registry's defaults for
+        its knobs where `knobs` leaves them out or None."""
+        try:
+            arch = registry.get(name)
+        except ValueError as exc:
+            raise ValueError(f"name: {exc}") from None
+        given = {k: v for k, v in knobs.items() if v is not None}
+        return cls(name=arch.name, **{**arch.knob_defaults(), **given})
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from simkit import registry
 from simkit.profile import CostProfile
 from simkit.result import Result
 from simkit.scenario import Scenario
@@ -143,7 +144,8 @@ def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_
     w1 = wl.warmup_s + wl.duration_s
     env = simpy.Environment()
     rng = random.Random(seed)
-    model = importlib.import_module(f"simkit.models.{scenario.model.name}").Model(env, scenario, profile, rng)
+    module = importlib.import_module(registry.get(scenario.model.name).sim_module_name)
+    model = module.Model(env, scenario, profile, rng)
     machine = Machine(env, profile, scenario.hardware, w0, w1, model.on_send)
     clients = Clients(env, model, scenario, profile, rng, w0, w1, service,
                       machine if loadgen_on_server_cores else None)

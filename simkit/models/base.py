@@ -1,23 +1,14 @@
-"""What the seven models share: connection bookkeeping, the steps of serving one request, an epoll
-reactor loop, a blocking acceptor thread, and idle-connection placement.
-
-A request served inline costs, in order (DESIGN §4, §6):
-    recv        recv_base_s + recv_per_byte_s x request_bytes            GIL released (syscall)
-    parse       parse_s + gil_us work                                     GIL held
-    cpu work    cpu_us x cpu_work_scale                                   GIL released
-    io          time.sleep(io_us) + io_overshoot_s                        off-core, GIL released
-    send        send_base_s + send_per_byte_s x (resp_bytes + headers)   GIL released
-(+ epoll_ctl_s to unregister when the server closes the connection.)
-"""
+"""What the models share: connection bookkeeping, the steps of serving one request (priced by
+simkit.costs, in the order its docstring gives), an epoll reactor loop, a blocking acceptor
+thread, and idle-connection placement."""
 
 from __future__ import annotations
 
 from collections import deque
 
+from simkit import costs
 from simkit.kernel import Listener, epoll_cost, fd_close, fd_open
 from simkit.machine import CALL, CPU, GIL, SEND, SLEEP
-
-RESP_HEADER_BYTES = 80  # status line + Content-Length + Connection headers of our servers
 
 
 class ModelBase:
@@ -39,11 +30,11 @@ class ModelBase:
         self.machine = None
         self.clients = None
         p = self.p
-        self.recv_s = p["recv_base_s"] + p["recv_per_byte_s"] * self.wl.request_bytes
-        self.send_s = p["send_base_s"] + p["send_per_byte_s"] * (self.wl.resp_bytes + RESP_HEADER_BYTES)
+        self.recv_s = costs.recv_s(p, self.wl)
+        self.send_s = costs.send_s(p, self.wl)
         self.parse_s = p["parse_s"]
-        self.close_s = p["epoll_ctl_s"]
-        self.eof_s = p["recv_base_s"] + p["epoll_ctl_s"]
+        self.close_s = costs.close_s(p)
+        self.eof_s = costs.eof_s(p)
         self.accept_s = p["accept_s"]
         self.io_extra = p["io_overshoot_s"]
         self.listeners: list[Listener] = []
