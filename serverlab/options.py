@@ -6,6 +6,7 @@ import functools
 
 import click
 
+from simkit import registry
 from simkit.scenario import (
     DISPATCH_MODES,
     Hardware,
@@ -13,7 +14,6 @@ from simkit.scenario import (
     Scenario,
     Workload,
     available_cores,
-    model_name,
 )
 
 
@@ -40,11 +40,13 @@ def scenario_options(func):
     """Add every Scenario flag to a click command; the command receives `scenario=`."""
     d_model, d_hw, d_wl = ModelSpec(), Hardware(), Workload()
     opts = [
-        click.option("--model", "-m", "model", required=True, help="m1_iterative..m7_reactor_spawn, or 1..7"),
-        click.option("--threads", type=int, default=d_model.threads, show_default=True, help="m5/m7 I/O threads"),
-        click.option("--processes", type=int, default=d_model.processes, show_default=True, help="m6 workers"),
-        click.option("--pool", type=int, default=None, help="m4 worker threads [default: 4 for m4, else 0]"),
-        click.option("--dispatch", type=click.Choice(DISPATCH_MODES), default=d_model.dispatch, show_default=True),
+        click.option("--model", "-m", "model", required=True, help=f"name or number: {registry.model_help()}"),
+        click.option("--threads", type=int, default=None, help=f"{registry.knob_help('threads')} [default: the model's]"),
+        click.option("--processes", type=int, default=None,
+                     help=f"{registry.knob_help('processes')} [default: the model's]"),
+        click.option("--pool", type=int, default=None, help=f"{registry.knob_help('pool')} [default: the model's]"),
+        click.option("--dispatch", type=click.Choice(DISPATCH_MODES), default=d_model.dispatch, show_default=True,
+                     help="how a pre-forked server spreads connections over its workers"),
         click.option("--backlog", type=int, default=d_model.backlog, show_default=True),
         click.option("--no-gil", is_flag=True, help="simulate a C server (no GIL); ignored by real runs"),
         click.option("--cores", "n_cores", type=int, default=None, help="cores for the server [default: all here]"),
@@ -72,13 +74,11 @@ def scenario_options(func):
     @functools.wraps(func)
     def wrapper(**kw):
         try:
-            name = model_name(kw.pop("model"))  # not ModelSpec(name=...): m4 would fail on pool=0 first
-            pool = kw.pop("pool")
-            model = ModelSpec(
-                name=name,
+            model = ModelSpec.for_model(
+                kw.pop("model"),
                 threads=kw.pop("threads"),
                 processes=kw.pop("processes"),
-                pool=pool if pool is not None else (4 if name == "m4_reactor_workers" else 0),
+                pool=kw.pop("pool"),
                 dispatch=kw.pop("dispatch"),
                 backlog=kw.pop("backlog"),
                 gil=not kw.pop("no_gil"),

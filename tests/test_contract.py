@@ -6,13 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from simkit.registry import resolve
 from simkit.result import Result, columns, from_frame, to_frame
-from simkit.scenario import Hardware, ModelSpec, Scenario, Workload, model_name
+from simkit.scenario import Hardware, ModelSpec, Scenario, Workload
 
 
 def test_model_by_number_and_name():
-    assert model_name(5) == "m5_multi_reactor"
-    assert model_name("m6") == "m6_prefork"
+    assert resolve(5) == "m5_multi_reactor"
+    assert resolve("m6") == "m6_prefork"
     assert ModelSpec(name="3").name == "m3_reactor"
     with pytest.raises(ValueError, match="name"):
         ModelSpec(name="m9_nope")

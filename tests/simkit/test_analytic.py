@@ -27,8 +27,9 @@ from simkit.analytic import (
     usl,
 )
 from simkit.profile import CostProfile
+from simkit.registry import names
 from simkit.result import Result
-from simkit.scenario import MODEL_NAMES, Hardware, ModelSpec, Scenario, Workload
+from simkit.scenario import Hardware, ModelSpec, Scenario, Workload
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -223,7 +224,7 @@ def _scenario(name: str, **work) -> Scenario:
     )
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", names())
 def test_analytic_result_is_consistent_on_every_model(name):
     profile = CostProfile.default()
     s = _scenario(name, cpu_us=200.0, gil_us=20.0)
@@ -336,7 +337,7 @@ def test_analytic_throughput_tracks_the_simulator_coarsely(work):
     from simkit import simulate
 
     gaps = {}
-    for name in MODEL_NAMES:
+    for name in names():
         s = Scenario(
             model=ModelSpec(name=name, threads=2, processes=2, pool=2),
             hardware=Hardware(cores=2),
@@ -379,4 +380,4 @@ def test_analytic_is_fast_at_a_million_connections():
     t0 = time.process_time()
     r = analytic(s)
     assert time.process_time() - t0 < 2.0  # CPU seconds, generous: it takes milliseconds
-    assert r.throughput_rps == pytest.approx(64 / demands(s).cpu_s, rel=0.01)  # 10^6 rps offered: saturated, 64 loops busy
+    assert r.throughput_rps == pytest.approx(64 / demands(s, CostProfile.default()).cpu_s, rel=0.01)  # 10^6 rps offered: saturated, 64 loops busy

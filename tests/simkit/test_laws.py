@@ -21,7 +21,8 @@ import math
 import pytest
 
 from simkit.profile import CostProfile
-from simkit.scenario import MODEL_NAMES, Hardware, ModelSpec, Scenario, Workload
+from simkit.registry import names
+from simkit.scenario import Hardware, ModelSpec, Scenario, Workload
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -78,7 +79,7 @@ def assert_conserved(result, stats) -> None:
 
 
 # -- determinism -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", names())
 def test_same_seed_same_result_different_seed_different_result(name):
     from simkit import simulate
 
@@ -102,7 +103,7 @@ def test_same_seed_same_result_different_seed_different_result(name):
 
 # -- conservation ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["closed", "open"])
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", names())
 def test_conservation_keep_alive(name, mode):
     result, stats = run(scenario(name, mode))
     assert_conserved(result, stats)
@@ -110,14 +111,14 @@ def test_conservation_keep_alive(name, mode):
 
 
 @pytest.mark.parametrize("mode", ["closed", "open"])
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", names())
 def test_conservation_short_lived_connections(name, mode):
     result, stats = run(scenario(name, mode, requests_per_conn=2))
     assert_conserved(result, stats)
     assert result.completed > 50
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", names())
 def test_conservation_with_timeouts_under_overload(name):
     # Offered load ~2x what one core can do with 1 ms of GIL-free work per request, and a 20 ms client
     # timeout: the queue grows past the timeout, so requests must end as timeouts, not vanish.
@@ -127,7 +128,7 @@ def test_conservation_with_timeouts_under_overload(name):
     assert result.errors_timeout > 0
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", names())
 def test_conservation_with_refused_and_retried_connections(name):
     # More connections than backlog + fd limit: SYN drops, retries and EMFILE must all be accounted.
     s = scenario(name, "closed", connections=200, backlog=4, somaxconn=4, fd_limit=64, requests_per_conn=3,
@@ -140,7 +141,7 @@ def test_conservation_with_refused_and_retried_connections(name):
 # -- Little's law -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("conns", ["keep-alive", "short-lived"])
 @pytest.mark.parametrize("mode", ["closed", "open"])
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", names())
 def test_littles_law(name, mode, conns):
     s = scenario(name, mode)
     if conns == "short-lived":
@@ -154,7 +155,7 @@ def test_littles_law(name, mode, conns):
 # -- utilisation law --------------------------------------------------------------------------------
 @pytest.mark.parametrize("service", ["deterministic", "exponential"])
 @pytest.mark.parametrize("mode", ["closed", "open"])
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", names())
 def test_utilisation_law_with_overheads_zeroed(name, mode, service):
     profile = PROFILES["zeroed"]
     s = scenario(name, mode)
@@ -170,7 +171,7 @@ def test_utilisation_law_with_overheads_zeroed(name, mode, service):
     assert result.cpu_util == pytest.approx(busy_cores, rel=1e-6)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", names())
 def test_utilisation_with_the_default_profile(name):
     profile = PROFILES["default"]
     result, stats = run(scenario(name, "closed"))
@@ -191,8 +192,8 @@ def test_same_seed_same_result_in_a_fresh_process_with_other_hash_seeds():
 
     code = (
         "import json, sys; sys.path.insert(0, 'tests/simkit')\n"
-        "from test_laws import scenario, run, MODEL_NAMES\n"
-        "print(json.dumps({n: run(scenario(n, 'open'))[0].to_row() for n in MODEL_NAMES}, default=str))\n"
+        "from test_laws import scenario, run, names\n"
+        "print(json.dumps({n: run(scenario(n, 'open'))[0].to_row() for n in names()}, default=str))\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for hash_seed in ("0", "12345"):
@@ -200,7 +201,7 @@ def test_same_seed_same_result_in_a_fresh_process_with_other_hash_seeds():
         out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
                              timeout=100, check=True)
         rows = json.loads(out.stdout.strip().splitlines()[-1])
-        for name in MODEL_NAMES:
+        for name in names():
             here = json.loads(json.dumps(run(scenario(name, "open"))[0].to_row(), default=str))
             assert rows[name].keys() == here.keys()
             assert all(same(rows[name][k], here[k]) for k in here), name

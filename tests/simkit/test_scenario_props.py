@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 
 from simkit.analytic import Station, erlang_c, fit_usl, mm1, mmc, mva
 from simkit.profile import PARAM_NAMES, CostProfile, Param
+from simkit.registry import names
 from simkit.result import Result, from_frame, to_frame
 from simkit.scenario import (
     ARRIVALS,
     DISPATCH_MODES,
     LOAD_MODES,
-    MODEL_NAMES,
     Hardware,
     ModelSpec,
     Scenario,
@@ -139,9 +139,9 @@ def test_invalid_choice_fields(key, data):
 
 @given(st.one_of(st.text(max_size=20), st.integers(), st.none(), st.floats()))
 def test_unknown_model_names(value):
-    valid = {str(i) for i in range(1, 8)} | set(MODEL_NAMES) | {n.split("_")[0] for n in MODEL_NAMES}
+    valid = {str(i) for i in range(1, 8)} | set(names()) | {n.split("_")[0] for n in names()}
     if str(value).strip() in valid:
-        assert ModelSpec(name=value).name in MODEL_NAMES
+        assert ModelSpec.for_model(value).name in names()
         return
     with _named("name"):
         ModelSpec(name=value)
@@ -172,7 +172,7 @@ def test_cross_field_rules_name_the_field():
 # -- valid draws construct and round-trip ------------------------------------------------------------
 @st.composite
 def scenarios(draw):
-    name = draw(st.sampled_from(MODEL_NAMES))
+    name = draw(st.sampled_from(names()))
     mode = draw(st.sampled_from(LOAD_MODES))
     model = ModelSpec(
         name=name,
