@@ -1,4 +1,4 @@
-"""simkit: the simulated half of serverlab (DESIGN §1, §6)."""
+"""simkit: the simulated half of serverlab (docs/DESIGN.md §1, §6)."""
 
 from simkit.sim import SimStats, simulate
 

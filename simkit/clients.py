@@ -1,4 +1,4 @@
-"""The clients (DESIGN §6): closed loop, open loop, short-lived and idle connections, timeouts.
+"""The clients (docs/DESIGN.md §6): closed loop, open loop, short-lived and idle connections, timeouts.
 
 - Closed loop: `connections` slots, each with at most one request outstanding; after a response
   the slot thinks for think_s (constant), then sends the next. Slots start one after another,

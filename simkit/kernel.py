@@ -1,4 +1,4 @@
-"""The kernel's side of a server (DESIGN §6): listen backlog with SYN drop and client retry, fds per
+"""The kernel's side of a server (docs/DESIGN.md §6): listen backlog with SYN drop and client retry, fds per
 process (EMFILE), epoll_wait cost, connections.
 
 - Backlog: a listen socket's accept queue holds min(backlog, somaxconn) established connections; a

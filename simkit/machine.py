@@ -1,5 +1,5 @@
 """The machine: cores with a run queue, context-switch and wake-up costs, time slicing, a GIL per
-process, and a memory ledger (DESIGN §6).
+process, and a memory ledger (docs/DESIGN.md §6).
 
 Speed is a design constraint (a 100k-connection, 64-core scenario must run in seconds), so this is
 not one SimPy process per thread. It is a callback engine on a plain simpy.Environment:
@@ -22,9 +22,7 @@ not one SimPy process per thread. It is a callback engine on a plain simpy.Envir
   gil_switch_interval_s (the holder's burst is interrupted, the rest re-queued), and each hand-off
   costs the receiver gil_handoff_s. A holder's CPU step shorter than wakeup_s (recv, send, accept
   on a ready socket) keeps the GIL: CPython drops it around the syscall and signals a waiter, but
-  the thread is back and re-takes it before the waiter can run. (Handing it over there too made
-  the fit push accept_s to 3-15x its probe, to slow the thread models' start-up; refitted on two
-  campaigns' runs, the held-out p99 error was 26-28% without this and 19-20% with it.)
+  the thread is back and re-takes it before the waiter can run.
   Single-thread processes (m1, m3, m6 workers) never contend, so their bursts merge across GIL
   states (the GIL costs nothing there, as in CPython).
 - Scheduling: a runnable thread takes a free core (its last core if free: no cache/IPI cost),
@@ -477,9 +475,7 @@ class Machine:
     def _gil_release(self, th: Thread, at: float | None = None) -> None:
         """Release; with waiters, a FIFO hand-off to the first (it holds the GIL while it waits for a
         core: the convoy). CPython lets any running thread barge in before the woken waiter runs; only
-        the commonest case is modelled, a thread's own short syscall (see _advance). Full barging (a
-        free GIL, woken waiters retrying) was tried: under 4% change on the grid, gil_handoff_s hard
-        to fit."""
+        the commonest case is modelled, a thread's own short syscall (see _advance)."""
         proc = th.proc
         th.has_gil = False
         th.vrel = False

@@ -3,11 +3,11 @@
 A list of Results becomes a pandas DataFrame whose columns are METRIC_COLUMNS, then the scenario's
 flattened fields (Scenario.flat()), then `source`. Calibration and reports only ever see that frame.
 
-Decisions beyond DESIGN.md §5:
+Decisions beyond docs/DESIGN.md §5:
 - `failure` names why a run could not hold its load ("" when it did): "threads_max", "memory",
   "fd_limit", "backlog", "server_died", "loadgen", ... Capacity planning needs the reason, not
   only the symptom.
-- `processes_peak` is DESIGN §5's `processes` metric, renamed: the flattened ModelSpec already has a
+- `processes_peak` is docs/DESIGN.md §5's `processes` metric, renamed: the flattened ModelSpec already has a
   `processes` column (the m6 knob), and a frame cannot hold two columns of one name.
 - `loadgen_cpu_util` is the load generator's own CPU use (0..cores) in a real run; on a small box
   it competes with the server and calibration must know. Simulated runs report the modelled client

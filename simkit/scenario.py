@@ -4,7 +4,7 @@ realkit.measure(scenario) runs it for real; simkit.simulate(scenario, profile) p
 Both return a simkit.result.Result. Every dataclass here is frozen, carries its units in its field
 names and validates itself in __post_init__: a bad field raises ValueError naming that field.
 
-Decisions beyond DESIGN.md §5 (written down here so the next engineer finds them):
+Decisions beyond docs/DESIGN.md §5 (written down here so the next engineer finds them):
 - ModelSpec also carries `backlog` (the listen() argument; the kernel uses min(backlog, somaxconn)),
   `keepalive_timeout_s` (the idle keep-alive timer every server runs) and `gil` (simulation only:
   False models a C server without a GIL; the real servers are Python and always have one).
@@ -122,7 +122,7 @@ class Hardware:
 
 @dataclass(frozen=True)
 class Workload:
-    """The clients and the work each request asks for (DESIGN §4)."""
+    """The clients and the work each request asks for (docs/DESIGN.md §4)."""
 
     connections: int = 100
     mode: str = "closed"  # closed: each connection waits for its answer; open: arrivals at rate_rps
@@ -162,7 +162,7 @@ class Workload:
 
     @property
     def work_path(self) -> str:
-        """The request target that asks a server for this workload's work (DESIGN §4)."""
+        """The request target that asks a server for this workload's work (docs/DESIGN.md §4)."""
         return (
             f"/work?cpu_us={self.cpu_us:g}&gil_us={self.gil_us:g}&io_us={self.io_us:g}&resp_bytes={self.resp_bytes}"
         )

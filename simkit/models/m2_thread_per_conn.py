@@ -4,11 +4,9 @@ time, RSS, a threads_max slot): past threads_max the server cannot start one and
 connection (the client sees a reset; failure "threads_max").
 
 Thread.start() waits for the new thread's bootstrap, which needs the GIL. m7 models that wait
-(ModelBase.start_thread); here it was tried and left out: behind the simulator's FIFO GIL the
-acceptor then waited a whole round of the GIL queue per thread and started a third of the real
-server's threads (77 vs 244 at 300 clients on one core), while without it the simulator starts
-too many (1,325 vs 367 at 5,000 clients). CPython's GIL, where a thread back from a short syscall
-re-takes the GIL first and a waiter forces a switch after 5 ms, sits between the two."""
+(ModelBase.start_thread); m2 does not: behind the simulator's FIFO GIL the acceptor would wait a
+whole round of the GIL queue per thread and start far fewer threads than the real server, while
+without the wait it starts more (the README's calibration section has the figures)."""
 
 from __future__ import annotations
 

@@ -56,9 +56,8 @@ class Model(ModelBase):
         steps = th.steps
         if w.woken:
             # it slept in queue.get(): the condition variable's wake-up path (the probed hand-off).
-            # A worker that finds a job already queued takes it without sleeping, for next to nothing:
-            # under load realkit's m4 is as fast as m3 on one core, and charging every job the
-            # blocking hand-off made the simulated m4 25% slower than the real one.
+            # A worker that finds a job already queued takes it without sleeping, for next to nothing
+            # (under load the real server is as fast as a single reactor on one core).
             w.woken = False
             steps.append((CPU, self.handoff_s, None))
         if req.cpu > 0.0:  # do_work's order: cpu (GIL released), then gil, then io

@@ -2,8 +2,8 @@
 readiness the loop disarms the fd (EPOLLONESHOT) and spawns a short-lived thread that does
 recv/work/send, re-arms the fd and exits. Each request pays a thread spawn and holds a thread
 (and its RSS, and a threads_max slot) while it runs. Thread.start() returns only after the new
-thread has taken the GIL once, so the loop waits for that: without this hand-shake the simulated
-loop spawned threads as fast as it could and held ~9x the real server's threads at its peak."""
+thread has taken the GIL once, so the loop waits for that hand-shake (without it a loop would spawn
+threads as fast as it could, far more than the real server holds)."""
 
 from __future__ import annotations
 
