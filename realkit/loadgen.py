@@ -1,4 +1,5 @@
-"""Load generator for the serverlab wire protocol (DESIGN §4): closed loop, open loop, idle connections.
+"""Load generator for the serverlab wire protocol (docs/DESIGN.md §4): closed loop, open loop, idle
+connections.
 
 The instrument must not lie about latency, so:
 - open loop times every request from its *intended* send time (the arrival process), never from when
@@ -8,8 +9,8 @@ The instrument must not lie about latency, so:
 - every failure is an observation, counted by kind: `refused` (connect refused or failed), `timeout`
   (no answer within timeout_s), `reset` (the server reset or closed a connection with a request
   outstanding), `http` (a non-2xx answer), `client` (the generator itself failed, e.g. EMFILE);
-- latencies go into a log-bucketed histogram (HdrHistogram style): fixed memory, <= relative_error
-  error, mergeable across processes.
+- latencies go into realkit.histogram's log-bucketed histogram: fixed memory, bounded relative error,
+  mergeable across processes.
 
 Speed matters (a slow generator measures itself): each connection is a raw asyncio Protocol that
 writes pre-built request bytes and frames responses by Content-Length alone, on uvloop when installed.
@@ -38,9 +39,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
-
+from realkit.histogram import LatencyHistogram
 from realkit.monitor import peak_rss_bytes
+from simkit.scenario import Workload
 
 ERROR_KINDS: tuple[str, ...] = ("refused", "timeout", "reset", "http", "client")
 
@@ -53,146 +54,6 @@ _CLIENT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno
 
 class LoadGenError(RuntimeError):
     """The load generator itself failed (a worker crashed or never reported)."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# Histogram
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HistogramConfig:
-    """Bucket layout: bucket i covers [lowest_s * r**i, lowest_s * r**(i+1)) with r = (1+e)**2, so the
-    geometric midpoint of a bucket is within relative error e of every value in it."""
-
-    lowest_s: float = 1e-6
-    highest_s: float = 3600.0
-    relative_error: float = 0.005
-
-    def __post_init__(self) -> None:
-        if not (self.lowest_s > 0 and math.isfinite(self.lowest_s)):
-            raise ValueError(f"lowest_s: must be > 0, got {self.lowest_s!r}")
-        if not (self.highest_s > self.lowest_s and math.isfinite(self.highest_s)):
-            raise ValueError(f"highest_s: must be > lowest_s, got {self.highest_s!r}")
-        if not (0 < self.relative_error < 0.5):
-            raise ValueError(f"relative_error: must be in (0, 0.5), got {self.relative_error!r}")
-
-    @property
-    def ratio(self) -> float:
-        return (1.0 + self.relative_error) ** 2
-
-    @property
-    def n_buckets(self) -> int:
-        return int(math.ceil(math.log(self.highest_s / self.lowest_s) / math.log(self.ratio))) + 1
-
-
-class LatencyHistogram:
-    """Log-bucketed latency histogram (seconds). Memory is fixed (~2k int64 buckets by default) however
-    many values go in; percentiles are within `relative_error` of the exact order statistic.
-
-    Values below lowest_s land in bucket 0, above highest_s in the last bucket (and are counted in
-    `overflow`); min, max, sum are kept exactly so the mean is exact and extreme percentiles are clamped
-    to what was really seen.
-    """
-
-    __slots__ = ("config", "counts", "count", "total_s", "min_s", "max_s", "overflow", "_log_lo", "_log_r")
-
-    def __init__(self, config: HistogramConfig | None = None) -> None:
-        self.config = config or HistogramConfig()
-        self.counts = np.zeros(self.config.n_buckets, dtype=np.int64)
-        self.count = 0
-        self.total_s = 0.0
-        self.min_s = math.inf
-        self.max_s = 0.0
-        self.overflow = 0
-        self._log_lo = math.log(self.config.lowest_s)
-        self._log_r = math.log(self.config.ratio)
-
-    def _index(self, values: np.ndarray) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            idx = np.floor((np.log(np.maximum(values, 1e-300)) - self._log_lo) / self._log_r)
-        return np.clip(idx, 0, len(self.counts) - 1).astype(np.int64)
-
-    def record(self, value_s: float) -> None:
-        self.record_many(np.asarray([value_s], dtype=np.float64))
-
-    def record_many(self, values_s) -> None:
-        values = np.asarray(values_s, dtype=np.float64).ravel()
-        if values.size == 0:
-            return
-        if not np.all(np.isfinite(values)) or np.any(values < 0):
-            raise ValueError("values_s: latencies must be finite and >= 0")
-        self.counts += np.bincount(self._index(values), minlength=len(self.counts))
-        self.count += int(values.size)
-        self.total_s += float(values.sum())
-        self.min_s = min(self.min_s, float(values.min()))
-        self.max_s = max(self.max_s, float(values.max()))
-        self.overflow += int(np.count_nonzero(values > self.config.highest_s))
-
-    def merge(self, other: LatencyHistogram) -> LatencyHistogram:
-        """Add another histogram's counts into this one (same layout required); returns self."""
-        if other.config != self.config:
-            raise ValueError("config: histograms with different bucket layouts cannot be merged")
-        self.counts += other.counts
-        self.count += other.count
-        self.total_s += other.total_s
-        self.min_s = min(self.min_s, other.min_s)
-        self.max_s = max(self.max_s, other.max_s)
-        self.overflow += other.overflow
-        return self
-
-    @property
-    def mean_s(self) -> float:
-        return self.total_s / self.count if self.count else math.nan
-
-    def _representative(self, idx: np.ndarray) -> np.ndarray:
-        # Geometric midpoint of each bucket.
-        return np.exp(self._log_lo + (idx + 0.5) * self._log_r)
-
-    def percentile(self, q: float) -> float:
-        """The q-th percentile (0..100) in seconds, NaN when empty."""
-        return float(self.percentiles([q])[0])
-
-    def percentiles(self, qs) -> np.ndarray:
-        qs = np.asarray(qs, dtype=np.float64)
-        if np.any((qs < 0) | (qs > 100)):
-            raise ValueError("q: percentiles must be in 0..100")
-        if self.count == 0:
-            return np.full(qs.shape, math.nan)
-        cum = np.cumsum(self.counts)
-        # Nearest rank: the smallest bucket holding the ceil(q/100 * n)-th value (1-based).
-        ranks = np.maximum(1, np.ceil(qs / 100.0 * self.count))
-        idx = np.searchsorted(cum, ranks, side="left")
-        out = np.clip(self._representative(idx), self.min_s, self.max_s)
-        # The extremes are known exactly (and may lie outside the bucketed range).
-        out[qs == 100] = self.max_s
-        out[qs == 0] = self.min_s
-        return out
-
-    # -- transport between processes: plain, picklable, JSON-able ---------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        nz = np.flatnonzero(self.counts)
-        return {
-            "config": dataclasses.asdict(self.config),
-            "index": nz.tolist(),
-            "counts": self.counts[nz].tolist(),
-            "count": self.count,
-            "total_s": self.total_s,
-            "min_s": self.min_s if self.count else None,
-            "max_s": self.max_s,
-            "overflow": self.overflow,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LatencyHistogram:
-        hist = cls(HistogramConfig(**data["config"]))
-        hist.counts[np.asarray(data["index"], dtype=np.int64)] = np.asarray(data["counts"], dtype=np.int64)
-        hist.count = int(data["count"])
-        hist.total_s = float(data["total_s"])
-        hist.min_s = math.inf if data["min_s"] is None else float(data["min_s"])
-        hist.max_s = float(data["max_s"])
-        hist.overflow = int(data["overflow"])
-        return hist
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -211,22 +72,17 @@ def is_loopback(host: str) -> bool:
 
 @dataclass(frozen=True)
 class LoadSpec:
-    """What load to apply. `connections` is the number of load-carrying connections in closed loop, and
-    the cap on concurrent connections in open loop (arrivals beyond it wait, their latency still running
-    from the intended send time)."""
+    """What load to apply, and how the generator applies it.
+
+    The load itself is a simkit.scenario.Workload, validated there: `connections` is the number of
+    load-carrying connections in closed loop and the cap on concurrent connections in open loop
+    (arrivals beyond it wait, their latency still running from the intended send time); mode, rate,
+    arrival, think time, requests per connection, idle connections, timeout, connect concurrency,
+    request size, duration and warm-up come from it too. Its work fields (cpu_us, ...) are not read:
+    `url` carries the request target. Beside it are the generator's own settings, validated here."""
 
     url: str
-    connections: int = 10
-    duration_s: float = 5.0
-    warmup_s: float = 0.0
-    mode: str = "closed"  # closed | open
-    rate_rps: float | None = None
-    arrival: str = "poisson"  # poisson | constant
-    think_s: float = 0.0
-    requests_per_conn: int | None = None  # None: keep-alive forever; k: reconnect after k requests
-    idle_connections: int = 0
-    timeout_s: float = 10.0
-    request_bytes: int | None = None  # pad the request with a header up to this size
+    workload: Workload = field(default_factory=Workload)
     processes: int = 1  # 0: run in this process (and thread); n >= 1: n worker processes
     cpus: tuple[int, ...] | None = None  # pin the worker processes to these CPUs
     seed: int = 1
@@ -236,58 +92,35 @@ class LoadSpec:
     # (little CPU, sends up to this much late; the lag is inside the latencies and reported). Use > 0 when
     # the generator shares CPUs with the server.
     timer_resolution_s: float = 0.0
-    connect_concurrency: int = 256  # connects in flight at once (a burst beyond the backlog only drops SYNs)
     use_uvloop: bool = True
     allow_remote: bool = False
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
-        if parts.scheme != "http" or not parts.hostname or parts.port is None:
+        if not isinstance(self.workload, Workload):
+            raise ValueError(f"workload: expected a Workload, got {type(self.workload).__name__}")
+        parts = urlsplit(self.url) if isinstance(self.url, str) else None
+        if parts is None or parts.scheme != "http" or not parts.hostname or parts.port is None:
             raise ValueError(f"url: expected http://HOST:PORT/path, got {self.url!r}")
         if not self.allow_remote and not is_loopback(parts.hostname):
             raise ValueError(
                 f"url: {parts.hostname} is not a loopback address; pass allow_remote=True (--allow-remote) to load it"
             )
-        for name in ("connections", "idle_connections", "processes", "seed", "connect_concurrency"):
+        for name in ("processes", "seed"):
             value = getattr(self, name)
-            minimum = 1 if name in ("connections", "connect_concurrency") else 0
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-        if self.mode not in ("closed", "open"):
-            raise ValueError(f"mode: must be closed or open, got {self.mode!r}")
-        if self.mode == "open" and (self.rate_rps is None or not self.rate_rps > 0):
-            raise ValueError(f"rate_rps: open loop needs a rate > 0, got {self.rate_rps!r}")
-        if self.arrival not in ("poisson", "constant"):
-            raise ValueError(f"arrival: must be poisson or constant, got {self.arrival!r}")
-        for name, strict in (
-            ("duration_s", True),
-            ("warmup_s", False),
-            ("think_s", False),
-            ("timeout_s", True),
-            ("late_threshold_s", False),
-            ("timer_resolution_s", False),
-        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+        for name in ("late_threshold_s", "timer_resolution_s"):
             value = getattr(self, name)
             if (
-                not isinstance(value, (int, float))
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
                 or not math.isfinite(value)
                 or value < 0
-                or (strict and value == 0)
             ):
-                raise ValueError(f"{name}: must be {'>' if strict else '>='} 0, got {value!r}")
-        if self.requests_per_conn is not None and (
-            not isinstance(self.requests_per_conn, int) or self.requests_per_conn < 1
-        ):
-            raise ValueError(
-                f"requests_per_conn: expected None or an integer >= 1, got {self.requests_per_conn!r}"
-            )
-        if self.request_bytes is not None and (
-            not isinstance(self.request_bytes, int) or self.request_bytes < 16
-        ):
-            raise ValueError(f"request_bytes: expected None or an integer >= 16, got {self.request_bytes!r}")
+                raise ValueError(f"{name}: must be >= 0, got {value!r}")
         if self.cpus is not None:
             cpus = tuple(self.cpus)
-            if not cpus or any(not isinstance(c, int) or c < 0 for c in cpus):
+            if not cpus or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cpus):
                 raise ValueError(f"cpus: expected a non-empty list of CPU numbers, got {self.cpus!r}")
             object.__setattr__(self, "cpus", cpus)
 
@@ -305,9 +138,10 @@ class LoadSpec:
         return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
     def request(self) -> bytes:
-        """The exact bytes sent for every request (built once)."""
+        """The exact bytes sent for every request (built once), padded with a header up to
+        workload.request_bytes when the plain request is shorter."""
         head = f"GET {self.target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-        pad = (self.request_bytes or 0) - len(head) - len("X-Pad: \r\n\r\n")
+        pad = self.workload.request_bytes - len(head) - len("X-Pad: \r\n\r\n")
         if pad > 0:
             head += "X-Pad: " + "x" * pad + "\r\n"
         return (head + "\r\n").encode("ascii")
@@ -370,9 +204,9 @@ class LoadReport:
         p50, p90, p99, p999 = self.histogram.percentiles([50, 90, 99, 99.9])
         out: dict[str, Any] = {
             "url": self.spec.url,
-            "mode": self.spec.mode,
-            "connections": self.spec.connections,
-            "rate_rps": self.spec.rate_rps,
+            "mode": self.spec.workload.mode,
+            "connections": self.spec.workload.connections,
+            "rate_rps": self.spec.workload.rate_rps,
             "duration_s": self.duration_s,
             "throughput_rps": self.throughput_rps,
             "latency_mean_s": self.histogram.mean_s,
@@ -493,20 +327,21 @@ class _Generator:
 
     def __init__(self, spec: LoadSpec, share: int, n_shares: int, loop: asyncio.AbstractEventLoop) -> None:
         self.spec = spec
+        self.w = w = spec.workload
         self.loop = loop
         self.request = spec.request()
         self.host, self.port = spec.host, spec.port
         # This worker's share of the connections and of the arrival rate.
-        self.n_conns = spec.connections // n_shares + (1 if share < spec.connections % n_shares else 0)
-        self.n_idle = spec.idle_connections // n_shares + (
-            1 if share < spec.idle_connections % n_shares else 0
+        self.n_conns = w.connections // n_shares + (1 if share < w.connections % n_shares else 0)
+        self.n_idle = w.idle_connections // n_shares + (
+            1 if share < w.idle_connections % n_shares else 0
         )
-        self.rate = (spec.rate_rps or 0.0) / n_shares
+        self.rate = (w.rate_rps or 0.0) / n_shares
         self.share, self.n_shares = share, n_shares
         self.rng = random.Random(spec.seed * 7919 + share)
         self.hist = LatencyHistogram()
         self.lat: list[float] = []  # latencies of completed 2xx answers in the window, flushed every 0.1 s
-        self.plain = spec.mode == "closed" and not spec.think_s and spec.requests_per_conn is None
+        self.plain = w.mode == "closed" and not w.think_s and w.requests_per_conn is None
         self.c = dict.fromkeys(_COUNTERS, 0)
         self.max_lag = 0.0
         self.lag_sum = 0.0  # open loop: total send lag over lag_n sends (the generator's own delay)
@@ -517,7 +352,7 @@ class _Generator:
         self.idle: set[_IdleConn] = set()
         self.free: list[_Conn] = []  # open loop: connected, nothing outstanding
         self.waiting: deque[float] = deque()  # open loop: intended send times with no connection yet
-        self.sem = asyncio.Semaphore(max(1, spec.connect_concurrency // n_shares))
+        self.sem = asyncio.Semaphore(max(1, w.connect_concurrency // n_shares))
         self.tasks: set[asyncio.Task] = set()
         self.t_stop = math.inf
         self.next_t = math.inf
@@ -544,7 +379,7 @@ class _Generator:
                 return None, None
             try:
                 _, proto = await asyncio.wait_for(
-                    self.loop.create_connection(factory, self.host, self.port), self.spec.timeout_s
+                    self.loop.create_connection(factory, self.host, self.port), self.w.timeout_s
                 )
                 return proto, None
             except (TimeoutError, OSError) as exc:
@@ -583,7 +418,7 @@ class _Generator:
         self.active.discard(conn)
         if self.stopping:
             return
-        if self.spec.mode == "closed":
+        if self.w.mode == "closed":
             self.spawn(self.open_load_conn(None, delay=0.01 if failed_connect else 0.0))
             return
         try:
@@ -609,7 +444,7 @@ class _Generator:
             self.spawn(self.open_load_conn(self.waiting.popleft()))
 
     def next_gap(self) -> float:
-        if self.spec.arrival == "poisson":
+        if self.w.arrival == "poisson":
             return self.rng.expovariate(self.rate)
         return 1.0 / self.rate
 
@@ -659,7 +494,7 @@ class _Generator:
             return
         self.flush()
         now = time.monotonic()
-        deadline = now - self.spec.timeout_s
+        deadline = now - self.w.timeout_s
         for conn in list(self.active):
             if conn.t_req is not None and conn.t_req < deadline:
                 conn.t_req = None
@@ -679,21 +514,21 @@ class _Generator:
             await asyncio.gather(*(self.open_idle_conn() for _ in range(self.n_idle)))
 
     async def run(self, t0: float) -> dict[str, Any]:
-        spec = self.spec
-        self._window_start = t0 + spec.warmup_s
-        t_end = self._window_start + spec.duration_s
+        w = self.w
+        self._window_start = t0 + w.warmup_s
+        t_end = self._window_start + w.duration_s
         self.t_stop = t_end
         delay = t0 - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         self.loop.call_later(0.1, self.tick)
-        if spec.mode == "closed":
+        if w.mode == "closed":
             for _ in range(self.n_conns):
                 self.spawn(self.open_load_conn(None))
         else:
             # Constant arrivals from several workers interleave rather than coincide.
             self.next_t = t0 + (
-                self.share / (self.rate * self.n_shares) if spec.arrival == "constant" else self.next_gap()
+                self.share / (self.rate * self.n_shares) if w.arrival == "constant" else self.next_gap()
             )
             self.dispatch()
         await asyncio.sleep(max(0.0, self._window_start - time.monotonic()))
@@ -761,7 +596,7 @@ class _Conn(asyncio.Protocol):
         if g.stopping:
             transport.abort()
             return
-        if g.spec.mode == "open":
+        if g.w.mode == "open":
             g.note_lag(self.t_req, time.monotonic())
         transport.write(g.request)
 
@@ -808,13 +643,13 @@ class _Conn(asyncio.Protocol):
                 g.lat.append(now - self.t_req)
         self.t_req = None
         self.n_done += 1
-        spec = g.spec
-        if spec.requests_per_conn is not None and self.n_done >= spec.requests_per_conn:
+        w = g.w
+        if w.requests_per_conn is not None and self.n_done >= w.requests_per_conn:
             self.transport.close()
             return
-        if spec.mode == "closed":
-            if spec.think_s:
-                g.loop.call_later(spec.think_s, self._next)
+        if w.mode == "closed":
+            if w.think_s:
+                g.loop.call_later(w.think_s, self._next)
             else:
                 self.t_req = now
                 if g.recording:
@@ -886,7 +721,7 @@ def raise_nofile(needed: int) -> int:
 
 
 def _fds_needed(spec: LoadSpec, n_shares: int) -> int:
-    return (spec.connections + spec.idle_connections) // max(1, n_shares) + 128
+    return (spec.workload.connections + spec.workload.idle_connections) // max(1, n_shares) + 128
 
 
 def _worker(spec: LoadSpec, share: int, n_shares: int, pipe) -> None:
@@ -940,7 +775,8 @@ def run_load(spec: LoadSpec, on_ready=None) -> LoadReport:
     """Apply `spec`'s load and return what was observed in its measurement window.
 
     `on_ready(t0)` (optional) is called once every worker holds its idle connections, with the
-    monotonic time the load starts at; the window is [t0 + warmup_s, t0 + warmup_s + duration_s].
+    monotonic time the load starts at; the window is [t0 + warmup_s, t0 + warmup_s + duration_s] (the
+    workload's).
     Raises LoadGenError if a worker crashes or does not report in time.
     """
     if spec.processes >= 1 and multiprocessing.current_process().daemon:
@@ -986,7 +822,7 @@ def run_load(spec: LoadSpec, on_ready=None) -> LoadReport:
             pipes.append(parent)
             procs.append(proc)
         # Start-up (interpreter, imports) plus opening idle connections: generous but bounded.
-        prep_deadline = time.monotonic() + 60.0 + spec.timeout_s + spec.idle_connections / 500.0
+        prep_deadline = time.monotonic() + 60.0 + spec.workload.timeout_s + spec.workload.idle_connections / 500.0
         for i, pipe in enumerate(pipes):
             _expect(pipe, procs[i], "ready", prep_deadline)
         t0 = time.monotonic() + 0.05
@@ -994,7 +830,7 @@ def run_load(spec: LoadSpec, on_ready=None) -> LoadReport:
             on_ready(t0)
         for pipe in pipes:
             pipe.send(("go", t0))
-        run_deadline = t0 + spec.warmup_s + spec.duration_s + 30.0
+        run_deadline = t0 + spec.workload.warmup_s + spec.workload.duration_s + 30.0
         parts = [_expect(pipe, procs[i], "done", run_deadline) for i, pipe in enumerate(pipes)]
         for proc in procs:
             proc.join(5.0)

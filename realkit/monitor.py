@@ -3,8 +3,8 @@
 Per sample: RSS (sum over the tree), threads, processes, open fds, context switches (voluntary plus
 involuntary) and CPU (user+sys). psutil does the per-process reads. Context switches need more care:
 /proc/PID/status (psutil.num_ctx_switches) reports the main thread only, and the counts of exited
-threads are visible nowhere in /proc, so a thread-per-connection or spawn-per-request server (m2, m7)
-would look calm. Two ways, best first:
+threads are visible nowhere in /proc, so a thread-per-connection or spawn-per-request server would
+look calm. Two ways, best first:
 - "perf": a software perf counter (PERF_COUNT_SW_CONTEXT_SWITCHES, inherit=1) attached to every thread
   of the tree when the monitor starts; the kernel adds in every thread and process created later, alive
   or exited. Needs perf_event_open (root, or kernel.perf_event_paranoid <= 1, and no seccomp veto);
@@ -14,7 +14,7 @@ would look calm. Two ways, best first:
 TreeStats.ctx_counter says which one was used. Process CPU from /proc/PID/stat already includes the
 process's exited threads; exited processes keep their last sampled CPU.
 
-RSS is summed over the tree, so pages shared by forked workers (m6) count once per worker, as `ps`
+RSS is summed over the tree, so pages shared by forked workers count once per worker, as `ps`
 would: an upper bound of the memory the tree really needs.
 """
 

@@ -1,4 +1,4 @@
-"""The HTTP/1.1 subset every real server speaks (DESIGN §4).
+"""The HTTP/1.1 subset every real server speaks (docs/DESIGN.md §4).
 
     GET /work?cpu_us=200&gil_us=20&io_us=0&resp_bytes=64 HTTP/1.1   -> the work, then resp_bytes bytes
     GET / HTTP/1.1                                                  -> zero work, body b"ok\\n"

@@ -1,10 +1,10 @@
 """measure(scenario) -> Result: run one Scenario for real on this box.
 
-Start the server for scenario.model as a subprocess (`python -m realkit.servers ...`, never imported:
-the server must own its process, its GIL and its CPUs), pin it to the first hardware.cores CPUs, put
-the load generator on the other CPUs when the box has any (else both share, and the Result says so
-through loadgen_cpu_util), raise RLIMIT_NOFILE as needed, warm up, measure, stop the server gracefully
-(SIGTERM), and fill every Result field from what was observed:
+Start the server for scenario.model as a subprocess (`python -m realkit.servers <json>`, never run in
+this process: the server must own its process, its GIL and its CPUs), pin it to the first
+hardware.cores CPUs, put the load generator on the other CPUs when the box has any (else both share,
+and the Result says so through loadgen_cpu_util), raise RLIMIT_NOFILE as needed, warm up, measure,
+stop the server gracefully (SIGTERM), and fill every Result field from what was observed:
 - throughput, latency percentiles, errors, in-flight: the load generator's measurement window;
 - cpu_util, ctx_switches_per_s, threads/processes/rss/fds peaks: the monitor of the server's process
   tree over the same window (both use time.monotonic());
@@ -38,6 +38,7 @@ import psutil
 
 from realkit.loadgen import LoadGenError, LoadReport, LoadSpec, raise_nofile, run_load
 from realkit.monitor import ProcessTreeMonitor, TreeStats
+from realkit.servers import server_argument
 from simkit.result import Result
 from simkit.scenario import Scenario
 
@@ -49,6 +50,7 @@ __all__ = [
     "plan_cpus",
     "ServerProcess",
     "server_command",
+    "load_spec_for",
 ]
 
 
@@ -83,33 +85,8 @@ def plan_cpus(cores: int) -> CpuPlan:
 
 
 def server_command(scenario: Scenario, cpus: tuple[int, ...] | None = None) -> list[str]:
-    m = scenario.model
-    cmd = [
-        sys.executable,
-        "-m",
-        "realkit.servers",
-        "--model",
-        m.name,
-        "--threads",
-        str(m.threads),
-        "--processes",
-        str(m.processes),
-        "--dispatch",
-        m.dispatch,
-        "--backlog",
-        str(m.backlog),
-        "--keepalive-timeout",
-        f"{m.keepalive_timeout_s:g}",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-    ]
-    if m.pool > 0:
-        cmd += ["--pool", str(m.pool)]
-    if cpus:
-        cmd += ["--cores", ",".join(map(str, cpus))]
-    return cmd
+    """`python -m realkit.servers <json>` for scenario.model on loopback, any free port, pinned to `cpus`."""
+    return [sys.executable, "-m", "realkit.servers", server_argument(scenario.model, "127.0.0.1", 0, cpus)]
 
 
 def _server_preexec(cpus: tuple[int, ...], fd_limit: int):
@@ -120,7 +97,7 @@ def _server_preexec(cpus: tuple[int, ...], fd_limit: int):
             resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, max(fd_limit, hard)))
         except (ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (min(fd_limit, hard), hard))
-        os.setsid()  # its own process group: m6's workers can be signalled together if need be
+        os.setsid()  # its own process group: forked workers can be signalled together if need be
 
     return preexec
 
@@ -231,21 +208,11 @@ class ServerProcess:
 def load_spec_for(
     scenario: Scenario, port: int, cpus: tuple[int, ...], processes: int, shared: bool = False
 ) -> LoadSpec:
-    w = scenario.workload
+    """The load generator's spec for `scenario` against a server on 127.0.0.1:`port`: the scenario's
+    workload as is, plus where and how the generator runs."""
     return LoadSpec(
-        url=f"http://127.0.0.1:{port}{w.work_path}",
-        connections=w.connections,
-        duration_s=w.duration_s,
-        warmup_s=w.warmup_s,
-        mode=w.mode,
-        rate_rps=w.rate_rps,
-        arrival=w.arrival,
-        think_s=w.think_s,
-        requests_per_conn=w.requests_per_conn,
-        idle_connections=w.idle_connections,
-        timeout_s=w.timeout_s,
-        connect_concurrency=w.connect_concurrency,
-        request_bytes=w.request_bytes,
+        url=f"http://127.0.0.1:{port}{scenario.workload.work_path}",
+        workload=scenario.workload,
         processes=processes,
         cpus=cpus,
         seed=scenario.seed,
@@ -291,7 +258,7 @@ def measure(
         if monitor.ctx_counter != "perf":
             warnings.warn(
                 "perf counters not permitted here: context switches are sampled from /proc and undercount "
-                "threads that live under 100 ms (m2 short connections, m7)",
+                "threads that live under 100 ms (a thread per short connection or per request)",
                 RuntimeWarning,
                 stacklevel=2,
             )

@@ -1,12 +1,10 @@
-"""The business work a request asks for (DESIGN §4), calibrated by duration at start-up.
+"""The business work a request asks for (docs/DESIGN.md §4), calibrated by duration at start-up.
 
 - cpu_us: sha256 over n x 4 KiB of a buffer in ONE update() call. CPython drops the GIL while hashing an
   input of 2048 bytes or more (HASHLIB_GIL_MINSIZE), so this work scales across cores even in threads,
-  as DESIGN §4 asks, like any C call that releases the GIL for its whole run (zlib, numpy, a driver).
-  An earlier version called update() once per 4 KiB chunk: it re-took the GIL every ~2 us, and with
-  threads on 2 cores that made ~250 context switches per request and ran slower than on one core
-  (m5: 3.1k req/s on 2 cores vs 3.5k on 1; one call per request: 5.8k vs 3.6k), which is GIL-bound
-  work, not what cpu_us stands for.
+  as docs/DESIGN.md §4 asks, like any C call that releases the GIL for its whole run (zlib, numpy, a
+  driver). One call, not one per chunk: re-taking the GIL every few microseconds would make it GIL-bound
+  work, which is not what cpu_us stands for.
 - gil_us: a pure Python loop; it holds the GIL (the interpreter forces a hand-off every 5 ms).
 - io_us: time.sleep, standing for a database or disk call (releases the GIL, uses no CPU).
 
@@ -18,9 +16,9 @@ clock (time.thread_time_ns), so preemption by other processes on a busy box does
 unit cost, and the median of several bursts drops outliers (frequency steps, cache misses).
 
 A server measures its rate at start-up unless SERVERLAB_WORK_CALIBRATION ("cpu_ns_per_chunk,gil_ns_per_iter",
-from Calibration.to_env) is set: a calibration campaign measures the rate once and pins it for every
-server it starts, so a request asks for the same computation in all of its runs. (Each server's own
-150 ms measurement scatters by ~10% on a shared box, which moved throughput between runs just as much.)
+from Calibration.to_env) is set: calibration measures the rate once and pins it for every server it
+starts, so a request asks for the same computation in all of its runs (a server's own short measurement
+scatters on a shared box).
 """
 
 from __future__ import annotations
@@ -172,7 +170,7 @@ def io_work(io_us: float) -> None:
 
 
 def do_work(cpu_us: float = 0.0, gil_us: float = 0.0, io_us: float = 0.0) -> None:
-    """The work one request asks for, in DESIGN order: cpu, then gil, then io."""
+    """The work one request asks for, in docs/DESIGN.md §4 order: cpu, then gil, then io."""
     if cpu_us > 0:
         cpu_work(cpu_us)
     if gil_us > 0:

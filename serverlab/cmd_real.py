@@ -79,14 +79,17 @@ def load(url, connections, duration_s, warmup_s, rate_rps, arrival, think_s, req
     """Load a server with the serverlab wire protocol and print what was observed."""
     from realkit.loadgen import LoadGenError, LoadSpec, run_load
     from serverlab.options import parse_cores
+    from simkit.scenario import Workload
 
     try:
-        spec = LoadSpec(
-            url=url, connections=connections, duration_s=duration_s, warmup_s=warmup_s,
+        workload = Workload(
+            connections=connections, duration_s=duration_s, warmup_s=warmup_s,
             mode="open" if rate_rps is not None else "closed", rate_rps=rate_rps, arrival=arrival,
             think_s=think_s, requests_per_conn=requests_per_conn, idle_connections=idle_connections,
-            timeout_s=timeout_s, connect_concurrency=connect_concurrency, processes=processes,
-            cpus=tuple(parse_cores(cpus)) if cpus else None,
+            timeout_s=timeout_s, connect_concurrency=connect_concurrency,
+        )
+        spec = LoadSpec(
+            url=url, workload=workload, processes=processes, cpus=tuple(parse_cores(cpus)) if cpus else None,
             seed=seed, timer_resolution_s=timer_resolution_s, allow_remote=allow_remote,
         )
     except ValueError as exc:
@@ -96,7 +99,7 @@ def load(url, connections, duration_s, warmup_s, rate_rps, arrival, think_s, req
     except LoadGenError as exc:
         raise click.ClickException(str(exc)) from None
     summary = report.summary()
-    summary["spec_idle_connections"] = spec.idle_connections
+    summary["spec_idle_connections"] = workload.idle_connections
     summary["spec_processes"] = spec.processes
     if csv_path:
         import os

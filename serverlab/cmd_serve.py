@@ -1,5 +1,5 @@
-"""`serverlab serve`: start one real server (realkit.servers.run_server), print its port, serve until
-SIGTERM/SIGINT, exit 0. `python -m realkit.servers` is this same command."""
+"""`serverlab serve`: start one real server (realkit.servers.run_server) in this process, print its port,
+serve until SIGTERM/SIGINT, exit 0."""
 
 from __future__ import annotations
 
@@ -8,27 +8,31 @@ import sys
 import click
 
 from serverlab.options import parse_cores
-from simkit.scenario import DISPATCH_MODES
+from simkit import registry
+from simkit.scenario import DISPATCH_MODES, ModelSpec
+
+_DEFAULTS = ModelSpec()
 
 
 @click.command()
-@click.option("--model", "-m", required=True, help="m1_iterative..m7_reactor_spawn, or 1..7")
-@click.option("--threads", type=int, default=1, show_default=True, help="m5/m7 I/O threads")
-@click.option("--pool", type=int, default=None, help="m4 worker threads [default: 4 for m4, else 0]")
-@click.option("--processes", type=int, default=1, show_default=True, help="m6 worker processes")
+@click.option("--model", "-m", required=True, help=f"name or number: {registry.model_help()}")
+@click.option("--threads", type=int, default=None, help=f"{registry.knob_help('threads')} [default: the model's]")
+@click.option("--pool", type=int, default=None, help=f"{registry.knob_help('pool')} [default: the model's]")
+@click.option("--processes", type=int, default=None,
+              help=f"{registry.knob_help('processes')} [default: the model's]")
 @click.option(
     "--dispatch",
     type=click.Choice(DISPATCH_MODES),
-    default="shared",
+    default=_DEFAULTS.dispatch,
     show_default=True,
-    help="m6 accept distribution",
+    help="how a pre-forked server spreads connections over its workers",
 )
-@click.option("--backlog", type=int, default=1024, show_default=True, help="listen() backlog")
+@click.option("--backlog", type=int, default=_DEFAULTS.backlog, show_default=True, help="listen() backlog")
 @click.option(
     "--keepalive-timeout",
     "keepalive_timeout_s",
     type=float,
-    default=30.0,
+    default=_DEFAULTS.keepalive_timeout_s,
     show_default=True,
     help="close connections idle this many seconds",
 )
@@ -37,11 +41,11 @@ from simkit.scenario import DISPATCH_MODES
 @click.option("--cores", default=None, help="pin the server to these CPUs, e.g. 0,1 or 0-3")
 def serve(model, threads, pool, processes, dispatch, backlog, keepalive_timeout_s, host, port, cores):
     """Run one real server; print the bound port on one line when ready; serve until SIGTERM."""
-    from realkit.servers import model_spec, run_server
+    from realkit.servers import run_server
 
     cpus = parse_cores(cores)
     try:
-        spec = model_spec(
+        spec = ModelSpec.for_model(
             model,
             threads=threads,
             pool=pool,

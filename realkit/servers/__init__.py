@@ -1,5 +1,5 @@
-"""The seven real servers (DESIGN §3), one module each, sharing realkit.protocol, realkit.work and
-realkit.servers.base.
+"""The real servers (docs/DESIGN.md §3), one module per architecture (simkit.registry names it), sharing
+realkit.protocol, realkit.work and realkit.servers.base.
 
 Python API
 ----------
@@ -12,51 +12,94 @@ stopped: by SIGTERM/SIGINT when `install_signals` (main thread only), or by `sto
 base.Stopper, usable from another thread, e.g. in tests). On stop it takes no new connections,
 answers every request already received, closes idle connections, and returns. `cores` (a list of
 CPU numbers) pins the process (and so its threads and forked workers) with os.sched_setaffinity.
-m6 forks: call it from a process without other threads.
+A model that forks must be called from a process without other threads.
 
-Command line (same options as `serverlab serve`):
-    python -m realkit.servers --model m3_reactor --port 0      # prints the bound port, then serves
+Subprocess
+----------
+    python -m realkit.servers '{"model": {"name": "m3_reactor"}, "port": 0}'
+
+runs one server from a ServerArgs JSON object (see server_argument / parse_server_argument) and prints
+the bound port on one line once ready. realkit.runner starts servers this way; `serverlab serve` is the
+command-line face for people.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import json
 import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from realkit import work
 from realkit.servers.base import Stopper, install_signal_handlers
-from simkit.scenario import MODEL_NAMES, ModelSpec, model_name
+from simkit import registry
+from simkit.scenario import ModelSpec
 
-__all__ = ["MODEL_NAMES", "run_server", "Stopper", "model_spec"]
+__all__ = ["run_server", "Stopper", "ServerArgs", "server_argument", "parse_server_argument"]
+
+_ARG_KEYS = ("model", "host", "port", "cores")
 
 
-def model_spec(
-    model: str,
-    *,
-    threads: int = 1,
-    pool: int | None = None,
-    processes: int = 1,
-    dispatch: str = "shared",
-    backlog: int = 1024,
-    keepalive_timeout_s: float = 30.0,
-) -> ModelSpec:
-    """A validated ModelSpec from CLI-style options (pool defaults to 4 for m4, else 0)."""
-    try:
-        name = model_name(model)
-    except ValueError as exc:
-        raise ValueError(f"name: {exc}") from None
-    return ModelSpec(
-        name=name,
-        threads=threads,
-        pool=pool if pool is not None else (4 if name == "m4_reactor_workers" else 0),
-        processes=processes,
-        dispatch=dispatch,
-        backlog=backlog,
-        keepalive_timeout_s=keepalive_timeout_s,
+@dataclasses.dataclass(frozen=True)
+class ServerArgs:
+    """What `python -m realkit.servers` runs: run_server's arguments."""
+
+    model: ModelSpec
+    host: str = "127.0.0.1"
+    port: int = 0
+    cores: tuple[int, ...] | None = None
+
+
+def server_argument(
+    spec: ModelSpec, host: str = "127.0.0.1", port: int = 0, cores: Sequence[int] | None = None
+) -> str:
+    """The JSON argument of `python -m realkit.servers`:
+    {"model": <ModelSpec fields>, "host": "127.0.0.1", "port": 0, "cores": [0, 1] | null}."""
+    return json.dumps(
+        {
+            "model": dataclasses.asdict(spec),
+            "host": host,
+            "port": port,
+            "cores": list(cores) if cores is not None else None,
+        }
     )
+
+
+def parse_server_argument(text: str) -> ServerArgs:
+    """ServerArgs from server_argument's JSON ("model" required; "host", "port", "cores" optional).
+    Raises ValueError naming the field."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"argument: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"argument: expected a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(_ARG_KEYS))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown field; allowed: {', '.join(_ARG_KEYS)}")
+    model: Any = data.get("model")
+    if not isinstance(model, dict):
+        raise ValueError(f"model: expected an object of ModelSpec fields, got {model!r}")
+    allowed = {f.name for f in dataclasses.fields(ModelSpec)}
+    unknown = sorted(set(model) - allowed)
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown ModelSpec field; allowed: {', '.join(sorted(allowed))}")
+    host = data.get("host", "127.0.0.1")
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"host: expected an address, got {host!r}")
+    port = data.get("port", 0)
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise ValueError(f"port: expected an integer, got {port!r}")
+    cores = data.get("cores")
+    if cores is not None:
+        if not isinstance(cores, list) or any(isinstance(c, bool) or not isinstance(c, int) for c in cores):
+            raise ValueError(f"cores: expected a list of CPU numbers or null, got {cores!r}")
+        cores = tuple(cores)
+    return ServerArgs(ModelSpec(**model), host, port, cores)
 
 
 def run_server(
@@ -81,13 +124,13 @@ def run_server(
             os.sched_setaffinity(0, cores)
         except OSError as exc:
             raise ValueError(f"cores: cannot pin to {cores}: {exc}") from None
+    module = importlib.import_module(registry.get(spec.name).real_module_name)
     own_stopper = stopper is None
     stopper = stopper or Stopper()
     signals = install_signals and threading.current_thread() is threading.main_thread()
     if signals:
         install_signal_handlers(stopper)
     work.calibrate()  # before ready: no request pays for it, and forked workers inherit it
-    module = importlib.import_module(f"realkit.servers.{spec.name}")
     try:
         module.serve(spec, host, port, stopper, ready_callback or (lambda port: None))
     finally:

@@ -261,7 +261,7 @@ class Reactor:
     """A level-triggered epoll loop serving connections inline; one instance per loop thread."""
 
     oneshot = False  # m7 arms connections with EPOLLONESHOT
-    accept_limit = 1 << 16  # per readiness event: "accept all pending" (DESIGN §3, m3)
+    accept_limit = 1 << 16  # per readiness event: "accept all pending" (docs/DESIGN.md §3, m3)
 
     def __init__(self, keepalive_s: float, name: str = "reactor") -> None:
         self.keepalive_s = keepalive_s

@@ -26,9 +26,9 @@ import psutil
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# The server entry point under test; overridable only so the suite can be developed against a
-# stand-in before the real servers exist.
-SERVERS_MODULE = os.environ.get("REALKIT_SERVERS_MODULE", "realkit.servers")
+# How the suite starts a server: `serverlab serve` and its flags (it runs realkit.servers.run_server in
+# its own process). realkit.runner's JSON entry, `python -m realkit.servers`, has tests of its own.
+SERVE_ENTRY: tuple[str, ...] = ("-m", "serverlab.cli", "serve")
 READY_TIMEOUT_S = 60.0  # start-up includes work.py's self-calibration, on a loaded 2-core box
 SOCKET_TIMEOUT_S = 10.0
 # The shared server's idle keep-alive timeout: long enough that no test's own pauses (slowloris
@@ -172,10 +172,10 @@ def start_server(
     extra_args: Sequence[str] = (),
     preexec_fn: Callable[[], None] | None = None,
     ready_timeout_s: float = READY_TIMEOUT_S,
-    entry: Sequence[str] = ("-m", SERVERS_MODULE),
+    entry: Sequence[str] = SERVE_ENTRY,
     pass_host: bool = True,
 ) -> ServerProcess:
-    """Start `python -m realkit.servers ...` (or `python <entry> ...`) and wait for the port line."""
+    """Start `python -m serverlab.cli serve ...` (or `python <entry> ...`) and wait for the port line."""
     outdir = Path(tempfile.mkdtemp(prefix=f"realkit-{config.id}-"))
     stdout_path, stderr_path = outdir / "stdout", outdir / "stderr"
     host_args = ["--host", HOST] if pass_host else []  # without: the default must be loopback

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from realkit.loadgen import HistogramConfig, LatencyHistogram
+from realkit.histogram import HistogramConfig, LatencyHistogram
 
 QS = [1, 10, 50, 90, 99, 99.9]
 

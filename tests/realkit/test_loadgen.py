@@ -8,6 +8,8 @@ thread and the generator do not share a GIL.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import resource
 import socket
 import struct
@@ -17,6 +19,7 @@ import time
 import pytest
 
 from realkit.loadgen import LoadGenError, LoadSpec, _classify, _classify_connect, _Framer, run_load
+from simkit.scenario import Workload
 
 RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello"
 
@@ -100,6 +103,15 @@ class TestServer:
         return f"http://127.0.0.1:{self.port}/work?cpu_us=0"
 
 
+_WORKLOAD_FIELDS = {f.name for f in dataclasses.fields(Workload)}
+
+
+def _spec(url: str, **kw) -> LoadSpec:
+    """A LoadSpec from flat keywords: Workload fields go to its workload (no warm-up unless asked)."""
+    load = {k: kw.pop(k) for k in list(kw) if k in _WORKLOAD_FIELDS}
+    return LoadSpec(url=url, workload=Workload(**{"warmup_s": 0.0, **load}), **kw)
+
+
 def _free_port() -> int:
     """A port nothing listens on (bound, then closed)."""
     with socket.socket() as s:
@@ -113,7 +125,7 @@ def _free_port() -> int:
 @pytest.mark.timeout(60)
 def test_closed_loop_counts_every_answer():
     with TestServer() as srv:
-        report = run_load(LoadSpec(url=srv.url, connections=8, duration_s=1.0, warmup_s=0.2))
+        report = run_load(_spec(url=srv.url, connections=8, duration_s=1.0, warmup_s=0.2))
         served = srv.ok
     assert report.completed > 100
     assert report.errors == 0
@@ -133,11 +145,11 @@ def test_open_loop_sees_stalls_that_closed_loop_hides():
     each stall and then races on: its p99 stays small. An open loop keeps arriving during the stall
     and times each request from its intended send: about a quarter of requests wait, p99 ~ 50 ms."""
     with TestServer(stall_every_s=0.2, stall_s=0.05) as srv:
-        closed = run_load(LoadSpec(url=srv.url, connections=2, duration_s=2.0, warmup_s=0.2))
-        opened = run_load(LoadSpec(url=srv.url, connections=200, mode="open", rate_rps=1000.0,
+        closed = run_load(_spec(url=srv.url, connections=2, duration_s=2.0, warmup_s=0.2))
+        opened = run_load(_spec(url=srv.url, connections=200, mode="open", rate_rps=1000.0,
                                    duration_s=2.0, warmup_s=0.2))
         # Capped at one connection, arrivals during a stall cannot even be sent: counted as late sends.
-        capped = run_load(LoadSpec(url=srv.url, connections=1, mode="open", rate_rps=500.0,
+        capped = run_load(_spec(url=srv.url, connections=1, mode="open", rate_rps=500.0,
                                    duration_s=1.0, warmup_s=0.2))
         assert srv.stalls >= 10
     c99, o99 = closed.latency_s(99), opened.latency_s(99)
@@ -155,7 +167,7 @@ def test_open_loop_sees_stalls_that_closed_loop_hides():
 @pytest.mark.timeout(60)
 def test_open_loop_constant_arrivals_hold_their_rate():
     with TestServer() as srv:
-        report = run_load(LoadSpec(url=srv.url, connections=20, mode="open", rate_rps=500.0,
+        report = run_load(_spec(url=srv.url, connections=20, mode="open", rate_rps=500.0,
                                    arrival="constant", duration_s=1.0, warmup_s=0.2))
     # Exact in intended time; a starved generator shifts a few dispatches across the window's edges.
     assert report.issued == pytest.approx(500, abs=15)
@@ -166,8 +178,8 @@ def test_open_loop_constant_arrivals_hold_their_rate():
 @pytest.mark.timeout(60)
 def test_refused_connections_are_counted_not_fatal():
     url = f"http://127.0.0.1:{_free_port()}/"
-    closed = run_load(LoadSpec(url=url, connections=4, duration_s=0.5, processes=0))
-    opened = run_load(LoadSpec(url=url, connections=4, mode="open", rate_rps=200.0, duration_s=0.5,
+    closed = run_load(_spec(url=url, connections=4, duration_s=0.5, processes=0))
+    opened = run_load(_spec(url=url, connections=4, mode="open", rate_rps=200.0, duration_s=0.5,
                                processes=0))
     for report in (closed, opened):
         assert report.errors_refused > 0
@@ -182,7 +194,7 @@ def test_resets_are_counted_exactly():
     """Every other request is answered with a TCP reset: the generator counts each one as a reset,
     reconnects, and goes on."""
     with TestServer(behaviour="reset_every_other") as srv:
-        report = run_load(LoadSpec(url=srv.url, connections=4, duration_s=1.0, warmup_s=0.0))
+        report = run_load(_spec(url=srv.url, connections=4, duration_s=1.0, warmup_s=0.0))
         time.sleep(0.1)
         ok, resets = srv.ok, srv.resets
     assert report.completed > 20 and report.errors_reset > 20
@@ -196,7 +208,7 @@ def test_resets_are_counted_exactly():
 @pytest.mark.timeout(60)
 def test_timeouts_are_counted():
     with TestServer(behaviour="silent") as srv:
-        report = run_load(LoadSpec(url=srv.url, connections=3, duration_s=1.0, timeout_s=0.3,
+        report = run_load(_spec(url=srv.url, connections=3, duration_s=1.0, timeout_s=0.3,
                                    processes=0))
     # Each connection times out every ~0.3-0.4 s (sweep granularity 0.1 s), then reconnects.
     assert 3 <= report.errors_timeout <= 3 * 1.0 / 0.3 + 3
@@ -206,7 +218,7 @@ def test_timeouts_are_counted():
 @pytest.mark.timeout(60)
 def test_short_lived_connections_reconnect():
     with TestServer() as srv:
-        report = run_load(LoadSpec(url=srv.url, connections=4, duration_s=0.8, requests_per_conn=3,
+        report = run_load(_spec(url=srv.url, connections=4, duration_s=0.8, requests_per_conn=3,
                                    processes=0))
         conns = srv.connections
     assert report.completed > 30 and report.errors == 0
@@ -217,7 +229,7 @@ def test_short_lived_connections_reconnect():
 @pytest.mark.timeout(60)
 def test_think_time_paces_a_closed_loop():
     with TestServer() as srv:
-        report = run_load(LoadSpec(url=srv.url, connections=5, think_s=0.05, duration_s=1.0, processes=0))
+        report = run_load(_spec(url=srv.url, connections=5, think_s=0.05, duration_s=1.0, processes=0))
     # 5 connections, each ~1 request per 50 ms (plus a sub-ms answer): about 100 requests.
     assert 40 <= report.completed <= 105  # fewer if a busy box delays the think timers
 
@@ -225,7 +237,7 @@ def test_think_time_paces_a_closed_loop():
 @pytest.mark.timeout(90)
 def test_several_worker_processes_merge_their_counts():
     with TestServer() as srv:
-        report = run_load(LoadSpec(url=srv.url, connections=6, processes=2, duration_s=1.0, warmup_s=0.2))
+        report = run_load(_spec(url=srv.url, connections=6, processes=2, duration_s=1.0, warmup_s=0.2))
     assert report.completed > 100 and report.errors == 0
     assert report.histogram.count == report.completed
 
@@ -239,7 +251,7 @@ def test_ten_thousand_idle_connections_plus_100_active_stay_under_300_mb():
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))  # for the server in this process
     try:
         with TestServer() as srv:
-            report = run_load(LoadSpec(url=srv.url, connections=100, idle_connections=10_000,
+            report = run_load(_spec(url=srv.url, connections=100, idle_connections=10_000,
                                        duration_s=1.5, warmup_s=0.2, timeout_s=30.0))
             held = srv.connections
     finally:
@@ -257,7 +269,7 @@ def test_a_crashing_worker_raises_a_clear_error():
     """A worker that cannot even start (here: pinned to a CPU that does not exist) is reported with its
     traceback, not hung on or silently ignored."""
     with pytest.raises(LoadGenError, match="crashed"):
-        run_load(LoadSpec(url="http://127.0.0.1:9/", duration_s=0.5, cpus=(4095,)))
+        run_load(_spec(url="http://127.0.0.1:9/", duration_s=0.5, cpus=(4095,)))
 
 
 @pytest.mark.timeout(60)
@@ -268,7 +280,7 @@ def test_in_a_daemonic_process_the_load_runs_in_process(monkeypatch):
     monkeypatch.setitem(multiprocessing.current_process()._config, "daemon", True)
     with TestServer() as srv:
         with pytest.warns(RuntimeWarning, match="daemonic"):
-            report = run_load(LoadSpec(url=srv.url, connections=2, duration_s=0.5, processes=1))
+            report = run_load(_spec(url=srv.url, connections=2, duration_s=0.5, processes=1))
     assert report.completed > 0 and report.errors == 0
 
 
@@ -320,24 +332,37 @@ def test_spec_validation_names_the_field_and_refuses_remote_hosts():
         LoadSpec(url="http://example.com:80/")
     with pytest.raises(ValueError, match="url"):
         LoadSpec(url="http://10.1.2.3:80/")
+    with pytest.raises(ValueError, match="url"):
+        LoadSpec(url="ftp://127.0.0.1:21/")
     assert LoadSpec(url="http://10.1.2.3:80/", allow_remote=True).host == "10.1.2.3"
     assert LoadSpec(url="http://localhost:8080/").port == 8080
-    with pytest.raises(ValueError, match="rate_rps"):
-        LoadSpec(url="http://127.0.0.1:1/", mode="open")
-    with pytest.raises(ValueError, match="connections"):
-        LoadSpec(url="http://127.0.0.1:1/", connections=0)
-    with pytest.raises(ValueError, match="duration_s"):
-        LoadSpec(url="http://127.0.0.1:1/", duration_s=0)
-    with pytest.raises(ValueError, match="requests_per_conn"):
-        LoadSpec(url="http://127.0.0.1:1/", requests_per_conn=0)
+    with pytest.raises(ValueError, match="workload"):
+        LoadSpec(url="http://127.0.0.1:1/", workload={"connections": 4})
+    for name, bad in (("processes", -1), ("seed", -1), ("late_threshold_s", -0.1), ("timer_resolution_s", math.nan)):
+        with pytest.raises(ValueError, match=name):
+            LoadSpec(url="http://127.0.0.1:1/", **{name: bad})
+    with pytest.raises(ValueError, match="cpus"):
+        LoadSpec(url="http://127.0.0.1:1/", cpus=())
+    assert LoadSpec(url="http://127.0.0.1:1/", cpus=[2, 3]).cpus == (2, 3)
+
+
+def test_the_load_is_the_workload():
+    """Connections, mode, rate, ... are the Workload's, validated there (once), not copied."""
+    w = Workload(connections=7, mode="open", rate_rps=50.0, requests_per_conn=2, timeout_s=3.0)
+    spec = LoadSpec(url="http://127.0.0.1:1/", workload=w)
+    assert spec.workload is w
+    assert not any(hasattr(spec, name) for name in ("connections", "mode", "rate_rps", "duration_s"))
 
 
 def test_request_bytes_are_prebuilt_and_padded():
-    spec = LoadSpec(url="http://127.0.0.1:8080/work?cpu_us=100&resp_bytes=64", request_bytes=200)
-    req = spec.request()
+    url = "http://127.0.0.1:8080/work?cpu_us=100&resp_bytes=64"
+    req = LoadSpec(url=url, workload=Workload(request_bytes=200)).request()
     assert req.startswith(b"GET /work?cpu_us=100&resp_bytes=64 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n")
     assert req.endswith(b"\r\n\r\n") and len(req) == 200
-    assert len(LoadSpec(url="http://127.0.0.1:8080/").request()) < 64
+    # The default workload's 64 bytes: a short request is padded to it, a longer one is sent as it is.
+    assert len(LoadSpec(url="http://127.0.0.1:8080/").request()) == Workload().request_bytes == 64
+    assert LoadSpec(url=url).request() == b"GET /work?cpu_us=100&resp_bytes=64 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+    assert b"X-Pad" not in LoadSpec(url="http://127.0.0.1:8080/", workload=Workload(request_bytes=16)).request()
 
 
 def test_cli_load_refuses_a_remote_url_by_default():
@@ -347,6 +372,11 @@ def test_cli_load_refuses_a_remote_url_by_default():
 
     out = CliRunner().invoke(main, ["load", "--url", "http://192.0.2.1:80/", "--duration", "1"])
     assert out.exit_code != 0 and "loopback" in out.output
+    # Bad load flags are refused by the Workload, naming the field.
+    for flags, field in ((["-c", "0"], "connections"), (["--duration", "0"], "duration_s"),
+                         (["--requests-per-conn", "0"], "requests_per_conn"), (["--processes", "-1"], "processes")):
+        out = CliRunner().invoke(main, ["load", "--url", "http://127.0.0.1:1/", *flags])
+        assert out.exit_code == 2 and field in out.output, (flags, out.output)
 
 
 @pytest.mark.timeout(60)

@@ -8,7 +8,8 @@ import warnings
 import pytest
 
 from realkit import measure
-from realkit.loadgen import LatencyHistogram, LoadReport, LoadSpec
+from realkit.histogram import LatencyHistogram
+from realkit.loadgen import LoadReport, LoadSpec
 from realkit.monitor import TreeStats
 from realkit.runner import (
     ServerProcess,
@@ -18,8 +19,10 @@ from realkit.runner import (
     plan_cpus,
     server_command,
 )
+from realkit.servers import parse_server_argument
+from simkit import registry
 from simkit.result import Result, columns, metric_columns, to_frame
-from simkit.scenario import MODEL_NAMES, Hardware, ModelSpec, Scenario, Workload, available_cores
+from simkit.scenario import Hardware, ModelSpec, Scenario, Workload, available_cores
 
 # The server gets one core and the load generator the other where the box has two.
 CORES = 1
@@ -44,7 +47,7 @@ def _measure(scenario: Scenario) -> Result:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("model", registry.names())
 def test_measure_every_model_fills_every_field(model):
     result = _measure(small(model, **_KNOBS.get(model, {})))
     print(f"\n{model}: {result.throughput_rps:.0f} req/s, p99 {result.latency_p99_s * 1e3:.2f} ms, "
@@ -111,23 +114,25 @@ def test_cpu_plan_splits_or_shares():
         assert set(one.loadgen_cpus).isdisjoint(one.server_cpus)
 
 
-def test_server_command_carries_the_model_knobs():
-    cmd = server_command(Scenario(model=ModelSpec(name="m4", pool=3, backlog=77)), cpus=(0,))
-    assert cmd[1:3] == ["-m", "realkit.servers"]
-    joined = " ".join(cmd)
-    for part in ("--model m4_reactor_workers", "--pool 3", "--backlog 77", "--cores 0", "--host 127.0.0.1",
-                 "--port 0", "--keepalive-timeout 30"):
-        assert part in joined
-    assert "--pool" not in server_command(Scenario(model=ModelSpec(name="m3")))
+def test_server_command_carries_the_model_spec_as_json():
+    spec = ModelSpec(name="m4", pool=3, backlog=77, keepalive_timeout_s=2.5)
+    cmd = server_command(Scenario(model=spec), cpus=(0,))
+    assert cmd[1:3] == ["-m", "realkit.servers"] and len(cmd) == 4
+    args = parse_server_argument(cmd[3])
+    assert args.model == spec and (args.host, args.port, args.cores) == ("127.0.0.1", 0, (0,))
+    assert parse_server_argument(server_command(Scenario())[3]).cores is None
 
 
 def test_load_spec_carries_the_workload():
     # The simulator models the generator's connect places (Workload.connect_concurrency): the real
     # generator must get the same number, not its own default.
-    s = Scenario(workload=Workload(connections=300, connect_concurrency=17, requests_per_conn=2, timeout_s=3.0))
-    spec = load_spec_for(s, 8080, (0,), 1)
-    assert (spec.connect_concurrency, spec.connections, spec.requests_per_conn, spec.timeout_s) == (17, 300, 2, 3.0)
-    assert spec.host == "127.0.0.1"
+    w = Workload(connections=300, connect_concurrency=17, requests_per_conn=2, timeout_s=3.0, cpu_us=40)
+    spec = load_spec_for(Scenario(workload=w, seed=9), 8080, (0,), 1)
+    assert spec.workload is w
+    assert (spec.url, spec.host, spec.cpus, spec.processes, spec.seed) == (
+        f"http://127.0.0.1:8080{w.work_path}", "127.0.0.1", (0,), 1, 9)
+    assert spec.timer_resolution_s == 0.0
+    assert load_spec_for(Scenario(workload=w), 8080, (0,), 1, shared=True).timer_resolution_s > 0
 
 
 @pytest.mark.timeout(60)
