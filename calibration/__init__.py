@@ -1,4 +1,4 @@
-"""calibration: make simkit reproduce realkit on this box, and prove it on held-out points (DESIGN §7).
+"""calibration (docs/DESIGN.md §7): make simkit reproduce realkit on this box, and prove it on held-out points.
 
 `calibrate()` is the whole pipeline: probes -> real runs on a grid -> parameters measured from the
 runs -> least-squares fit on the training points -> held-out validation against the USL baseline ->
@@ -19,24 +19,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from calibration.fit import (
-    FIT_PARAMS,
-    FitResult,
-    GridPoint,
-    Run,
-    SimBatch,
-    apply_measured,
-    build_grid,
-    load_runs,
-    probe_floors,
-    run_grid,
-    save_runs,
-)
+from calibration.compare import SimBatch
+from calibration.fit import FIT_PARAMS, FitResult, apply_measured, probe_floors
 from calibration.fit import fit as fit_params  # not `fit`: that would hide the calibration.fit module
+from calibration.grid import GridPoint, build_grid
 from calibration.probes import run_probes
+from calibration.runs import Run, load_runs, run_grid, save_runs
 from calibration.validate import USLBaseline, json_safe, summarize, validate, write_csv
 from simkit.profile import CostProfile, default_profile_path, host_fingerprint
-from simkit.scenario import MODEL_NAMES, available_cores
+from simkit.scenario import available_cores
 
 # progress(stage, detail, done, total)
 StageProgress = Callable[[str, str, int, int], None]
@@ -94,7 +85,7 @@ def calibrate(
     measure: Callable | None = None,
     simulate: Callable | None = None,
     progress: StageProgress | None = None,
-    models: Sequence[str] = MODEL_NAMES,
+    models: Sequence[str] | None = None,
     grid: Sequence[GridPoint] | None = None,
     base: CostProfile | None = None,
     probes: bool = True,
@@ -110,7 +101,8 @@ def calibrate(
     """Probes + grid + fit + validation; writes the profile (out, or profiles/<host>.json) and a CSV
     of the held-out table beside it (same name, .csv), and every real run (.runs.csv).
     runs_from: reuse the real runs of an earlier calibration (its .runs.csv) instead of measuring:
-    refits and re-validation without the real-run time."""
+    refits and re-validation without the real-run time. models: the grid's models (default: every
+    registered one); ignored when `grid` is given."""
     t_start = time.monotonic()
     real_runs = measure is None and runs_from is None  # realkit's servers will be started
     measure = measure or _default_measure()

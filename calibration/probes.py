@@ -1,4 +1,4 @@
-"""Microbenchmarks of DESIGN §7.1: the primitive costs of this box, measured from Python.
+"""Microbenchmarks of docs/DESIGN.md §7.1: the primitive costs of this box, measured from Python.
 
 Every probe times a batch of operations from Python (what the servers pay, interpreter included),
 repeats the batch until the median of the repeats is stable, and reports that median with its

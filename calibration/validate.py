@@ -1,6 +1,6 @@
-"""Held-out validation (DESIGN §7.4): predict points the fit never saw, against the USL baseline.
+"""Held-out validation (docs/DESIGN.md §7.4): predict points the fit never saw, against the USL baseline.
 
-Held-out kinds (fit.ROLES): "interp" (inside the training grid), "cores" (fit on 1 core, predict 2),
+Held-out kinds (grid.ROLES): "interp" (inside the training grid), "cores" (fit on 1 core, predict 2),
 "connections" (fit at <= 1,000 connections, predict 5,000-10,000). For each held-out real run the
 table has one row per metric: measured, simulated, relative error, and where the baseline can say
 anything, the Universal Scalability Law's prediction and error.
@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from calibration.fit import Run, SimBatch, sim_scenario
+from calibration.compare import SimBatch, sim_scenario
+from calibration.runs import Run
 from simkit.profile import CostProfile
 from simkit.result import Result
 from simkit.scenario import Scenario

@@ -10,7 +10,7 @@ import click
 @click.option("--quick", is_flag=True, help="a small grid and short runs (about 3 minutes)")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="profile JSON to write [default: profiles/<host>.json]")
-@click.option("--model", "models", multiple=True, help="calibrate only these models (repeatable; 1..7 or names)")
+@click.option("--model", "models", multiple=True, help="calibrate only these models (repeatable; numbers or names)")
 @click.option("--workers", type=int, default=None, help="simulation processes for the fit [default: 2 on 2+ cores]")
 def calibrate(quick: bool, out: str | None, models: tuple[str, ...], workers: int | None) -> None:
     """Calibrate the simulator against this box and validate it on held-out points."""
@@ -19,11 +19,11 @@ def calibrate(quick: bool, out: str | None, models: tuple[str, ...], workers: in
 
     from calibration import calibrate as run_calibration
     from calibration import format_summary
+    from simkit import registry
     from simkit.profile import default_profile_path
-    from simkit.scenario import MODEL_NAMES, model_name
 
     try:
-        chosen = tuple(model_name(m) for m in models) if models else MODEL_NAMES
+        chosen = tuple(registry.resolve(m) for m in models) if models else registry.names()
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--model") from None
     path = out or str(default_profile_path())

@@ -9,15 +9,9 @@ import pytest
 from calfakes import FakeMeasure, fake_simulate
 
 from calibration import calibrate, format_summary
-from calibration.fit import (
-    GridPoint,
-    build_grid,
-    fit,
-    make_scenario,
-    measure_with_retry,
-    run_failed,
-    run_grid,
-)
+from calibration.fit import fit
+from calibration.grid import GridPoint, build_grid, make_scenario
+from calibration.runs import measure_with_retry, run_failed, run_grid
 from calibration.validate import USLBaseline, rel_err
 from simkit.profile import CostProfile
 from simkit.result import Result

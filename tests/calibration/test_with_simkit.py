@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 
 from calibration import calibrate
-from calibration.fit import GridPoint, _sim_one, fit, loadgen_shares_cores, make_scenario
+from calibration.compare import _sim_one, loadgen_shares_cores
+from calibration.fit import fit
+from calibration.grid import GridPoint, make_scenario
 from simkit import simulate
 from simkit.profile import CostProfile, HostMismatchWarning, host_fingerprint
 from simkit.result import Result

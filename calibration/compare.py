@@ -1,0 +1,157 @@
+"""How a real run is simulated and compared with the simulation (docs/DESIGN.md §7.3-4).
+
+A real run's scenario is simulated with a fixed seed per point (common random numbers), over the
+run's own window or about `target_requests` requests (cheaper, but a start-up transient the real
+window saw is then cut off or over-weighted). The simulated Result is counted as realkit counts it
+(as_realkit) before it is compared: residuals are weighted log(simulated / measured) of METRICS.
+
+On a 2-core box a 1-core server leaves the other core to the load generator; a server given every
+core shares them with it, so those points are simulated with loadgen_on_server_cores=True (the load
+generator costing client_cpu_per_request_s, measured from the real runs, not fitted).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from simkit.profile import CostProfile
+from simkit.result import Result
+from simkit.scenario import Scenario, available_cores
+
+# (metric, weight): p99 is the noisiest figure on a shared box, so it counts half.
+METRICS: tuple[tuple[str, float], ...] = (("throughput_rps", 1.0), ("latency_p50_s", 1.0), ("latency_p99_s", 0.5))
+
+SimulateFn = Callable[..., Result]
+
+
+def loadgen_shares_cores(scenario: Scenario, host_cores: int | None = None) -> bool:
+    """A server given every core of this box shares them with the load generator."""
+    return scenario.hardware.cores >= (host_cores or available_cores())
+
+
+def sim_scenario(real: Result, target_requests: int | None) -> Scenario:
+    """The real run's scenario, shortened to about target_requests simulated requests (a simulated
+    request costs wall time, and the fit simulates every training point many times), but never
+    shorter than 4 measured latencies, with a warm-up of 1.5 (the closed loop's start-up transient).
+    target_requests None: the real run's own window, for a prediction that must see what the real
+    window saw (a held-out point at 10k connections still connecting after a short warm-up)."""
+    s = real.scenario
+    if target_requests is None:
+        return s
+    wl = s.workload
+    x = real.throughput_rps
+    lat = real.latency_mean_s if math.isfinite(real.latency_mean_s) else 0.0
+    duration = wl.duration_s if x <= 0 else min(wl.duration_s, max(0.1, target_requests / x, 4.0 * lat))
+    warmup = min(wl.warmup_s, max(0.05, 1.5 * lat))
+    return s.replace(duration_s=round(duration, 4), warmup_s=round(warmup, 4))
+
+
+def as_realkit(sim: Result, stats: Any = None) -> Result:
+    """The simulated Result with throughput, mean latency and peaks counted as realkit counts them.
+
+    realkit's load generator counts responses completed inside its window whatever their send time;
+    simkit's Result counts the cohort sent inside the window and completed by its end, which misses
+    the requests still in flight at the end (about latency / window of them). SimStats carries the
+    realkit-style count (completed_in_window) and those completions' latency percentiles; without it
+    (an older or fake simulator), in a closed loop at steady state the send rate equals the
+    throughput: (completed + in_flight) / duration.
+    """
+    if stats is not None and getattr(stats, "threads_sampled_peak", 0) > 0:
+        # realkit's monitor samples every 100 ms; the Result's peaks are exact maxima (short-lived
+        # threads, a thread per request's, come and go between samples). Compare like with like.
+        sim = replace(sim, threads_peak=stats.threads_sampled_peak,
+                      rss_peak_bytes=stats.rss_sampled_peak_bytes or sim.rss_peak_bytes,
+                      fds_peak=stats.fds_sampled_peak or sim.fds_peak)
+    if sim.scenario.workload.mode != "closed":
+        return sim
+    d = sim.scenario.workload.duration_s
+    if stats is not None and hasattr(stats, "completed_in_window"):
+        x = stats.completed_in_window / d
+        lat = getattr(stats, "latency_mean_in_window_s", sim.latency_mean_s)
+        sim = replace(sim, throughput_rps=x, latency_mean_s=lat if lat == lat else sim.latency_mean_s)
+        pct = getattr(stats, "latency_percentiles_in_window_s", ())
+        if len(pct) == 4:
+            sim = replace(sim, **dict(zip(("latency_p50_s", "latency_p90_s", "latency_p99_s", "latency_p999_s"),
+                                          pct, strict=True)))
+        return sim
+    return replace(sim, throughput_rps=(sim.completed + sim.in_flight) / d)
+
+
+def comparable(sim: Result, field: str) -> float:
+    """Kept for callers holding a plain simulated Result (no SimStats): see as_realkit."""
+    return float(getattr(as_realkit(sim), field))
+
+
+def _sim_one(args: tuple) -> Result | str:
+    simulate, scenario, profile, seed, shared = args
+    try:
+        try:
+            got = simulate(scenario, profile, seed=seed, loadgen_on_server_cores=shared, detail=True)
+        except TypeError:  # a simulator without detail=: no SimStats
+            got = simulate(scenario, profile, seed=seed, loadgen_on_server_cores=shared)
+        sim, stats = got if isinstance(got, tuple) else (got, None)
+        return as_realkit(sim, stats)
+    except Exception as exc:  # noqa: BLE001 - a crashing simulation is a (bad) prediction, reported
+        return f"{type(exc).__name__}: {exc}"
+
+
+class SimBatch:
+    """Runs many simulations, in this process or on a pool of `workers` processes."""
+
+    def __init__(self, simulate: SimulateFn, workers: int = 1, host_cores: int | None = None) -> None:
+        self.simulate = simulate
+        self.workers = workers
+        self.host_cores = host_cores
+        self.calls = 0
+        self._pool = None
+        if workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: the caller may run a progress-bar thread.
+            self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def run(self, scenarios: Sequence[Scenario], profiles: Sequence[CostProfile]) -> list[Result | str]:
+        tasks = [(self.simulate, s, p, s.seed, loadgen_shares_cores(s, self.host_cores))
+                 for s, p in zip(scenarios, profiles, strict=True)]
+        self.calls += len(tasks)
+        if self._pool is None:
+            return [_sim_one(t) for t in tasks]
+        return list(self._pool.map(_sim_one, tasks, chunksize=max(1, len(tasks) // (4 * self.workers))))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> SimBatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def log_ratio(pred: float, meas: float) -> float:
+    """log(pred / meas), clipped to +-5; 0 when there is nothing measured to compare with."""
+    if not (isinstance(meas, float) and math.isfinite(meas) and meas > 0):
+        return 0.0
+    if not (math.isfinite(pred) and pred > 0):
+        return -5.0 if pred == 0 or not math.isfinite(pred) else 5.0
+    return max(-5.0, min(5.0, math.log(pred / meas)))
+
+
+def residuals(sims: Sequence[Result | str], reals: Sequence[Result]) -> np.ndarray:
+    out = []
+    for sim, real in zip(sims, reals, strict=True):
+        for metric, weight in METRICS:
+            meas = getattr(real, metric)
+            pred = getattr(sim, metric) if isinstance(sim, Result) else math.nan
+            if isinstance(sim, Result) and metric != "throughput_rps" and sim.completed == 0:
+                pred = math.nan
+            out.append(weight * log_ratio(pred if math.isfinite(pred) else 0.0, meas))
+    return np.asarray(out, float)
