@@ -5,22 +5,23 @@
 classifies why the next load up breaks, `winner_map` says which model serves each
 (connections, cores) cell best, and `recommend` turns both into a choice with reasons in words.
 The frame is always the contract frame of simkit.result.columns() (extra columns are ignored).
-
-`sweep` is re-exported here so a planning script needs one import (it lives in experiments.sweep,
-which owns the process pool / Dask engines).
+Per-model facts (knob sizing, which models are one thread or share a GIL, the model order) come
+from simkit.registry. Running a sweep is experiments.sweep; simulated windows are experiments.windows.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import pandas as pd
 
-from simkit.scenario import MODEL_NAMES, ModelSpec, Scenario, model_name
+from simkit import registry
+from simkit.scenario import ModelSpec, Scenario
 
 # Reasons capacity() can give, in the order they are checked (hard failures first: a run that
 # ran out of memory also has a terrible p99, and the memory is the reason, not the latency).
@@ -37,46 +38,48 @@ REASONS: dict[str, str] = {
     "cpu": "every core is busy (CPU saturated)",
     "latency": "p99 latency exceeds the SLO before the CPU saturates (queueing or blocking waits)",
 }
-# Models that can use several cores through threads of ONE Python process (so the GIL binds).
-_THREADED_ONE_PROCESS = ("m2_thread_per_conn", "m4_reactor_workers", "m5_multi_reactor", "m7_reactor_spawn")
-# Models that are one thread by design whatever the core count.
-_SINGLE_THREAD = ("m1_iterative", "m3_reactor")
 
 
 @dataclass(frozen=True)
 class Sizing:
     """How each model's knobs follow the core count (a model sized for 1 core wastes 63 of 64).
 
-    m5/m7 I/O threads and m6 processes: `*_per_core` x cores (at least 1). The m4 worker pool:
-    `m4_pool_per_core` x cores, at least `m4_pool_min` (blocking io_us work wants a large pool).
+    `rules` overrides the registry's sizing rules, keyed as registry.sizing_keys() names them
+    ("<short>_<knob>_per_core", "<short>_<knob>_min"): a knob is max(min, round(per_core x cores)).
+    Rules left out keep the registry's defaults.
     """
 
-    m4_pool_per_core: float = 4.0
-    m4_pool_min: int = 4
-    m5_threads_per_core: float = 1.0
-    m6_processes_per_core: float = 1.0
-    m7_threads_per_core: float = 1.0
+    rules: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
+        if not isinstance(self.rules, Mapping):
+            raise ValueError(f"rules: expected a mapping of sizing rule to number, got {type(self.rules).__name__}")
+        allowed = registry.sizing_keys()
+        for key, value in self.rules.items():
+            if key not in allowed:
+                raise ValueError(f"{key}: unknown sizing rule; allowed: {', '.join(allowed)}")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{f.name}: must be a number > 0, got {value!r}")
+                raise ValueError(f"{key}: must be a number > 0, got {value!r}")
+        object.__setattr__(self, "rules", MappingProxyType(dict(self.rules)))
 
-    def spec(self, name: str, cores: int, base: ModelSpec | None = None) -> ModelSpec:
-        """The ModelSpec for model `name` on `cores` cores (other knobs from `base`)."""
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.rules.items())))
+
+    def spec(self, name: str | int, cores: int, base: ModelSpec | None = None) -> ModelSpec:
+        """The ModelSpec for model `name` on `cores` cores: its knobs sized by the rules, every other
+        model's knobs back at their ModelSpec defaults, the rest (gil, backlog...) from `base`."""
         base = base or ModelSpec()
-        name = model_name(name)
-        knobs: dict[str, Any] = {"name": name, "threads": 1, "processes": 1, "pool": 0}
-        if name == "m4_reactor_workers":
-            knobs["pool"] = max(self.m4_pool_min, round(self.m4_pool_per_core * cores))
-        elif name == "m5_multi_reactor":
-            knobs["threads"] = max(1, round(self.m5_threads_per_core * cores))
-        elif name == "m6_prefork":
-            knobs["processes"] = max(1, round(self.m6_processes_per_core * cores))
-        elif name == "m7_reactor_spawn":
-            knobs["threads"] = max(1, round(self.m7_threads_per_core * cores))
-        return dataclasses.replace(base, **knobs)
+        arch = registry.get(name)
+        fresh = ModelSpec()
+        knobs: dict[str, Any] = {k.field: getattr(fresh, k.field) for a in registry.architectures() for k in a.knobs}
+        knobs.update(arch.sized(cores, self.rules))
+        return dataclasses.replace(base, name=arch.name, **knobs)
+
+    def text(self, models: Iterable[str | int] | None = None) -> str:
+        """The rules in words for `models` (default: every registered model), e.g.
+        "m4 pool = max(4, 4 x cores), m5 threads = max(1, 1 x cores)"."""
+        archs = registry.architectures() if models is None else [registry.get(m) for m in models]
+        return ", ".join(t for t in (a.sizing_text(self.rules) for a in archs) if t)
 
 
 def build_grid(
@@ -92,7 +95,7 @@ def build_grid(
     given. Omitted axes keep the base scenario's value.
     """
     sizing = sizing or Sizing()
-    models = list(models) if models is not None else list(MODEL_NAMES)
+    models = list(models) if models is not None else list(registry.names())
     cores = list(cores) if cores is not None else [base.hardware.cores]
     connections = list(connections) if connections is not None else [base.workload.connections]
     for axis, values in (("models", models), ("cores", cores), ("connections", connections)):
@@ -109,105 +112,6 @@ def build_grid(
             for n in connections:
                 grid.append(base.replace(model=spec, cores=c, connections=n))
     return grid
-
-
-# -- simulated windows -------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class WindowPolicy:
-    """How long to simulate each point, and which points are too costly to simulate.
-
-    A discrete-event simulator pays per simulated request and per connection, so a fixed window is
-    wasteful at low load and unaffordable at high load. Per point we estimate the throughput X from
-    a bottleneck bound on the profile's costs (`estimate_throughput`), then:
-      warmup_s   = clamp(ramp + think_s + 3 x (service + io), min_warmup_s, max_warmup_s), where
-                   ramp = connections x client_cpu_per_request_s (the simulated load generator opens
-                   connections one at a time) - so the window starts in steady state;
-      duration_s = clamp(max(target_requests / X, 2 x (think_s + service + io)), min_duration_s,
-                   max_duration_s) - enough completions for a p99, and every client cycles twice;
-      cost       = X x (warmup_s + duration_s) + 2 x connections  (simulated requests + set-ups).
-    Points whose cost exceeds max_sim_requests go to the analytic model instead (source "analytic").
-    """
-
-    target_requests: int = 2000
-    min_duration_s: float = 0.2
-    max_duration_s: float = 5.0
-    min_warmup_s: float = 0.05
-    max_warmup_s: float = 5.0
-    max_sim_requests: int = 40_000
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{f.name}: must be a number > 0, got {value!r}")
-        if self.min_duration_s > self.max_duration_s:
-            raise ValueError(f"min_duration_s: {self.min_duration_s} exceeds max_duration_s {self.max_duration_s}")
-        if self.min_warmup_s > self.max_warmup_s:
-            raise ValueError(f"min_warmup_s: {self.min_warmup_s} exceeds max_warmup_s {self.max_warmup_s}")
-
-
-def service_demand_s(scenario: Scenario, profile: Any) -> tuple[float, float, float]:
-    """(CPU seconds per request, of which GIL-held, blocking io seconds) from the profile's costs."""
-    wl = scenario.workload
-    overhead = (profile["parse_s"] + profile["recv_base_s"] + profile["send_base_s"] + profile["epoll_per_event_s"]
-                + profile["recv_per_byte_s"] * wl.request_bytes + profile["send_per_byte_s"] * wl.resp_bytes)
-    gil = wl.gil_us * 1e-6 * profile["gil_work_scale"] + profile["parse_s"]
-    cpu = wl.cpu_us * 1e-6 * profile["cpu_work_scale"] + gil + overhead - profile["parse_s"]
-    io = wl.io_us * 1e-6 + (profile["io_overshoot_s"] if wl.io_us > 0 else 0.0)
-    return cpu, gil, io
-
-
-def estimate_throughput(scenario: Scenario, profile: Any) -> float:
-    """A bottleneck upper bound on throughput (req/s): clients, cores, the GIL, blocking threads.
-
-    Deliberately simple (no queueing): it only sizes simulated windows and prices points, it is
-    never reported as a result.
-    """
-    m, hw, wl = scenario.model, scenario.hardware, scenario.workload
-    cpu, gil, io = service_demand_s(scenario, profile)
-    per_req = cpu + io + profile["loopback_rtt_s"]
-    if wl.mode == "open":
-        bound = float(wl.rate_rps)
-    else:
-        bound = wl.connections / (wl.think_s + per_req)
-    if m.name in _SINGLE_THREAD:
-        bound = min(bound, 1.0 / (cpu + io))
-    elif m.name == "m6_prefork":
-        bound = min(bound, min(hw.cores, m.processes) / cpu, m.processes / (cpu + io))
-    else:
-        bound = min(bound, hw.cores / cpu)
-        if m.gil:
-            bound = min(bound, 1.0 / max(gil, 1e-9))
-        if m.name == "m4_reactor_workers":
-            bound = min(bound, m.pool / (cpu + io))
-        elif m.name == "m5_multi_reactor":  # I/O threads do the work (and the blocking io) inline
-            bound = min(bound, m.threads / (cpu + io))
-    return max(bound, 1e-3)
-
-
-def plan_window(scenario: Scenario, profile: Any, policy: WindowPolicy) -> tuple[Scenario, float]:
-    """The scenario with its simulated window set by `policy`, and the estimated simulation cost
-    (in simulated requests + connection set-ups) of running it."""
-    wl = scenario.workload
-    x = estimate_throughput(scenario, profile)
-    cpu, _gil, io = service_demand_s(scenario, profile)
-    ramp = wl.connections * profile["client_cpu_per_request_s"]
-    cycle = wl.think_s + cpu + io
-    warmup = min(max(ramp + wl.think_s + 3 * (cpu + io), policy.min_warmup_s), policy.max_warmup_s)
-    duration = min(max(policy.target_requests / x, 2 * cycle, policy.min_duration_s), policy.max_duration_s)
-    cost = x * (warmup + duration) + 2.0 * (wl.connections + wl.idle_connections)
-    return scenario.replace(warmup_s=round(warmup, 4), duration_s=round(duration, 4)), cost
-
-
-def plan_windows(scenarios: Sequence[Scenario], profile: Any, policy: WindowPolicy) -> tuple[list[Scenario], list[bool]]:
-    """Each scenario with its window, and whether it should come from the analytic model instead."""
-    planned, analytic = [], []
-    for sc in scenarios:
-        s2, cost = plan_window(sc, profile, policy)
-        planned.append(s2)
-        analytic.append(cost > policy.max_sim_requests)
-    return planned, analytic
 
 
 # -- capacity ----------------------------------------------------------------------------------
@@ -230,8 +134,9 @@ def classify(row: pd.Series | dict, slo_p99_s: float, memory_bytes: float, max_e
     cores; "gil" when a multi-threaded one-process Python model with gil_us work is stuck near one
     core while more are available, or its GIL-held time (throughput x (gil_us + gil_overhead_s), the
     latter being the per-request parsing etc. a profile charges under the GIL, e.g. its parse_s)
-    fills >= 40% of the GIL (a GIL convoys well before 100%); "single_thread" for m1/m3 stuck at one
-    core by design.
+    fills >= 40% of the GIL (a GIL convoys well before 100%); "single_thread" for a model whose
+    configuration has one thread doing all the work, stuck at one core by design. Which models are
+    one thread, and which share one process's GIL, the registry says (single_thread, shared_gil).
     """
     row = pd.Series(row) if isinstance(row, dict) else row
     failure = str(row.get("failure") or "")
@@ -259,18 +164,30 @@ def classify(row: pd.Series | dict, slo_p99_s: float, memory_bytes: float, max_e
     if util >= 0.85 * cores:
         return "cpu"
     if cores > 1:
-        model = str(row["model"])
+        arch = registry.get(str(row["model"]))
+        spec = _row_spec(row, arch)
         one_core = 0.6 <= util <= 1.3
-        if one_core and (model in _SINGLE_THREAD or (model == "m6_prefork" and int(row.get("processes", 1)) == 1)):
+        if one_core and arch.single_thread(spec):
             return "single_thread"
         gil_us = float(row.get("gil_us", 0.0) or 0.0)
-        if model in _THREADED_ONE_PROCESS and bool(row.get("gil", True)) and gil_us > 0:
+        if arch.shared_gil(spec) and bool(row.get("gil", True)) and gil_us > 0:
             # The GIL is one "core" shared by the process. Threads may still use several cores
             # for GIL-free cpu_us work, so cpu_util alone misses a GIL bottleneck.
             gil_busy = float(row["throughput_rps"]) * (gil_us * 1e-6 + gil_overhead_s)
             if one_core or gil_busy >= 0.4:
                 return "gil"
     return "latency"
+
+
+def _row_spec(row: pd.Series, arch: registry.Architecture) -> ModelSpec:
+    """The row's ModelSpec as far as the registry needs it: the model and its knobs (a knob column
+    missing or empty takes the registry's default)."""
+    knobs = {}
+    for k in arch.knobs:
+        value = row.get(k.field)
+        if value is not None and not pd.isna(value):
+            knobs[k.field] = int(value)
+    return ModelSpec.for_model(arch.name, **knobs)
 
 
 def _stalled(row: pd.Series, p99: float) -> bool:
@@ -351,7 +268,7 @@ def capacity(
     classifies the next load up on the largest core count in the sweep (the limit that more cores
     do not lift) or, for a model that meets nowhere, its smallest load on the most cores; "" when
     nothing in the frame breaks it.
-    One row per model, in MODEL_NAMES order.
+    One row per model, in registry order.
     """
     _check_positive("slo_p99_s", slo_p99_s)
     _check_positive("memory_bytes", memory_bytes)
@@ -363,7 +280,7 @@ def capacity(
     reasons = data.apply(lambda r: classify(r, slo_p99_s, memory_bytes, max_error_rate, gil_overhead_s), axis=1)
     data = data.assign(_reason=reasons)
     out = []
-    order = [m for m in MODEL_NAMES if m in set(data["model"])]
+    order = [m for m in registry.names() if m in set(data["model"])]
     for model in order:
         rows = data[data["model"] == model]
         ok = rows[rows["_reason"] == ""]
@@ -438,13 +355,18 @@ class Recommendation:
 
 
 def recommend(frame: pd.DataFrame, slo_p99_s: float, memory_bytes: float, max_error_rate: float = 1e-3,
-              gil_overhead_s: float = 0.0) -> Recommendation:
+              gil_overhead_s: float = 0.0, *, cap: pd.DataFrame | None = None,
+              wins: pd.DataFrame | None = None) -> Recommendation:
     """The model to build: the one that holds the SLO at the largest load (capacity is what the
     user is buying), then the one that wins the most cells of the winner map, then the one that
     meets the SLO most often, then on the fewest cores. Reasons are sentences a person can act on,
-    including why the runners-up lost and where the recommended model itself breaks."""
-    cap = capacity(frame, slo_p99_s, memory_bytes, max_error_rate=max_error_rate, gil_overhead_s=gil_overhead_s)
-    wins = winner_map(frame, slo_p99_s, memory_bytes, max_error_rate)
+    including why the runners-up lost and where the recommended model itself breaks.
+    cap / wins: capacity() and winner_map() of this frame with these arguments, when the caller
+    already has them (they are computed here otherwise)."""
+    if cap is None:
+        cap = capacity(frame, slo_p99_s, memory_bytes, max_error_rate=max_error_rate, gil_overhead_s=gil_overhead_s)
+    if wins is None:
+        wins = winner_map(frame, slo_p99_s, memory_bytes, max_error_rate)
     n_cells = len(wins)
     win_counts = wins["winner"].value_counts()
     meet_counts = frame[meets(frame, slo_p99_s, memory_bytes, max_error_rate)]["model"].value_counts()
@@ -508,9 +430,3 @@ def calibrated_range(validation: Iterable[dict], fallback_cores: int, fallback_c
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 1
 
-
-def sweep(*args: Any, **kwargs: Any) -> pd.DataFrame:
-    """See experiments.sweep.sweep (imported lazily: planning stays free of executors)."""
-    from experiments.sweep import sweep as _sweep
-
-    return _sweep(*args, **kwargs)

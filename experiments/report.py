@@ -1,9 +1,12 @@
 """Write a what-if report: index.html (self-contained), report.md, results.csv and PNG plots.
 
 Input is a sweep frame (simkit.result.columns()) plus the SLO, the memory budget and the profile
-that produced it. Everything the report says is computed by experiments.planning; this module
-only lays it out. Plots use matplotlib's object API on the Agg canvas (no pyplot global state, so
-report writing is safe in threads and on machines without a display).
+that produced it. `report_data` computes everything the report says, once (capacity, winner map,
+recommendation, validation tables, notes; the planning itself is experiments.planning);
+`render_markdown` and `render_html` lay the same data out, `write_plots` draws the figures and
+`write_report` composes them. Plots use matplotlib's object API on the Agg canvas (no pyplot global
+state, so report writing is safe in threads and on machines without a display). Model colours and
+order come from simkit.registry.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +33,12 @@ from experiments.planning import (
     recommend,
     winner_map,
 )
+from simkit import registry
 from simkit.profile import CostProfile
-from simkit.scenario import MODEL_NAMES, available_cores
+from simkit.scenario import available_cores
 
 EXTRAPOLATION_FLAG_X = 10.0
-_COLORS = dict(zip(MODEL_NAMES, ("#7f7f7f", "#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"),
-                   strict=True))
+MD_VALIDATION_ROWS = 60  # report.md lists this many held-out rows when they are not in calibration's long format
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,57 @@ class ReportFiles:
     recommendation: Recommendation
 
 
+@dataclass(frozen=True)
+class Table:
+    headers: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+
+@dataclass(frozen=True)
+class Plot:
+    filename: str  # a PNG in the report directory
+    caption: str
+
+    @property
+    def stem(self) -> str:
+        return Path(self.filename).stem
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """What the report says, independent of how it is laid out (both renderers read only this)."""
+
+    title: str
+    host: str
+    date: str
+    warning: str  # the calibration banner; "" when the profile was calibrated on this host
+    slo_p99_s: float
+    memory_bytes: int
+    slo_text: str
+    frame: pd.DataFrame  # the sweep
+    results: pd.DataFrame  # the sweep with its extrapolation factors: results.csv
+    capacity: pd.DataFrame
+    wins: pd.DataFrame
+    recommendation: Recommendation
+    capacity_table: Table
+    reasons: tuple[tuple[str, str], ...]  # the capacity reasons' legend
+    plots: tuple[Plot, ...]
+    extrapolation_intro: str
+    extrapolation_table: Table
+    validation_rows: tuple[dict[str, Any], ...]  # the profile's held-out rows (calibration_validation.csv)
+    validation_text: str  # the intro, or the warning that there is no validation
+    validation_summary: tuple[str, ...]  # "median |rel_err| = ..." lines
+    validation_pivot: Table | None  # median error per model and metric, when the rows allow it
+    validation_table: Table | None  # every held-out row
+    about: tuple[str, ...]
+
+
 def _short(model: str) -> str:
-    return model.split("_", 1)[0]
+    return registry.get(model).short
+
+
+def _colour(model: str) -> str:
+    return registry.get(model).colour
 
 
 # -- plots -------------------------------------------------------------------------------------
@@ -89,18 +141,18 @@ def _spread(values: Sequence, k: int) -> list:
 
 
 def _per_model_lines(ax, sub: pd.DataFrame, x: str, y: str, scale: float = 1.0, logy: bool = True) -> None:
-    for model in [m for m in MODEL_NAMES if m in set(sub["model"])]:
+    for model in [m for m in registry.names() if m in set(sub["model"])]:
         d = sub[sub["model"] == model].sort_values(x)
         vals = d[y].astype(float) * scale
         if logy:  # a zero (nothing completed) cannot sit on a log axis: leave a gap, not a cliff
             vals = vals.where(vals > 0)
-        ax.plot(d[x], vals, marker="o", ms=3, lw=1.3, color=_COLORS[model], label=_short(model))
+        ax.plot(d[x], vals, marker="o", ms=3, lw=1.3, color=_colour(model), label=_short(model))
         analytic = d["source"] == "analytic"
         if analytic.any():  # hollow markers: answered by the queueing approximation, not simulated
-            ax.plot(d[x][analytic], vals[analytic], "o", ms=7, mfc="white", color=_COLORS[model])
+            ax.plot(d[x][analytic], vals[analytic], "o", ms=7, mfc="white", color=_colour(model))
         bad = d["failure"].fillna("") != ""
         if bad.any():
-            ax.plot(d[x][bad], vals[bad], "x", color=_COLORS[model], ms=7)
+            ax.plot(d[x][bad], vals[bad], "x", color=_colour(model), ms=7)
 
 
 def plot_vs_connections(frame: pd.DataFrame, y: str, ylabel: str, path: Path, *, scale: float = 1.0,
@@ -147,7 +199,8 @@ def plot_scaling(frame: pd.DataFrame, path: Path) -> Path:
 def plot_winner_map(wins: pd.DataFrame, path: Path, slo_text: str) -> Path:
     conns = sorted(wins["connections"].unique())
     cores = sorted(wins["cores"].unique())
-    codes = {m: i for i, m in enumerate(MODEL_NAMES)}
+    names = registry.names()
+    codes = {m: i for i, m in enumerate(names)}
     grid = np.full((len(conns), len(cores)), np.nan)
     labels = [["" for _ in cores] for _ in conns]
     for r in wins.itertuples(index=False):
@@ -159,11 +212,11 @@ def plot_winner_map(wins: pd.DataFrame, path: Path, slo_text: str) -> Path:
             labels[i][j] = "none"
     from matplotlib.colors import ListedColormap
 
-    cmap = ListedColormap([_COLORS[m] for m in MODEL_NAMES]).with_extremes(bad="#eeeeee")
+    cmap = ListedColormap([_colour(m) for m in names]).with_extremes(bad="#eeeeee")
     fig = Figure(figsize=(1.0 + 0.9 * len(cores), 1.0 + 0.5 * len(conns)), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=-0.5, vmax=len(MODEL_NAMES) - 0.5, aspect="auto",
+    ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5, aspect="auto",
               origin="lower")
     for i in range(len(conns)):
         for j in range(len(cores)):
@@ -192,19 +245,16 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    out += ["| " + " | ".join(_fmt(v).replace("|", "/") for v in r) + " |" for r in rows]
+def _md_table(table: Table) -> str:
+    out = ["| " + " | ".join(table.headers) + " |", "|" + "---|" * len(table.headers)]
+    out += ["| " + " | ".join(_fmt(v).replace("|", "/") for v in r) + " |" for r in table.rows]
     return "\n".join(out)
 
 
-def _html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], flag_col: int | None = None) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = []
-    for r in rows:
-        cls = ' class="flag"' if flag_col is not None and r[flag_col] else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+def _html_table(table: Table) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r) + "</tr>" for r in table.rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def validation_rows(profile: CostProfile) -> list[dict[str, Any]]:
@@ -260,11 +310,14 @@ def validation_summary(profile: CostProfile) -> list[tuple[str, float, int]]:
     return out
 
 
-# -- the report --------------------------------------------------------------------------------
+# -- the report: its data ---------------------------------------------------------------------
 
-def write_report(inputs: ReportInputs, out_dir: str | Path) -> ReportFiles:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+PLOT_FILES = ("throughput_vs_connections.png", "p99_vs_connections.png", "memory_vs_connections.png",
+              "scaling_vs_cores.png", "winner_map.png")
+
+
+def report_data(inputs: ReportInputs) -> ReportData:
+    """Everything the report says, computed once from the inputs (no I/O)."""
     frame = inputs.frame.reset_index(drop=True)
     slo, mem = inputs.slo_p99_s, inputs.memory_bytes
     slo_text = f"p99 <= {slo * 1e3:.3g} ms, RSS <= {mem / 2**30:.3g} GiB"
@@ -274,105 +327,59 @@ def write_report(inputs: ReportInputs, out_dir: str | Path) -> ReportFiles:
     gil_overhead_s = profile["parse_s"]
     cap = capacity(frame, slo, mem, max_error_rate=inputs.max_error_rate, gil_overhead_s=gil_overhead_s)
     wins = winner_map(frame, slo, mem, inputs.max_error_rate)
-    rec = recommend(frame, slo, mem, inputs.max_error_rate, gil_overhead_s)
+    rec = recommend(frame, slo, mem, inputs.max_error_rate, gil_overhead_s, cap=cap, wins=wins)
 
-    here_cores = available_cores()
-    cal_cores, cal_conns = calibrated_range(profile.validation, here_cores, _box_connections(profile))
+    cap_table = Table(
+        ("model", "meets SLO", "max connections", "on cores", "req/s there", "p99 there (ms)",
+         "breaks at connections", "on cores", "reason", "why"),
+        tuple((r.model, r.meets_slo, r.max_connections, r.cores, r.throughput_rps, r.latency_p99_s * 1e3,
+               r.breaks_at_connections, r.breaks_at_cores, r.reason, r.why) for r in cap.itertuples()),
+    )
+    captions = (
+        "Throughput vs connections, one panel per core count. Hollow markers: points answered by "
+        "simkit.analytic instead of the simulator; x: the run reported a failure.",
+        f"p99 latency vs connections; dashed line: the SLO ({slo * 1e3:.3g} ms).",
+        f"Peak RSS vs connections; dashed line: the budget ({mem / 2**30:.3g} GiB).",
+        "Throughput vs cores at a few connection counts.",
+        "Which model serves each (connections, cores) cell best under the SLO and budget "
+        "('none': no model meets it).",
+    )
+    plots = tuple(Plot(name, caption) for name, caption in zip(PLOT_FILES, captions, strict=True))
+
+    # Extrapolation: the factor depends only on (cores, connections): show that grid.
+    cal_cores, cal_conns = calibrated_range(profile.validation, available_cores(), _box_connections(profile))
     range_from = "the profile's validation rows" if any(
         isinstance(r, dict) and ("cores" in r or "connections" in r) for r in profile.validation
     ) else "this box (the profile lists no calibrated points)"
     ext = extrapolation(frame, cal_cores, cal_conns)
-    enriched = frame.assign(extrapolation_x=ext.round(2), past_10x=ext > EXTRAPOLATION_FLAG_X)
-    csv_path = out / "results.csv"
-    enriched.to_csv(csv_path, index=False)
-
-    plots = (
-        plot_vs_connections(frame, "throughput_rps", "throughput (req/s)", out / "throughput_vs_connections.png"),
-        plot_vs_connections(frame, "latency_p99_s", "p99 latency (ms)", out / "p99_vs_connections.png",
-                            scale=1e3, hline=slo * 1e3, hlabel="SLO"),
-        plot_vs_connections(frame, "rss_peak_bytes", "peak RSS (GiB)", out / "memory_vs_connections.png",
-                            scale=1 / 2**30, hline=mem / 2**30, hlabel="budget"),
-        plot_scaling(frame, out / "scaling_vs_cores.png"),
-        plot_winner_map(wins, out / "winner_map.png", slo_text),
-    )
-
-    # Sections shared by both renderings: (title, markdown body, html body).
-    sections: list[tuple[str, str, str]] = []
-    warn_md, warn_html = _calibration_warning(profile, inputs.profile_label)
-
-    rec_md = (f"**Recommended: {rec.model}**\n\n" if rec.model else "**No model meets the SLO in this sweep.**\n\n")
-    rec_md += "\n".join(f"- {r}" for r in rec.reasons)
-    rec_html = (f"<p class='rec'>Recommended: <b>{html.escape(rec.model)}</b></p>" if rec.model
-                else "<p class='rec'>No model meets the SLO in this sweep.</p>")
-    rec_html += "<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in rec.reasons) + "</ul>"
-    sections.append(("Recommendation", rec_md, rec_html))
-
-    cap_headers = ["model", "meets SLO", "max connections", "on cores", "req/s there", "p99 there (ms)",
-                   "breaks at connections", "on cores", "reason", "why"]
-    cap_rows = [[r.model, r.meets_slo, r.max_connections, r.cores, r.throughput_rps, r.latency_p99_s * 1e3,
-                 r.breaks_at_connections, r.breaks_at_cores, r.reason, r.why] for r in cap.itertuples()]
-    legend = "\n".join(f"- `{k}`: {v}" for k, v in REASONS.items())
-    sections.append((
-        f"Capacity per model ({slo_text})",
-        _md_table(cap_headers, cap_rows) + "\n\nReasons:\n" + legend,
-        _html_table(cap_headers, cap_rows) + "<ul>" + "".join(
-            f"<li><code>{k}</code>: {html.escape(v)}</li>" for k, v in REASONS.items()) + "</ul>",
-    ))
-
-    captions = {
-        "throughput_vs_connections.png": "Throughput vs connections, one panel per core count. Hollow markers: "
-                                          "points answered by simkit.analytic instead of the simulator; x: the "
-                                          "run reported a failure.",
-        "p99_vs_connections.png": f"p99 latency vs connections; dashed line: the SLO ({slo * 1e3:.3g} ms).",
-        "memory_vs_connections.png": f"Peak RSS vs connections; dashed line: the budget ({mem / 2**30:.3g} GiB).",
-        "scaling_vs_cores.png": "Throughput vs cores at a few connection counts.",
-        "winner_map.png": "Which model serves each (connections, cores) cell best under the SLO and budget "
-                          "('none': no model meets it).",
-    }
-    plot_md = "\n\n".join(f"![{p.stem}]({p.name})\n\n{captions[p.name]}" for p in plots)
-    plot_html = "".join(
-        f"<figure><img alt='{p.stem}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
-        f"<figcaption>{html.escape(captions[p.name])}</figcaption></figure>" for p in plots)
-    sections.append(("Plots", plot_md, plot_html))
-
-    # Extrapolation: the factor depends only on (cores, connections): show that grid.
     conns = sorted(frame["connections"].unique())
     cores = sorted(frame["cores"].unique())
-    ext_headers = ["connections \\ cores"] + [str(c) for c in cores]
     ext_rows = []
     for n in conns:
         row: list[Any] = [f"{n:,}"]
         for c in cores:
             x = max(c / cal_cores, n / cal_conns, 1.0)
             row.append(f"{x:.3g}x" + (" !" if x > EXTRAPOLATION_FLAG_X else ""))
-        ext_rows.append(row)
+        ext_rows.append(tuple(row))
     n_flag = int((ext > EXTRAPOLATION_FLAG_X).sum())
     ext_intro = (f"Calibrated range (from {range_from}): up to {cal_cores} cores and {cal_conns:,} connections. "
                  f"Each prediction's factor is max(cores / {cal_cores}, connections / {cal_conns:,}, 1). "
                  f"{n_flag} of {len(frame)} predictions extrapolate past {EXTRAPOLATION_FLAG_X:g}x (marked !): "
                  "treat them as the model's mechanism speaking, not as measurements. Per-row factors are in "
                  "results.csv (extrapolation_x, past_10x).")
-    sections.append(("How far each prediction extrapolates", ext_intro + "\n\n" + _md_table(ext_headers, ext_rows),
-                     f"<p>{html.escape(ext_intro)}</p>" + _html_table(ext_headers, ext_rows)))
 
-    vh, vrows = validation_table(profile)
-    summary = validation_summary(profile)
-    if vrows:
-        pd.DataFrame(validation_rows(profile)).to_csv(out / "calibration_validation.csv", index=False)
+    rows = validation_rows(profile)
+    if rows:
+        vh, vrows = validation_table(profile)
         ph, prows = validation_pivot(profile)
-        s_md = "\n".join(f"- median |{c}| = {v:.3g} over {k} rows" for c, v, k in summary)
-        intro = (f"Held-out points the fit never saw ({len(vrows)} rows: measured vs predicted on this host). "
-                 "Full table: calibration_validation.csv.")
-        cal_md = f"{intro}\n\n{s_md}\n\n" + (_md_table(ph, prows) if prows else _md_table(vh, vrows[:60]))
-        cal_html = (f"<p>{html.escape(intro)}</p><ul>"
-                    + "".join(f"<li>median |{html.escape(c)}| = {v:.3g} over {k} rows</li>" for c, v, k in summary)
-                    + "</ul>" + (_html_table(ph, prows) if prows else "")
-                    + f"<details><summary>every held-out row ({len(vrows)})</summary>{_html_table(vh, vrows)}</details>")
+        val_text = (f"Held-out points the fit never saw ({len(vrows)} rows: measured vs predicted on this host). "
+                    "Full table: calibration_validation.csv.")
+        val_summary = tuple(f"median |{c}| = {v:.3g} over {k} rows" for c, v, k in validation_summary(profile))
+        val_pivot = Table(tuple(ph), tuple(tuple(r) for r in prows)) if prows else None
+        val_table = Table(tuple(vh), tuple(tuple(r) for r in vrows))
     else:
-        cal_md = ("The profile carries no validation table: these predictions have NO measured error "
-                  "bar on this host.")
-        cal_html = f"<p class='warn'>{html.escape(cal_md)}</p>"
-    sections.append(("Calibration error (held-out validation)", cal_md, cal_html))
+        val_text = "The profile carries no validation table: these predictions have NO measured error bar on this host."
+        val_summary, val_pivot, val_table = (), None, None
 
     src = frame["source"].value_counts().to_dict()
     src_text = ", ".join(f"{v} rows from {k}" for k, v in sorted(src.items()))
@@ -384,50 +391,145 @@ def write_report(inputs: ReportInputs, out_dir: str | Path) -> ReportFiles:
     if inputs.elapsed_s is not None:
         about.append(f"Sweep wall time: {inputs.elapsed_s:.1f} s.")
     about += list(inputs.workload_lines) + list(inputs.notes)
-    sections.append(("About this run", "\n".join(f"- {a}" for a in about),
-                     "<ul>" + "".join(f"<li>{html.escape(a)}</li>" for a in about) + "</ul>"))
 
-    md = [f"# {inputs.title}: {inputs.host}, {inputs.date}", ""]
-    if warn_md:
-        md += [warn_md, ""]
-    for title, body, _ in sections:
-        md += [f"## {title}", "", body, ""]
-    md_path = out / "report.md"
-    md_path.write_text("\n".join(md))
+    return ReportData(
+        title=inputs.title, host=inputs.host, date=inputs.date,
+        warning=_calibration_warning(profile, inputs.profile_label), slo_p99_s=slo, memory_bytes=mem,
+        slo_text=slo_text, frame=frame,
+        results=frame.assign(extrapolation_x=ext.round(2), past_10x=ext > EXTRAPOLATION_FLAG_X),
+        capacity=cap, wins=wins, recommendation=rec, capacity_table=cap_table, reasons=tuple(REASONS.items()),
+        plots=plots, extrapolation_intro=ext_intro,
+        extrapolation_table=Table(("connections \\ cores", *(str(c) for c in cores)), tuple(ext_rows)),
+        validation_rows=tuple(rows), validation_text=val_text, validation_summary=val_summary,
+        validation_pivot=val_pivot, validation_table=val_table, about=tuple(about),
+    )
 
-    html_parts = [
+
+# -- the report: its two renderings --------------------------------------------------------------
+
+_VALIDATION_TITLE = "Calibration error (held-out validation)"
+
+
+def render_markdown(data: ReportData) -> str:
+    """report.md: the plots are referenced by file name."""
+    rec = data.recommendation
+    md = [f"# {data.title}: {data.host}, {data.date}", ""]
+    if data.warning:
+        md += [f"> **{data.warning}**", ""]
+
+    def section(title: str, body: str) -> None:
+        md.extend([f"## {title}", "", body, ""])
+
+    head = f"**Recommended: {rec.model}**\n\n" if rec.model else "**No model meets the SLO in this sweep.**\n\n"
+    section("Recommendation", head + "\n".join(f"- {r}" for r in rec.reasons))
+    legend = "\n".join(f"- `{k}`: {v}" for k, v in data.reasons)
+    section(f"Capacity per model ({data.slo_text})", _md_table(data.capacity_table) + "\n\nReasons:\n" + legend)
+    section("Plots", "\n\n".join(f"![{p.stem}]({p.filename})\n\n{p.caption}" for p in data.plots))
+    section("How far each prediction extrapolates",
+            data.extrapolation_intro + "\n\n" + _md_table(data.extrapolation_table))
+    if data.validation_table is not None:
+        table = data.validation_pivot or Table(data.validation_table.headers,
+                                               data.validation_table.rows[:MD_VALIDATION_ROWS])
+        summary = "\n".join(f"- {line}" for line in data.validation_summary)
+        section(_VALIDATION_TITLE, f"{data.validation_text}\n\n{summary}\n\n{_md_table(table)}")
+    else:
+        section(_VALIDATION_TITLE, data.validation_text)
+    section("About this run", "\n".join(f"- {a}" for a in data.about))
+    return "\n".join(md)
+
+
+def render_html(data: ReportData, images: Mapping[str, bytes]) -> str:
+    """index.html, self-contained: `images` (PNG bytes by plot file name) are embedded as data URIs."""
+    esc = html.escape
+    rec = data.recommendation
+    parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(inputs.title)} - {html.escape(inputs.host)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(inputs.title)}: {html.escape(inputs.host)}, {html.escape(inputs.date)}</h1>",
-        warn_html,
+        f"<title>{esc(data.title)} - {esc(data.host)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{esc(data.title)}: {esc(data.host)}, {esc(data.date)}</h1>",
+        f"<div class='banner'>{esc(data.warning)}</div>" if data.warning else "",
     ]
-    for title, _, body in sections:
-        html_parts.append(f"<h2>{html.escape(title)}</h2>{body}")
-    html_parts.append("</body></html>")
+
+    def section(title: str, body: str) -> None:
+        parts.append(f"<h2>{esc(title)}</h2>{body}")
+
+    head = (f"<p class='rec'>Recommended: <b>{esc(rec.model)}</b></p>" if rec.model
+            else "<p class='rec'>No model meets the SLO in this sweep.</p>")
+    section("Recommendation", head + _html_list(rec.reasons))
+    section(f"Capacity per model ({data.slo_text})", _html_table(data.capacity_table) + "<ul>" + "".join(
+        f"<li><code>{k}</code>: {esc(v)}</li>" for k, v in data.reasons) + "</ul>")
+    section("Plots", "".join(
+        f"<figure><img alt='{p.stem}' src='data:image/png;base64,{base64.b64encode(images[p.filename]).decode()}'>"
+        f"<figcaption>{esc(p.caption)}</figcaption></figure>" for p in data.plots))
+    section("How far each prediction extrapolates",
+            f"<p>{esc(data.extrapolation_intro)}</p>" + _html_table(data.extrapolation_table))
+    if data.validation_table is not None:
+        body = (f"<p>{esc(data.validation_text)}</p>" + _html_list(data.validation_summary)
+                + (_html_table(data.validation_pivot) if data.validation_pivot else "")
+                + f"<details><summary>every held-out row ({len(data.validation_table.rows)})</summary>"
+                f"{_html_table(data.validation_table)}</details>")
+    else:
+        body = f"<p class='warn'>{esc(data.validation_text)}</p>"
+    section(_VALIDATION_TITLE, body)
+    section("About this run", _html_list(data.about))
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def _html_list(items: Sequence[str]) -> str:
+    return "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
+
+
+def write_plots(data: ReportData, out: Path) -> tuple[Path, ...]:
+    """Draw data.plots into `out`, in their order."""
+    slo, mem, frame = data.slo_p99_s, data.memory_bytes, data.frame
+    draw = {
+        "throughput_vs_connections.png": lambda path: plot_vs_connections(
+            frame, "throughput_rps", "throughput (req/s)", path),
+        "p99_vs_connections.png": lambda path: plot_vs_connections(
+            frame, "latency_p99_s", "p99 latency (ms)", path, scale=1e3, hline=slo * 1e3, hlabel="SLO"),
+        "memory_vs_connections.png": lambda path: plot_vs_connections(
+            frame, "rss_peak_bytes", "peak RSS (GiB)", path, scale=1 / 2**30, hline=mem / 2**30, hlabel="budget"),
+        "scaling_vs_cores.png": lambda path: plot_scaling(frame, path),
+        "winner_map.png": lambda path: plot_winner_map(data.wins, path, data.slo_text),
+    }
+    return tuple(draw[p.filename](out / p.filename) for p in data.plots)
+
+
+def write_report(inputs: ReportInputs, out_dir: str | Path) -> ReportFiles:
+    """report_data, then results.csv, the plots, report.md and index.html in `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = report_data(inputs)
+    csv_path = out / "results.csv"
+    data.results.to_csv(csv_path, index=False)
+    if data.validation_rows:
+        pd.DataFrame(list(data.validation_rows)).to_csv(out / "calibration_validation.csv", index=False)
+    plots = write_plots(data, out)
+    md_path = out / "report.md"
+    md_path.write_text(render_markdown(data))
     html_path = out / "index.html"
-    html_path.write_text("".join(html_parts))
-    return ReportFiles(out, html_path, md_path, csv_path, plots, rec)
+    html_path.write_text(render_html(data, {p.name: p.read_bytes() for p in plots}))
+    return ReportFiles(out, html_path, md_path, csv_path, plots, data.recommendation)
 
 
 def _box_connections(profile: CostProfile) -> int:
     """Connections this box was seen to carry when no calibrated range is recorded: the profile's
-    note if calibration left one, else 1,000 (the quick calibration grid's top, DESIGN §7)."""
+    note if calibration left one, else 1,000 (the quick calibration grid's top, docs/DESIGN.md §7)."""
     v = profile.notes.get("max_connections") if isinstance(profile.notes, dict) else None
     return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1 else 1000
 
 
-def _calibration_warning(profile: CostProfile, label: str) -> tuple[str, str]:
+def _calibration_warning(profile: CostProfile, label: str) -> str:
+    """The banner's text: "" when the profile was calibrated on this host."""
     if profile.calibrated:
         foreign = profile.fingerprint_mismatch()
         if not foreign:
-            return "", ""
-        text = (f"WARNING: the cost profile ({label}) was calibrated on another host (differs in: "
+            return ""
+        return (f"WARNING: the cost profile ({label}) was calibrated on another host (differs in: "
                 f"{', '.join(foreign)}). Predictions carry that host's costs.")
-    else:
-        text = (f"WARNING: UNCALIBRATED PROFILE ({label}). Every cost is a built-in default, not measured on "
-                "this host: the numbers below show the mechanisms, not this machine. Run `serverlab calibrate` "
-                "(or `serverlab demo`, which calibrates first) before trusting them.")
-    return f"> **{text}**", f"<div class='banner'>{html.escape(text)}</div>"
+    return (f"WARNING: UNCALIBRATED PROFILE ({label}). Every cost is a built-in default, not measured on "
+            "this host: the numbers below show the mechanisms, not this machine. Run `serverlab calibrate` "
+            "(or `serverlab demo`, which calibrates first) before trusting them.")
 
 
 _CSS = """

@@ -21,7 +21,9 @@ from typing import Any
 
 import pandas as pd
 
-from experiments.planning import Sizing, WindowPolicy, build_grid, plan_windows
+from experiments.planning import Sizing, build_grid
+from experiments.windows import WindowPolicy, plan_windows
+from simkit import registry
 from simkit.profile import CostProfile, default_profile_path
 from simkit.result import Result, to_frame
 from simkit.scenario import ModelSpec, Scenario, available_cores
@@ -46,11 +48,9 @@ class SweepIncomplete(RuntimeError):
 
 
 def describe(scenario: Scenario) -> str:
-    m = scenario.model
-    knobs = {"m4_reactor_workers": f" pool={m.pool}", "m5_multi_reactor": f" threads={m.threads}",
-             "m6_prefork": f" processes={m.processes}", "m7_reactor_spawn": f" threads={m.threads}"}.get(m.name, "")
-    return (f"{m.name}{knobs} cores={scenario.hardware.cores} connections={scenario.workload.connections} "
-            f"seed={scenario.seed}")
+    """One line naming a point: the model and its knobs (registry), cores, connections, seed."""
+    return (f"{registry.get(scenario.model.name).describe(scenario.model)} cores={scenario.hardware.cores} "
+            f"connections={scenario.workload.connections} seed={scenario.seed}")
 
 
 def resolve_profile(profile: CostProfile | str | os.PathLike | None) -> CostProfile:
@@ -114,10 +114,10 @@ def sweep(
     picklable, i.e. a module-level function, for the process pool).
     analytic_above: points with more connections than this use `analytic` (default simkit.analytic)
     instead of `simulate`; use_analytic: the same choice made per point (parallel to `scenarios`,
-    e.g. from planning.plan_windows). scenarios: an explicit list that replaces the grid.
-    window: size each point's simulated window with this policy (planning.WindowPolicy) instead of
-    the base scenario's fixed duration_s/warmup_s; points it prices above max_sim_requests go to
-    the analytic model.
+    e.g. from experiments.windows.plan_windows). scenarios: an explicit list that replaces the grid.
+    window: size each point's simulated window with this policy (experiments.windows.WindowPolicy)
+    instead of the base scenario's fixed duration_s/warmup_s; points it prices above
+    max_sim_requests go to the analytic model.
     """
     if scenarios is None:
         scenarios = build_grid(base_scenario, models, cores, connections, sizing)

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.planning import Sizing, WindowPolicy, build_grid, plan_windows
+from experiments.planning import Sizing, build_grid
 from experiments.report import ReportFiles, ReportInputs, write_report
 from experiments.sweep import sweep
+from experiments.windows import WindowPolicy, plan_windows
+from simkit import registry
 from simkit.profile import CostProfile, default_profile_path, host_name
-from simkit.scenario import DISPATCH_MODES, MODEL_NAMES, Hardware, ModelSpec, Scenario, Workload, model_name
+from simkit.scenario import DISPATCH_MODES, Hardware, ModelSpec, Scenario, Workload
 
 DEFAULT_WORKLOAD = Path(__file__).with_name("whatif.toml")
 
@@ -76,9 +78,7 @@ class WhatIf:
              f"covers the connection ramp); points estimated to cost more than {self.window.max_sim_requests:,} "
              f"simulated requests come from simkit.analytic; seed {self.base.seed}. Each row's window is in "
              "results.csv (warmup_s, duration_s)."),
-            f"Sizing: m4 pool = max({self.sizing.m4_pool_min}, {self.sizing.m4_pool_per_core:g} x cores), "
-            f"m5 threads = {self.sizing.m5_threads_per_core:g} x cores, m6 processes = "
-            f"{self.sizing.m6_processes_per_core:g} x cores, m7 threads = {self.sizing.m7_threads_per_core:g} x cores.",
+            f"Sizing: {self.sizing.text(self.models) or 'no model in the grid has a knob to size'}.",
         ]
         if self.analytic_above is not None:
             lines.append(f"Points above {self.analytic_above:,} connections come from simkit.analytic (a queueing "
@@ -87,43 +87,49 @@ class WhatIf:
         return lines
 
 
-# -- schema: section -> key -> (kind, bounds / choices, required) --------------------------------
+# -- schema: section -> key -> (kind, bounds / choices) ---------------------------------------------
 # kinds: "int", "float", "bool", "str", "ints" (non-empty list of int), "models" (non-empty list)
 _WORKLOAD_KEYS = ("mode", "rate_rps", "arrival", "think_s", "requests_per_conn", "idle_connections", "cpu_us",
                   "gil_us", "io_us", "request_bytes", "resp_bytes", "timeout_s")
-SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
-    "slo": {"p99_ms": ("float", (1e-3, 1e7)), "max_error_rate": ("float", (0.0, 1.0))},
-    "budget": {"memory_gib": ("float", (1e-3, 1e6))},
-    "grid": {"models": ("models", MODEL_NAMES), "connections": ("ints", (1, 10_000_000)),
-             "cores": ("ints", (1, 4096))},
-    "workload": {
-        "mode": ("str", ("closed", "open")), "rate_rps": ("float", (1e-9, 1e9)),
-        "arrival": ("str", ("poisson", "constant")), "think_s": ("float", (0.0, 3600.0)),
-        "requests_per_conn": ("int", (1, 10**9)), "idle_connections": ("int", (0, 10_000_000)),
-        "cpu_us": ("float", (0.0, 1e7)), "gil_us": ("float", (0.0, 1e7)), "io_us": ("float", (0.0, 1e8)),
-        "request_bytes": ("int", (16, 2**24)), "resp_bytes": ("int", (0, 2**30)),
-        "timeout_s": ("float", (1e-3, 3600.0)),
-    },
-    "hardware": {"fd_limit": ("int", (16, 2**31 - 1)), "somaxconn": ("int", (1, 2**31 - 1)),
-                 "threads_max": ("int", (1, 2**31 - 1))},
-    "sizing": {"m4_pool_per_core": ("float", (1e-3, 1e4)), "m4_pool_min": ("int", (1, 65536)),
-               "m5_threads_per_core": ("float", (1e-3, 1e3)), "m6_processes_per_core": ("float", (1e-3, 1e3)),
-               "m7_threads_per_core": ("float", (1e-3, 1e3)), "gil": ("bool", None),
-               "backlog": ("int", (1, 2**31 - 1)), "dispatch": ("str", DISPATCH_MODES),
-               "keepalive_timeout_s": ("float", (1e-3, 86400.0))},
-    "sim": {"window": ("str", ("adaptive", "fixed")),
-            "duration_s": ("float", (1e-3, 3600.0)), "warmup_s": ("float", (0.0, 3600.0)),
-            "target_requests": ("int", (100, 10_000_000)), "max_sim_requests": ("int", (1000, 10**9)),
-            "min_duration_s": ("float", (1e-3, 3600.0)), "max_duration_s": ("float", (1e-3, 3600.0)),
-            "min_warmup_s": ("float", (1e-3, 3600.0)), "max_warmup_s": ("float", (1e-3, 3600.0)),
-            "seed": ("int", (0, 2**31 - 1)), "analytic_above_connections": ("int", (0, 10_000_000)),
-            "workers": ("int", (1, 1024))},
-}
+_SIZING_PER_CORE = ("float", (1e-3, 1e4))  # "<short>_<knob>_per_core" rules
+_SIZING_MIN = ("int", (1, 65536))  # "<short>_<knob>_min" rules
+
+
+def schema() -> dict[str, dict[str, tuple[str, Any]]]:
+    """Every section and key a what-if file may set. The model list and the sizing rules come from
+    simkit.registry, so a registered architecture is accepted without a change here."""
+    sizing_rules = {key: _SIZING_MIN if key.endswith("_min") else _SIZING_PER_CORE for key in registry.sizing_keys()}
+    return {
+        "slo": {"p99_ms": ("float", (1e-3, 1e7)), "max_error_rate": ("float", (0.0, 1.0))},
+        "budget": {"memory_gib": ("float", (1e-3, 1e6))},
+        "grid": {"models": ("models", registry.names()), "connections": ("ints", (1, 10_000_000)),
+                 "cores": ("ints", (1, 4096))},
+        "workload": {
+            "mode": ("str", ("closed", "open")), "rate_rps": ("float", (1e-9, 1e9)),
+            "arrival": ("str", ("poisson", "constant")), "think_s": ("float", (0.0, 3600.0)),
+            "requests_per_conn": ("int", (1, 10**9)), "idle_connections": ("int", (0, 10_000_000)),
+            "cpu_us": ("float", (0.0, 1e7)), "gil_us": ("float", (0.0, 1e7)), "io_us": ("float", (0.0, 1e8)),
+            "request_bytes": ("int", (16, 2**24)), "resp_bytes": ("int", (0, 2**30)),
+            "timeout_s": ("float", (1e-3, 3600.0)),
+        },
+        "hardware": {"fd_limit": ("int", (16, 2**31 - 1)), "somaxconn": ("int", (1, 2**31 - 1)),
+                     "threads_max": ("int", (1, 2**31 - 1))},
+        "sizing": {**sizing_rules, "gil": ("bool", None), "backlog": ("int", (1, 2**31 - 1)),
+                   "dispatch": ("str", DISPATCH_MODES), "keepalive_timeout_s": ("float", (1e-3, 86400.0))},
+        "sim": {"window": ("str", ("adaptive", "fixed")),
+                "duration_s": ("float", (1e-3, 3600.0)), "warmup_s": ("float", (0.0, 3600.0)),
+                "target_requests": ("int", (100, 10_000_000)), "max_sim_requests": ("int", (1000, 10**9)),
+                "min_duration_s": ("float", (1e-3, 3600.0)), "max_duration_s": ("float", (1e-3, 3600.0)),
+                "min_warmup_s": ("float", (1e-3, 3600.0)), "max_warmup_s": ("float", (1e-3, 3600.0)),
+                "seed": ("int", (0, 2**31 - 1)), "analytic_above_connections": ("int", (0, 10_000_000)),
+                "workers": ("int", (1, 1024))},
+    }
+
+
 REQUIRED = {"slo": ("p99_ms",), "budget": ("memory_gib",), "grid": ("models", "connections", "cores")}
 
 
-def _check(section: str, key: str, value: Any) -> Any:
-    kind, spec = SCHEMA[section][key]
+def _check(section: str, key: str, value: Any, kind: str, spec: Any) -> Any:
     name = f"{section}.{key}"
 
     def number(v: Any, integer: bool) -> float | int:
@@ -154,28 +160,29 @@ def _check(section: str, key: str, value: Any) -> Any:
             raise ValueError(f"{name}: duplicate values in {values!r}")
         return tuple(sorted(values))
     if kind == "models":
+        allowed = f"{', '.join(spec)} (or by number / short name: {registry.model_help()})"
         if not isinstance(value, list) or not value:
-            raise ValueError(f"{name}: expected a non-empty list; allowed: {', '.join(MODEL_NAMES)} (or 1..7, m1..m7)")
+            raise ValueError(f"{name}: expected a non-empty list; allowed: {allowed}")
         out = []
         for v in value:
             try:
-                out.append(model_name(v))
+                out.append(registry.resolve(v))
             except ValueError:
-                raise ValueError(f"{name}: unknown model {v!r}; allowed: {', '.join(MODEL_NAMES)} "
-                                 "(or 1..7, m1..m7)") from None
+                raise ValueError(f"{name}: unknown model {v!r}; allowed: {allowed}") from None
         if len(set(out)) != len(out):
             raise ValueError(f"{name}: a model is listed twice in {value!r}")
         return tuple(out)
-    raise AssertionError(kind)  # pragma: no cover - SCHEMA only uses the kinds above
+    raise AssertionError(kind)  # pragma: no cover - schema() only uses the kinds above
 
 
 def parse_whatif(data: dict[str, Any], source: str = "(dict)") -> WhatIf:
     """Validate a parsed whatif.toml document and build the WhatIf it describes."""
-    unknown = sorted(set(data) - set(SCHEMA))
+    sections = schema()
+    unknown = sorted(set(data) - set(sections))
     if unknown:
-        raise ValueError(f"{unknown[0]}: unknown section; allowed: {', '.join(SCHEMA)}")
+        raise ValueError(f"{unknown[0]}: unknown section; allowed: {', '.join(sections)}")
     clean: dict[str, dict[str, Any]] = {}
-    for section, keys in SCHEMA.items():
+    for section, keys in sections.items():
         table = data.get(section, {})
         if not isinstance(table, dict):
             raise ValueError(f"{section}: expected a [{section}] table, got {type(table).__name__}")
@@ -185,12 +192,12 @@ def parse_whatif(data: dict[str, Any], source: str = "(dict)") -> WhatIf:
         for key in REQUIRED.get(section, ()):
             if key not in table:
                 raise ValueError(f"{section}.{key}: required")
-        clean[section] = {k: _check(section, k, v) for k, v in table.items()}
+        clean[section] = {k: _check(section, k, v, *keys[k]) for k, v in table.items()}
 
     slo, budget, grid, sim = clean["slo"], clean["budget"], clean["grid"], clean["sim"]
     memory_bytes = int(budget["memory_gib"] * 2**30)
-    sizing_keys = {f.name for f in dataclasses.fields(Sizing)}
-    sizing = Sizing(**{k: v for k, v in clean["sizing"].items() if k in sizing_keys})
+    sizing_keys = registry.sizing_keys()
+    sizing = Sizing({k: v for k, v in clean["sizing"].items() if k in sizing_keys})
     model_knobs = {k: v for k, v in clean["sizing"].items() if k not in sizing_keys}
     wl_kwargs = dict(clean["workload"])
     wl_kwargs["duration_s"] = sim.get("duration_s", 1.0)

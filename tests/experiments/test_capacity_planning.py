@@ -16,8 +16,9 @@ from experiments.planning import (
     recommend,
     winner_map,
 )
+from simkit import registry
 from simkit.result import Result, columns, to_frame
-from simkit.scenario import MODEL_NAMES, Hardware, ModelSpec, Scenario, Workload
+from simkit.scenario import Hardware, ModelSpec, Scenario, Workload
 
 SLO = 0.050
 BUDGET = 4 * 2**30
@@ -62,7 +63,7 @@ def _frame():
 
 def test_capacity_names_each_failure_reason():
     cap = capacity(_frame(), SLO, BUDGET)
-    assert list(cap["model"]) == list(MODEL_NAMES)
+    assert list(cap["model"]) == list(registry.names())
     for rec in cap.itertuples():
         assert rec.meets_slo, rec.model
         assert rec.max_connections == 100
@@ -146,7 +147,24 @@ def test_build_grid_sizes_models_per_core_count():
     with pytest.raises(ValueError, match="cores"):
         build_grid(base, ["m3"], [0], [10])
     with pytest.raises(ValueError, match="m4_pool_per_core"):
-        Sizing(m4_pool_per_core=0)
+        Sizing({"m4_pool_per_core": 0})
+
+
+def test_sizing_rules_come_from_the_registry():
+    with pytest.raises(ValueError, match="m4_pool_per_cpu: unknown sizing rule; allowed: .*m4_pool_per_core"):
+        Sizing({"m4_pool_per_cpu": 2.0})
+    with pytest.raises(ValueError, match="m5_threads_min: must be a number > 0"):
+        Sizing({"m5_threads_min": True})
+    sizing = Sizing({"m5_threads_per_core": 0.5, "m5_threads_min": 3})
+    assert sizing.spec("m5", 16).threads == 8
+    assert sizing.spec("m5", 2).threads == 3
+    assert sizing.spec("m4", 16).pool == 64  # rules left out keep the registry's defaults
+    # Knobs the model does not use go back to their defaults; the base's other fields stay.
+    spec = sizing.spec("m3", 8, ModelSpec(name="m4", pool=32, backlog=99, gil=False))
+    assert (spec.name, spec.pool, spec.threads, spec.backlog, spec.gil) == ("m3_reactor", 0, 1, 99, False)
+    assert "m4 pool = max(4, 4 x cores)" in Sizing().text()
+    assert Sizing().text(["m3"]) == ""
+    assert hash(sizing) == hash(Sizing({"m5_threads_min": 3, "m5_threads_per_core": 0.5}))
 
 
 def test_extrapolation_and_calibrated_range():
@@ -159,7 +177,8 @@ def test_extrapolation_and_calibrated_range():
 
 
 def test_adaptive_window_covers_the_ramp_and_prices_points():
-    from experiments.planning import WindowPolicy, estimate_throughput, plan_window, plan_windows
+    from experiments.windows import WindowPolicy, plan_window, plan_windows
+    from simkit.analytic import throughput_bound
     from simkit.profile import CostProfile
 
     profile = CostProfile.default()
@@ -180,8 +199,8 @@ def test_adaptive_window_covers_the_ramp_and_prices_points():
     m3 = small.replace(model=ModelSpec(name="m3"), connections=10_000)
     m5 = small.replace(model=ModelSpec(name="m5", threads=8), connections=10_000, gil_us=100)
     m6 = small.replace(connections=10_000, think_s=0.0)
-    assert estimate_throughput(m3, profile) < 1 / 200e-6
-    assert estimate_throughput(m5, profile) < 1 / 100e-6
-    assert 1 / 200e-6 < estimate_throughput(m6, profile) < 8 / 200e-6
+    assert throughput_bound(m3, profile) < 1 / 200e-6
+    assert throughput_bound(m5, profile) < 1 / 100e-6
+    assert 1 / 200e-6 < throughput_bound(m6, profile) < 8 / 200e-6
     with pytest.raises(ValueError, match="min_duration_s"):
         WindowPolicy(min_duration_s=10, max_duration_s=1)

@@ -90,7 +90,7 @@ def test_bad_engine_is_named():
 
 
 def test_window_policy_sizes_windows_and_prices_out_costly_points():
-    from experiments.planning import WindowPolicy
+    from experiments.windows import WindowPolicy
 
     frame = sweep(BASE, models=["m6"], cores=[2], connections=[100, 200_000], profile=PROFILE, engine="serial",
                   simulate=fake_simulate, analytic=fake_analytic, progress=False,

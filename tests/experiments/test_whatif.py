@@ -11,7 +11,7 @@ import experiments.sweep as sweep_mod
 from experiments.sweep import SweepIncomplete
 from experiments.whatif import DEFAULT_WORKLOAD, load_whatif, parse_whatif, run_whatif
 from serverlab.cli import main
-from simkit.scenario import MODEL_NAMES
+from simkit import registry
 
 SMALL = """
 [slo]
@@ -40,7 +40,7 @@ def _doc(**patch):
 
 def test_default_workload_is_at_least_7x8x6():
     spec = load_whatif(DEFAULT_WORKLOAD)
-    assert set(spec.models) == set(MODEL_NAMES)
+    assert set(spec.models) == set(registry.names())
     assert len(spec.connections) >= 8 and len(spec.cores) >= 6
     assert max(spec.cores) == 128 and min(spec.cores) == 1
     assert len(spec.scenarios()) >= 336
@@ -86,7 +86,7 @@ def test_pipeline_writes_a_report_and_refuses_a_partial_one(tmp_path):
     files = run_whatif(spec, None, engine="serial", out_root=tmp_path, simulate=fake_simulate,
                        analytic=fake_analytic, progress=False)
     assert files.directory.parent == tmp_path and files.directory.name.startswith("whatif-")
-    assert files.html.exists() and files.recommendation.model in MODEL_NAMES
+    assert files.html.exists() and files.recommendation.model in registry.names()
     spec = parse_whatif(_doc(grid__connections=[10, 13]))
     with pytest.raises(SweepIncomplete):
         run_whatif(spec, None, engine="serial", out_dir=tmp_path / "partial", simulate=raising_simulate,
