@@ -7,7 +7,8 @@ ratio of their throughputs, per core count and per amount of pure-Python work, i
 Run: python experiments/gil_cost_m4.py
 """
 
-from experiments.planning import WindowPolicy, sweep
+from experiments.sweep import sweep
+from experiments.windows import WindowPolicy
 from simkit.scenario import Hardware, ModelSpec, Scenario, Workload
 
 CORES = [1, 2, 4, 8, 16]

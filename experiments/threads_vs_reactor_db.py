@@ -9,7 +9,10 @@ inline and stalls everyone. Where does each one stop, and how large must m4's po
 Run: python experiments/threads_vs_reactor_db.py
 """
 
-from experiments.planning import WindowPolicy, capacity, sweep
+from experiments.planning import capacity
+from experiments.sweep import sweep
+from experiments.windows import WindowPolicy
+from simkit import registry
 from simkit.scenario import Hardware, ModelSpec, Scenario, Workload
 
 SLO_P99_S = 0.100
@@ -29,16 +32,23 @@ def main() -> None:
     # point simulated (no analytic stand-ins), which takes a minute or two on a small box.
     frame = sweep(base, models=models, cores=[CORES], connections=[10, 100, 1000, 5000, 20000],
                   window=WindowPolicy(max_sim_requests=10**9))
-    frame["label"] = frame["model"].str[:2] + frame["pool"].map(lambda p: f" pool={p}" if p else "")
+    frame["label"] = [_label(ModelSpec(name=r.model, threads=r.threads, processes=r.processes, pool=r.pool))
+                      for r in frame.itertuples()]
     print(f"{CORES} cores, 5 ms blocking call + 100 us CPU per request, 0.5 s think time\n")
     print(frame.pivot(index="connections", columns="label", values="throughput_rps").round(0).to_string())
     print("\np99 (ms):")
     print((frame.pivot(index="connections", columns="label", values="latency_p99_s") * 1e3).round(1).to_string())
-    # capacity() is per model name: run it per m4 pool size so the three sizes are not merged.
+    # capacity() is per model name: run it per label (model and knobs) so the three pool sizes are not merged.
     print(f"\nCapacity at p99 <= {SLO_P99_S * 1e3:g} ms:")
     for label, rows in frame.groupby("label"):
         cap = capacity(rows, SLO_P99_S, MEMORY_BYTES).iloc[0]
         print(f"  {label:14s} up to {cap['max_connections']:6,} connections; then {cap['reason'] or '-'}: {cap['why']}")
+
+
+def _label(spec: ModelSpec) -> str:
+    """The model's short name and its knobs, e.g. 'm4 pool=16'."""
+    arch = registry.get(spec.name)
+    return arch.short + arch.describe(spec).removeprefix(arch.name)
 
 
 if __name__ == "__main__":
