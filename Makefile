@@ -22,9 +22,9 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 
 bench: $(BIN)/.installed
-	$(BIN)/python experiments/bench_sim.py
-	$(BIN)/python experiments/bench_servers.py
-	$(BIN)/python experiments/bench_loadgen.py
+	$(BIN)/python -m benchmarks.bench_sim
+	$(BIN)/python -m benchmarks.bench_servers
+	$(BIN)/python -m benchmarks.bench_loadgen
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -5,7 +5,7 @@ the others when the box has them). Prints requests/s side by side and their rati
 nginx's CPU during each run: if nginx is saturated in both runs, the ratio measures nginx, not the
 generators, and the line says so.
 
-    .venv/bin/python experiments/bench_loadgen.py [--connections 50] [--duration 5] [--rounds 1]
+    .venv/bin/python -m benchmarks.bench_loadgen [--connections 50] [--duration 5] [--rounds 1]
 
 Skips (exit 0, with a message) when wrk or nginx is not installed.
 """
@@ -18,7 +18,7 @@ import shutil
 import sys
 import time
 
-from experiments.benchkit import Nginx, run_wrk
+from benchmarks.benchkit import Nginx, run_wrk
 from realkit.loadgen import LoadSpec, run_load
 from realkit.monitor import ProcessTreeMonitor
 

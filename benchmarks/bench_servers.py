@@ -7,9 +7,9 @@ right before each model run, and the ratio is the median of the per-round ratios
 shared box hits both sides of a ratio alike.
 Without wrk the script says so and exits; without nginx it prints absolute figures only.
 
-    .venv/bin/python experiments/bench_servers.py [--duration 5] [--models 1,3,5] [--connections 50]
+    .venv/bin/python -m benchmarks.bench_servers [--duration 5] [--models 1,3,5] [--connections 50]
 
-Target (issue 2): m3_reactor >= 0.85x nginx.
+Target: a single-thread reactor (one event loop doing the work inline) >= 0.85x nginx.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.benchkit import Nginx, run_wrk
-from simkit.scenario import MODEL_NAMES, available_cores
+from benchmarks.benchkit import Nginx, run_wrk
+from simkit import registry
+from simkit.scenario import ModelSpec, available_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,16 +77,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--models", default="1-7", help="e.g. 3 or 1,3,5 or 1-7")
+    numbers = [a.number for a in registry.architectures()]
+    parser.add_argument("--models", default=f"{min(numbers)}-{max(numbers)}",
+                        help=f"model numbers, e.g. 3 or 1,3,5 or 1-7 ({registry.model_help()})")
     parser.add_argument("--repeats", type=int, default=3, help="rounds (nginx run + model run) per model")
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
-        print("wrk is not installed (apt-get install wrk): nothing to measure")
-        return 0
     models = []
     for part in args.models.split(","):
         lo, _, hi = part.partition("-")
-        models.extend(range(int(lo), int(hi or lo) + 1))
+        try:  # a range takes the registered numbers in it; a single number must be registered
+            models.extend(registry.resolve(n) for n in range(int(lo), int(hi or lo) + 1) if not hi or n in numbers)
+        except ValueError as exc:
+            parser.error(f"--models: {exc}")
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install wrk): nothing to measure")
+        return 0
     cores = sorted(os.sched_getaffinity(0))
     if available_cores() >= 2:
         server_core, wrk_cpus = cores[0], {cores[1]}
@@ -104,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if nginx:
             run_wrk(nginx.url, args.connections, 1.0, wrk_cpus)  # warm-up
-        for number in models:
-            name = MODEL_NAMES[number - 1]
+        for name in models:
             proc, url = start_model(name, server_core)
             try:
                 run_wrk(url, args.connections, 1.0, wrk_cpus)  # warm-up
@@ -155,12 +160,27 @@ def main(argv: list[str] | None = None) -> int:
             cells += ["n/a"] * 4
         print("| " + " | ".join(cells + [str(errors)]) + " |")
     print()
-    print("Models at their defaults (threads=1, processes=1, pool=4). m1 serves one keep-alive connection")
-    print("at a time: the other wrk connections wait in the backlog all run long (the model, not a bug).")
-    print("Server CPU well under 1 core means the server did not get its core (a busy box) or was not the")
-    print("bottleneck (wrk was); then requests per CPU-second is the fairer comparison. Threaded models")
-    print("(m4, m7) can take more than their share of a contended core, which flatters their requests/s.")
+    print(notes(models, args.connections))
     return 0
+
+
+def notes(models: list[str], connections: int) -> str:
+    """How to read the table, for these models (their defaults and traits from the registry)."""
+    archs = [registry.get(m) for m in models]
+    specs = {a.name: ModelSpec.for_model(a.name) for a in archs}
+    knobs = ", ".join(a.describe(specs[a.name]) for a in archs if a.knobs)
+    lines = [f"Models at their defaults ({knobs or 'no knobs'})."]
+    one_at_a_time = [a.short for a in archs if a.one_connection_at_a_time]
+    if one_at_a_time:
+        lines.append(f"{', '.join(one_at_a_time)} serve(s) one keep-alive connection at a time: the other wrk "
+                     "connections wait in the backlog all run long (the model, not a bug).")
+    lines.append("Server CPU well under 1 core means the server did not get its core (a busy box) or was not the "
+                 "bottleneck (wrk was); then requests per CPU-second is the fairer comparison.")
+    threaded = [a.short for a in archs if a.threads_peak(specs[a.name], connections, 1.0) > a.processes(specs[a.name]) + 1]
+    if threaded:
+        lines.append(f"Models running several threads ({', '.join(threaded)}) can take more than their share of "
+                     "a contended core, which flatters their requests/s.")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

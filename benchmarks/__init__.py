@@ -1,0 +1,1 @@
+"""Benchmarks, not tests: run each with `python -m benchmarks.<name>` from the repository root (`make bench`)."""
