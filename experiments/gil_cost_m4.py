@@ -9,7 +9,10 @@ Run: python experiments/gil_cost_m4.py
 
 from experiments.sweep import sweep
 from experiments.windows import WindowPolicy
+from simkit import registry
 from simkit.scenario import Hardware, ModelSpec, Scenario, Workload
+
+MODEL = "m4"  # the architecture under study (registry name, number or short name): reactor + worker pool
 
 CORES = [1, 2, 4, 8, 16]
 GIL_US = [0, 50, 200]  # pure-Python microseconds per request, on top of 200 us of GIL-free work
@@ -21,14 +24,14 @@ def main() -> None:
     # An explicit scenario list (instead of a models x cores x connections grid) lets gil_us and the
     # gil flag vary too; sweep() still runs them all in parallel, in this order.
     scenarios = [
-        base.replace(model=ModelSpec(name="m4", pool=2 * cores, gil=gil), cores=cores, gil_us=gil_us)
+        base.replace(model=ModelSpec(name=MODEL, pool=2 * cores, gil=gil), cores=cores, gil_us=gil_us)
         for gil_us in GIL_US for gil in (True, False) for cores in CORES
     ]
     # Each point's simulated window is sized for ~2000 completions (more for the faster points).
     frame = sweep(base, scenarios=scenarios, window=WindowPolicy(target_requests=3000, max_sim_requests=10**9))
     rate = frame.set_index(["gil_us", "gil", "cores"])["throughput_rps"]
     cpu = frame.set_index(["gil_us", "gil", "cores"])["cpu_util"]
-    print("m4_reactor_workers (pool = 2 x cores), 256 clients, 200 us GIL-free work + gil_us pure Python")
+    print(f"{registry.get(MODEL).name} (pool = 2 x cores), 256 clients, 200 us GIL-free work + gil_us pure Python")
     print(f"{'gil_us':>6} {'cores':>5} {'with GIL req/s':>15} {'no GIL req/s':>13} {'GIL keeps':>10} {'CPU used':>9}")
     for gil_us in GIL_US:
         for cores in CORES:

@@ -195,8 +195,8 @@ def _stalled(row: pd.Series, p99: float) -> bool:
 
     The p99 is over COMPLETED requests only; requests still waiting at the end are censored. In a
     healthy run, in flight ~= throughput x mean latency <= throughput x p99. Far more than that, and
-    more than 5% of the cohort (m1 with keep-alive clients: one served, the rest waiting), means the
-    p99 hides the waiters.
+    more than 5% of the cohort (a server that serves one connection at a time, with keep-alive
+    clients: one served, the rest waiting), means the p99 hides the waiters.
     Under 20 closed-loop clients the Little's-law check is skipped (window edges dominate).
     """
     x = float(row["throughput_rps"])
@@ -205,9 +205,10 @@ def _stalled(row: pd.Series, p99: float) -> bool:
     if in_flight > max(2.0 * x * (0.0 if math.isnan(p99) else p99) + 10, 0.05 * cohort):
         return True
     # Closed loop: every client is either thinking or waiting, so N ~= X x (think + mean latency).
-    # Requests issued before the window (e.g. clients that queued behind m1's one connection since
-    # the ramp, or still retrying a dropped SYN) are not in the cohort at all; fewer than 80% of the
-    # N clients accounted for exposes them (window edges cost a few %, not 20%).
+    # Requests issued before the window (e.g. clients queued since the ramp behind a server that
+    # serves one connection at a time, or still retrying a dropped SYN) are not in the cohort at
+    # all; fewer than 80% of the N clients accounted for exposes them (window edges cost a few %,
+    # not 20%).
     if str(row.get("mode", "closed")) == "closed":
         n = float(row["connections"])
         mean = float(row["latency_mean_s"]) if row["latency_mean_s"] is not None else math.nan
