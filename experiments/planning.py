@@ -58,8 +58,7 @@ class Sizing:
         for key, value in self.rules.items():
             if key not in allowed:
                 raise ValueError(f"{key}: unknown sizing rule; allowed: {', '.join(allowed)}")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{key}: must be a number > 0, got {value!r}")
+            _check_positive(key, value)
         object.__setattr__(self, "rules", MappingProxyType(dict(self.rules)))
 
     def __hash__(self) -> int:
