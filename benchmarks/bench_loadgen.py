@@ -21,11 +21,13 @@ import time
 from benchmarks.benchkit import Nginx, run_wrk
 from realkit.loadgen import LoadSpec, run_load
 from realkit.monitor import ProcessTreeMonitor
+from simkit.scenario import Workload
 
 
 def run_ours(url: str, connections: int, duration_s: float, cpus: set[int]) -> dict[str, float]:
-    report = run_load(LoadSpec(url=url, connections=connections, duration_s=duration_s, processes=1,
-                               cpus=tuple(sorted(cpus))))
+    # No warm-up and no padding (request_bytes at its floor): what wrk sends.
+    workload = Workload(connections=connections, duration_s=duration_s, warmup_s=0.0, request_bytes=16)
+    report = run_load(LoadSpec(url=url, workload=workload, processes=1, cpus=tuple(sorted(cpus))))
     if report.errors:
         print(f"  (our generator saw {report.errors} errors)")
     return {"rps": report.throughput_rps, "p50_s": report.latency_s(50), "p99_s": report.latency_s(99),

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from benchmarks.benchkit import Nginx, run_wrk
+from realkit.servers import server_argument
 from simkit import registry
 from simkit.scenario import ModelSpec, available_cores
 
@@ -58,9 +59,8 @@ def measure(pid: int, url: str, connections: int, duration_s: float, wrk_cpus: s
 
 
 def start_model(name: str, server_core: int | None) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "realkit.servers", "--model", name, "--port", "0"]
-    if server_core is not None:
-        cmd += ["--cores", str(server_core)]
+    cores = [server_core] if server_core is not None else None
+    cmd = [sys.executable, "-m", "realkit.servers", server_argument(ModelSpec.for_model(name), cores=cores)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     return proc, f"http://127.0.0.1:{int(proc.stdout.readline())}/"
 
