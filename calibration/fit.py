@@ -147,6 +147,7 @@ def probe_floors(profile: CostProfile) -> dict[str, float]:
     return {n: profile[n] for n in FLOORED_AT_PROBE if profile.params[n].source == "probe"}
 
 
+@dataclass(eq=False)
 class Objective:
     """The fit's objective over x, each fitted parameter's value / its start.
 
@@ -155,24 +156,24 @@ class Objective:
     `max_evaluations` evaluations or `time_budget_s` seconds it raises _Budget. It keeps the best
     point seen (lowest robust cost), which a budget stop falls back on."""
 
-    def __init__(self, reals: Sequence[Result], scenarios: Sequence[Scenario], base: CostProfile,
-                 names: Sequence[str], start: dict[str, float], batch: SimBatch, *, max_evaluations: int,
-                 time_budget_s: float, diff_step: float, upper: float, progress: Progress | None = None) -> None:
-        self.reals = list(reals)
-        self.scenarios = list(scenarios)
-        self.base = base
-        self.names = tuple(names)
-        self.start = start
-        self.batch = batch
-        self.max_evaluations = max_evaluations
-        self.time_budget_s = time_budget_s
-        self.diff_step = diff_step
-        self.upper = upper
-        self.progress = progress
-        self.t0 = time.monotonic()
-        self.cache: dict[tuple[float, ...], np.ndarray] = {}
-        self.evaluations = 0
-        self.best_cost = math.inf
+    reals: Sequence[Result]
+    scenarios: Sequence[Scenario]
+    base: CostProfile
+    names: tuple[str, ...]
+    start: dict[str, float]
+    batch: SimBatch
+    max_evaluations: int
+    time_budget_s: float
+    diff_step: float
+    upper: float
+    progress: Progress | None = None
+    t0: float = field(default_factory=time.monotonic)
+    cache: dict[tuple[float, ...], np.ndarray] = field(default_factory=dict)
+    evaluations: int = 0
+    best_cost: float = math.inf
+    best_x: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
         self.best_x = np.ones(len(self.names))
 
     @staticmethod
