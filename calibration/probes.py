@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -604,6 +604,69 @@ def probe_loopback_rtt(scale: float = 1.0) -> ProbeResult:
         proc.wait(5)
 
 
+# -- wake-up from idle ---------------------------------------------------------------------------
+IDLE_GAPS_S = (0.0, 0.0005, 0.002, 0.005, 0.02, 0.05)
+
+
+def fit_idle_wakeup(gaps_s: Sequence[float], extra_s: Sequence[float]) -> tuple[float, float]:
+    """(ceiling, tau) of extra = ceiling x (1 - exp(-gap / tau)), least squares over a log grid of tau
+    (the ceiling is linear: closed form for each tau); the ceiling is never negative."""
+    best = (math.inf, 0.0, 1e-3)
+    for tau in np.geomspace(1e-4, 0.1, 61):
+        f = -np.expm1(-np.asarray(gaps_s, float) / tau)
+        e = np.asarray(extra_s, float)
+        ceiling = max(0.0, float(f @ e / (f @ f))) if f @ f > 0 else 0.0
+        err = float(np.sum((e - ceiling * f) ** 2))
+        if err < best[0]:
+            best = (err, ceiling, float(tau))
+    return best[1], best[2]
+
+
+def probe_idle_wakeup(scale: float = 1.0) -> list[ProbeResult]:
+    """A request's round trip to an echo process on the server's CPU after an idle gap, minus the
+    back-to-back round trip: the wake-up from idle (idle states, a VM's halted vCPU, cold caches),
+    which grows with the gap. Fitted as idle_wakeup_s x (1 - exp(-gap / idle_wakeup_tau_s))."""
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpu, client_cpu = cpus[0], cpus[-1]
+    child = f"import os; os.sched_setaffinity(0, {{{server_cpu}}})\n" + _ECHO_CHILD
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    mine = os.sched_getaffinity(0)
+    try:
+        port = int(proc.stdout.readline())
+        os.sched_setaffinity(0, {client_cpu})
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        n = max(8, int(40 * scale))
+        fits = []
+        try:
+            for _round in range(3):
+                medians = []
+                for gap in IDLE_GAPS_S:
+                    rtts = []
+                    for _ in range(n):
+                        if gap:
+                            time.sleep(gap)
+                        t0 = perf()
+                        s.sendall(b"x")
+                        s.recv(64)
+                        rtts.append(perf() - t0)
+                    medians.append(statistics.median(rtts))
+                fits.append(fit_idle_wakeup(IDLE_GAPS_S, [m - medians[0] for m in medians]))
+        finally:
+            s.close()
+    finally:
+        os.sched_setaffinity(0, mine)
+        proc.kill()
+        proc.wait(5)
+    out = []
+    for i, name in enumerate(("idle_wakeup_s", "idle_wakeup_tau_s")):
+        vals = [f[i] for f in fits]
+        med = statistics.median(vals)
+        spread = (max(vals) - min(vals)) / med if med > 0 else 0.0
+        out.append(ProbeResult(name, med, spread, len(vals), {"gaps_s": list(IDLE_GAPS_S)}))
+    return out
+
+
 # -- work rates --------------------------------------------------------------------------------
 def _work_fn() -> Callable[..., Any] | None:
     """realkit.work's request-work entry point, if the servers' helper has landed it."""
@@ -684,6 +747,7 @@ PROBES: tuple[tuple[str, Callable[[float], Any]], ...] = (
     ("request parse", probe_parse),
     ("memory", probe_memory),
     ("loopback RTT", probe_loopback_rtt),
+    ("wake-up from idle", probe_idle_wakeup),
     ("work rates", probe_work),
     ("thread stack", lambda _scale: probe_thread_stack()),
     ("switch interval", lambda _scale: probe_switch_interval()),

@@ -90,17 +90,18 @@ def _peaks(scenario: Scenario, profile: CostProfile, busy: float) -> dict[str, i
     rss = (
         processes * profile["rss_process_bytes"]
         + threads * profile["rss_thread_bytes"]
-        + conns * (profile["rss_conn_bytes"] + profile["kernel_bytes_per_socket"])
+        + conns * profile["rss_conn_bytes"]
     )
     return {"threads_peak": threads, "processes_peak": processes, "rss_peak_bytes": int(rss),
             "fds_peak": conns + 4 * processes}
 
 
-def _failure(scenario: Scenario, peaks: dict[str, int]) -> str:
+def _failure(scenario: Scenario, profile: CostProfile, peaks: dict[str, int]) -> str:
     m, hw, w = scenario.model, scenario.hardware, scenario.workload
     if peaks["threads_peak"] > hw.threads_max:
         return "threads_max"
-    if peaks["rss_peak_bytes"] > hw.memory_bytes:
+    kernel = (w.connections + w.idle_connections) * profile["kernel_bytes_per_socket"]  # not in RSS, in memory
+    if peaks["rss_peak_bytes"] + kernel > hw.memory_bytes:
         return "memory"
     per_process = math.ceil((w.connections + w.idle_connections) / registry.get(m.name).connection_processes(m))
     if per_process + 4 > hw.fd_limit:
@@ -192,7 +193,7 @@ def analytic(scenario: Scenario, profile: CostProfile | None = None) -> Result:
 
     busy = x * (mean if not math.isnan(mean) else 0.0)
     peaks = _peaks(scenario, profile, busy)
-    failure = failure or _failure(scenario, peaks)
+    failure = failure or _failure(scenario, profile, peaks)
     ctx_per_request = arch.ctx_switches_per_request
     return Result(
         scenario=scenario,

@@ -53,7 +53,7 @@ def overlap(a: float, b: float, w0: float, w1: float) -> float:
 
 
 class Core:
-    __slots__ = ("id", "thread", "last", "since", "busy")
+    __slots__ = ("id", "thread", "last", "since", "busy", "idle_from")
 
     def __init__(self, cid: int) -> None:
         self.id = cid
@@ -61,6 +61,7 @@ class Core:
         self.last = None
         self.since = 0.0
         self.busy = 0.0
+        self.idle_from = 0.0  # when it last went idle (no thread on it)
 
 
 class Proc:
@@ -113,15 +114,21 @@ class Thread:
 
 
 class Ledger:
-    """Memory, thread, process and fd accounting; the first limit crossed is the run's failure."""
+    """Memory, thread, process and fd accounting; the first limit crossed is the run's failure.
 
-    __slots__ = ("p_proc", "p_thread", "p_conn", "threads_max", "memory_bytes", "threads", "procs", "conns",
-                 "fds", "rss", "rss_peak", "threads_peak", "procs_peak", "fds_peak", "failure")
+    `rss` is the processes' resident memory, what /proc reports and Result.rss_peak_bytes carries; a
+    socket's kernel memory (buffers, slab objects) is not in any process's RSS, but it takes the box's
+    memory all the same, so the memory limit is checked against rss + kernel."""
+
+    __slots__ = ("p_proc", "p_thread", "p_conn", "k_conn", "threads_max", "memory_bytes", "threads", "procs",
+                 "conns", "fds", "rss", "kernel", "rss_peak", "threads_peak", "procs_peak", "fds_peak", "failure")
 
     def __init__(self, profile, hardware) -> None:
         self.p_proc = int(profile["rss_process_bytes"])
         self.p_thread = int(profile["rss_thread_bytes"])
-        self.p_conn = int(profile["rss_conn_bytes"] + profile["kernel_bytes_per_socket"])
+        self.p_conn = int(profile["rss_conn_bytes"])
+        self.k_conn = int(profile["kernel_bytes_per_socket"])
+        self.kernel = 0
         self.threads_max = hardware.threads_max
         self.memory_bytes = hardware.memory_bytes
         self.threads = self.procs = self.conns = self.fds = 0
@@ -132,11 +139,12 @@ class Ledger:
         if not self.failure:
             self.failure = why
 
-    def _mem(self, delta: int) -> bool:
-        if delta > 0 and self.rss + delta > self.memory_bytes:
+    def _mem(self, delta: int, kernel: int = 0) -> bool:
+        if delta + kernel > 0 and self.rss + self.kernel + delta + kernel > self.memory_bytes:
             self.fail("memory")  # ENOMEM / the OOM killer's territory: refuse the allocation
             return False
         self.rss += delta
+        self.kernel += kernel
         if self.rss > self.rss_peak:
             self.rss_peak = self.rss
         return True
@@ -170,7 +178,7 @@ class Ledger:
             self.fds_peak = self.fds
 
     def add_conns(self, n: int = 1) -> bool:
-        if not self._mem(n * self.p_conn):
+        if not self._mem(n * self.p_conn, n * self.k_conn):
             return False
         self.conns += n
         self.add_fds(n)
@@ -180,6 +188,7 @@ class Ledger:
         self.conns -= n
         self.fds -= n
         self.rss -= n * self.p_conn
+        self.kernel -= n * self.k_conn
 
 
 class StartupFailure(Exception):
@@ -196,6 +205,8 @@ class Machine:
         self.slice_s = profile["time_slice_s"] or math.inf
         self.gil_interval = profile["gil_switch_interval_s"] or math.inf
         self.gil_handoff = profile["gil_handoff_s"]
+        self.idle_wake_s = profile["idle_wakeup_s"]
+        self.idle_tau_s = profile["idle_wakeup_tau_s"]
         self.cores = [Core(i) for i in range(hardware.cores)]
         self.free: set[int] = set(range(hardware.cores))
         # Run queue as two FIFOs of (thread, key); the core takes the smaller key. Woken threads (from
@@ -274,11 +285,31 @@ class Machine:
             ref = src if src is not None else last
             if woken and ref is not None and ref is not core:
                 th.pending += self.wake_s
+            delay = self._idle_delay(core) if woken else 0.0
+            if delay > 1e-6:  # below a microsecond it is noise, not worth an event
+                ev = Timeout(self.env, delay, (core, th))  # the core is taken, not yet running anything
+                ev.callbacks.append(self._assign_ev)
+                return
             self._assign(core, th)
         elif woken:
             self.wokenq.append((th, self.env.now))
         else:
             self.runq.append((th, self.env.now + self.runq_delay))
+
+    def _idle_delay(self, core: Core) -> float:
+        """How long a core idle since core.idle_from takes to run a thread woken onto it: idle states, a
+        VM's halted vCPU and cold caches cost more the longer the core slept (probed: a request's round
+        trip after an idle gap, calibration.probes)."""
+        if self.idle_wake_s <= 0.0:
+            return 0.0
+        idle = self.env.now - core.idle_from
+        if self.idle_tau_s <= 0.0:
+            return self.idle_wake_s if idle > 0.0 else 0.0
+        return self.idle_wake_s * -math.expm1(-idle / self.idle_tau_s)
+
+    def _assign_ev(self, ev) -> None:
+        core, th = ev._value
+        self._assign(core, th)
 
     def _assign(self, core: Core, th: Thread) -> None:
         now = self.env.now
@@ -310,6 +341,7 @@ class Machine:
         elif runq:
             self._assign(core, runq.popleft()[0])
         else:
+            core.idle_from = now
             self.free.add(core.id)
 
     def _block(self, th: Thread) -> None:

@@ -1,10 +1,12 @@
-"""The mechanisms of DESIGN §6 are visible in simulated Results (issue 4, "Mechanisms visible").
+"""The mechanisms of docs/DESIGN.md §6 are visible in simulated Results (issue 4, "Mechanisms visible").
 
 Each test compares runs of the same simulator (never a hard-coded figure), with loose tolerances:
 these are discrete-event runs, deterministic per seed, so they do not flake on a loaded box.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 
@@ -269,3 +271,31 @@ def test_work_jitter_spreads_latency_and_keeps_the_mean_demand():
     assert exact.latency_p99_s == pytest.approx(exact.latency_p90_s, rel=1e-6)
     # ... jittered work spreads them
     assert jittered.latency_p99_s > 1.05 * jittered.latency_p90_s
+
+
+def test_socket_kernel_memory_is_not_rss_but_counts_against_memory():
+    """/proc's RSS holds a process's own pages; a socket's kernel buffers and slab objects are not in
+    it, yet they take the box's memory: RSS grows by rss_conn_bytes per connection, and the memory
+    limit sees the kernel's share too."""
+    p = PROFILE.with_params("probe", rss_conn_bytes=4096, kernel_bytes_per_socket=12288)
+    s = BASE.replace(model="m3_reactor", connections=10, idle_connections=2000, think_s=0.01)
+    r = simulate(s, p)
+    base = p["rss_process_bytes"] + p["rss_thread_bytes"]
+    assert r.rss_peak_bytes == pytest.approx(base + 2010 * 4096, rel=0.01)
+    assert not r.failure
+    # a budget the connections' RSS fits in, but not their kernel memory as well
+    tight = simulate(s.replace(memory_bytes=int(base + 2010 * 4096 * 2)), p)
+    assert tight.failure == "memory"
+
+
+def test_a_core_idle_for_long_runs_its_wakee_late():
+    """A request reaching a server whose core has slept pays the wake-up from idle, which grows with how
+    long the core slept (idle_wakeup_s x (1 - exp(-idle / tau))); a busy server's cores never sleep."""
+    on = PROFILE.with_params("probe", idle_wakeup_s=200e-6, idle_wakeup_tau_s=5e-3)
+    off = PROFILE.with_params("probe", idle_wakeup_s=0.0)
+    for think, idle_share in ((0.02, 1 - math.exp(-4.0)), (0.002, 1 - math.exp(-0.4))):
+        light = BASE.replace(model="m3_reactor", connections=1, think_s=think, cpu_us=50, duration_s=1.0)
+        extra = simulate(light, on).latency_p50_s - simulate(light, off).latency_p50_s
+        assert extra == pytest.approx(200e-6 * idle_share, rel=0.1), think
+    busy = BASE.replace(model="m3_reactor", connections=8, cpu_us=50)
+    assert simulate(busy, on).latency_p50_s == pytest.approx(simulate(busy, off).latency_p50_s, rel=0.02)
