@@ -1,8 +1,14 @@
 """calibration (docs/DESIGN.md §7): make simkit reproduce realkit on this box, and prove it on held-out points.
 
-`calibrate()` is the whole pipeline: probes -> real runs on a grid -> parameters measured from the
-runs -> least-squares fit on the training points -> held-out validation against the USL baseline ->
-profile JSON (fingerprint, calibrated=True, validation table, failed runs) and the table as CSV.
+`calibrate()` is the whole pipeline: probes -> the off-grid design (calibration.offgrid: its open-loop
+rates need the probed profile) -> real runs of the grid and the off-grid points, shuffled together ->
+parameters measured from the runs -> least-squares fit on the training points -> held-out validation
+against the USL baseline -> the refit -> the off-grid validation with the final profile -> profile JSON
+(fingerprint, calibrated=True, validation table, failed runs, the off-grid seed and summary in its
+notes) and both tables in one CSV (its "set" column: grid | offgrid).
+
+Only "train" runs reach the fit, only "train" and "cores" runs apply_measured and the refit: the
+off-grid runs are predicted, never fitted to.
 
 The measure and simulate functions are parameters (realkit.measure / simkit.simulate by default) so
 tests can run the pipeline against fakes.
@@ -12,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import resource
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,7 +30,19 @@ from typing import Any
 from calibration.compare import SimBatch
 from calibration.fit import FIT_PARAMS, FitResult, apply_measured, probe_floors
 from calibration.fit import fit as fit_params  # not `fit`: that would hide the calibration.fit module
-from calibration.grid import GridPoint, build_grid
+from calibration.grid import ROLES, GridPoint, build_grid
+from calibration.offgrid import (
+    DESIGN,
+    FULL_POINTS,
+    OFFGRID_ROLE,
+    OFFGRID_SEED,
+    QUICK_POINTS,
+    build_offgrid,
+    format_offgrid,
+    real_run_s,
+    scenario_facts,
+    summarize_offgrid,
+)
 from calibration.probes import run_probes
 from calibration.runs import Run, load_runs, run_grid, save_runs
 from calibration.validate import USLBaseline, json_safe, summarize, validate, write_csv
@@ -31,7 +51,10 @@ from simkit.scenario import available_cores
 
 # progress(stage, detail, done, total)
 StageProgress = Callable[[str, str, int, int], None]
-STAGES = ("probes", "real runs", "fit", "validation", "refit")
+STAGES = ("probes", "real runs", "fit", "validation", "refit", "off-grid")
+# Roles the fit and the parameters measured from runs may see (never the held-out or off-grid ones).
+FIT_ROLES = ("train",)
+MEASURED_ROLES = ("train", "cores")
 
 
 @dataclass(frozen=True)
@@ -45,6 +68,8 @@ class CalibrationReport:
     refit: FitResult | None
     rows: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
+    offgrid_rows: list[dict[str, Any]] = field(default_factory=list)
+    offgrid_summary: dict[str, Any] | None = None
 
 
 def _default_measure():
@@ -67,6 +92,28 @@ def raise_nofile(needed: int) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
         return want
     return soft
+
+
+def check_out(path: str | Path) -> Path:
+    """ValueError naming `out` unless the profile and its two CSVs (.csv, .runs.csv) can be written at
+    `path`: checked by writing, before a campaign spends its minutes. Creates the directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"out: {path} is a directory; expected the profile's file name (.json)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for p in (path, path.with_suffix(".csv"), path.with_suffix(".runs.csv")):
+            if p.exists():
+                if not p.is_file():
+                    raise ValueError(f"out: {p} exists and is not a file")
+                with open(p, "a"):
+                    pass
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=".serverlab-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"out: cannot write {path}: {exc.strerror or exc}") from None
+    return path
 
 
 def pinned_work_rate(budget_s: float = 1.0):
@@ -97,13 +144,24 @@ def calibrate(
     refit_all: bool | None = None,
     write: bool = True,
     runs_from: str | Path | None = None,
+    offgrid: int | None = None,
+    offgrid_seed: int = OFFGRID_SEED,
 ) -> CalibrationReport:
     """Probes + grid + fit + validation; writes the profile (out, or profiles/<host>.json) and a CSV
-    of the held-out table beside it (same name, .csv), and every real run (.runs.csv).
-    runs_from: reuse the real runs of an earlier calibration (its .runs.csv) instead of measuring:
-    refits and re-validation without the real-run time. models: the grid's models (default: every
-    registered one); ignored when `grid` is given."""
+    of the held-out tables beside it (same name, .csv), and every real run (.runs.csv).
+    runs_from: reuse the real runs of an earlier calibration (its .runs.csv, off-grid runs included)
+    instead of measuring: refits and re-validation without the real-run time. models: the grid's and
+    the off-grid design's models (default: every registered one); the grid's models when `grid` is given.
+    offgrid: the off-grid design's size (default FULL_POINTS, QUICK_POINTS with quick, 0 when `grid`
+    is given; 0: none), drawn with offgrid_seed."""
     t_start = time.monotonic()
+    if offgrid is None:
+        offgrid = 0 if grid is not None else (QUICK_POINTS if quick else FULL_POINTS)
+    if isinstance(offgrid, bool) or not isinstance(offgrid, int) or offgrid < 0:
+        raise ValueError(f"offgrid: expected a number of points >= 0, got {offgrid!r}")
+    path = Path(out) if out is not None else default_profile_path()
+    if write:
+        check_out(path)
     real_runs = measure is None and runs_from is None  # realkit's servers will be started
     measure = measure or _default_measure()
     sim_is_default = simulate is None
@@ -138,22 +196,31 @@ def calibrate(
         else:
             profile = replace(profile, fingerprint=host_fingerprint())
 
-        # 2. real runs
+        # 2. real runs: the grid and the off-grid design (its open-loop rates from the probed profile)
         points = list(grid) if grid is not None else build_grid(quick, models)
-        raise_nofile(max(p.scenario.workload.connections + p.scenario.workload.idle_connections for p in points) * 2 + 1024)
+        design: list[GridPoint] = []
+        if offgrid and runs_from is None:
+            design_models = models
+            if grid is not None:
+                design_models = tuple(dict.fromkeys(p.scenario.model.name for p in points))
+            design = build_offgrid(offgrid, profile, seed=offgrid_seed, quick=quick, models=design_models)
+        every = points + design
+        raise_nofile(max(p.scenario.workload.connections + p.scenario.workload.idle_connections for p in every) * 2 + 1024)
         if runs_from is not None:
             runs = load_runs(runs_from)
         else:
-            runs = run_grid(points, measure, progress=stage_cb("real runs"))
+            runs = run_grid(every, measure, progress=stage_cb("real runs"))
     failed = [r.failure_record() for r in runs if not r.ok]
-    train = [r for r in runs if r.ok and r.point.role == "train"]
-    heldout = [r for r in runs if r.ok and r.point.role != "train"]
+    train = [r for r in runs if r.ok and r.point.role in FIT_ROLES]
+    heldout = [r for r in runs if r.ok and r.point.role in ROLES and r.point.role not in FIT_ROLES]
+    measured_runs = [r.result for r in runs if r.ok and r.point.role in MEASURED_ROLES]
+    off_runs = [r for r in runs if r.point.role == OFFGRID_ROLE]
     if not train:
         raise RuntimeError(f"calibration: every training run failed ({len(failed)} failures; first: "
                            f"{failed[0]['error'] if failed else 'none'})")
 
     # 3. parameters the real runs measure directly, then the fit on the training points only
-    profile = apply_measured(profile, [r.result for r in runs if r.ok and r.point.role in ("train", "cores")])
+    profile = apply_measured(profile, measured_runs)
     floors = probe_floors(profile)
     with SimBatch(simulate, workers) as batch:
         fitted = fit_params([r.result for r in train], profile, names=fit_names, target_requests=target_requests,
@@ -173,39 +240,53 @@ def calibrate(
         refit: FitResult | None = None
         final = fitted.profile
         if refit_all:
-            both = [r.result for r in runs if r.ok and r.point.role in ("train", "cores")]
-            if len(both) > len(train):
-                refit = fit_params(both, fitted.profile, names=fit_names, target_requests=target_requests,
+            if len(measured_runs) > len(train):
+                refit = fit_params(measured_runs, fitted.profile, names=fit_names, target_requests=target_requests,
                             max_evaluations=max(4, max_evaluations // 5), time_budget_s=fit_time_budget_s / 3,
                             progress=stage_cb("refit"), batch=batch, bounds_factor=4.0,
                             search_factors=((1 / 2, 2),), floors=floors)
                 final = refit.profile
+
+        # 6. the off-grid set, predicted by the profile written to disk, each over its own real window
+        off_ok = [r for r in off_runs if r.ok]
+        off_rows: list[dict[str, Any]] = []
+        off_summary: dict[str, Any] | None = None
+        if off_runs:
+            say("off-grid", f"simulating {len(off_ok)} off-grid points", 0, 1)
+            off_rows = validate(off_ok, final, batch, None, target_requests=None, extra=scenario_facts)
+            off_summary = summarize_offgrid(off_rows)
+            say("off-grid", "done", 1, 1)
 
     notes = dict(final.notes)
     notes.update({
         "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "work_rate": work_rate,  # realkit.work's pinned unit costs (ns per 4 KiB hashed, per loop step)
         "mode": "quick" if quick else "full",
-        "grid": {"points": len(points), "ok": sum(r.ok for r in runs), "failed": len(failed),
-                 "roles": {role: sum(1 for p in points if p.role == role) for role in {p.role for p in points}}},
+        "grid": {"points": len(runs) - len(off_runs), "ok": sum(r.ok for r in runs if r.point.role != OFFGRID_ROLE),
+                 "failed": sum(not r.ok for r in runs if r.point.role != OFFGRID_ROLE),
+                 "roles": {role: sum(1 for r in runs if r.point.role == role)
+                           for role in sorted({r.point.role for r in runs} - {OFFGRID_ROLE})}},
         "fit": fitted.summary(),
         "refit": refit.summary() if refit else None,
         "fit_residuals": fitted.per_run,
         "validation_summary": summary,
+        "offgrid": {"design": DESIGN if design else "from the runs file" if off_runs else "none",
+                    "seed": offgrid_seed if design else None, "points": len(off_runs),
+                    "ok": sum(r.ok for r in off_runs), "failed": sum(not r.ok for r in off_runs),
+                    "real_run_s": real_run_s([r.point for r in off_runs]), "summary": off_summary},
         "usl_baseline": {"/".join(map(str, k)): {"lambda": f.lambda_, "sigma": f.sigma, "kappa": f.kappa}
                          for k, f in baseline.fits.items()},
     })
     final = replace(final, calibrated=True, fingerprint=host_fingerprint(), validation=json_safe(rows),
                     failed_runs=failed, notes=json_safe(notes))
-    path = csv_path = None
+    written = csv_path = None
     if write:
-        path = Path(out) if out is not None else default_profile_path()
-        final.save(path)
+        written = final.save(path)
         csv_path = path.with_suffix(".csv")
-        write_csv(rows, csv_path)
+        write_csv(rows, csv_path, off_rows)
         save_runs(runs, path.with_suffix(".runs.csv"))
-    return CalibrationReport(final, path, csv_path, summary, runs, fitted, refit, rows,
-                             time.monotonic() - t_start)
+    return CalibrationReport(final, written, csv_path, summary, runs, fitted, refit, rows,
+                             time.monotonic() - t_start, off_rows, off_summary)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -226,4 +307,4 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CalibrationReport", "calibrate", "format_summary", "raise_nofile"]
+__all__ = ["CalibrationReport", "calibrate", "check_out", "format_offgrid", "format_summary", "raise_nofile"]

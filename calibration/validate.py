@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,8 +103,10 @@ class USLBaseline:
 
 
 def validate(heldout: Sequence[Run], profile: CostProfile, batch: SimBatch, baseline: USLBaseline | None,
-             *, target_requests: int | None = None) -> list[dict[str, Any]]:
-    """The held-out table: one row per (held-out run, metric)."""
+             *, target_requests: int | None = None,
+             extra: Callable[[Scenario], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The held-out table: one row per (held-out run, metric). extra(scenario): more columns for each
+    of that run's rows (the off-grid set's settings)."""
     ok = [run for run in heldout if run.ok]
     scen = [sim_scenario(run.result, target_requests) for run in ok]
     sims = batch.run(scen, [profile] * len(scen))
@@ -113,6 +115,7 @@ def validate(heldout: Sequence[Run], profile: CostProfile, batch: SimBatch, base
         real = run.result
         s = real.scenario
         usl = baseline.predict(s) if baseline else None
+        more = extra(s) if extra else {}
         for field, short in TABLE_METRICS:
             meas = float(getattr(real, field))
             pred = float(getattr(sim, field)) if isinstance(sim, Result) else math.nan
@@ -126,11 +129,12 @@ def validate(heldout: Sequence[Run], profile: CostProfile, batch: SimBatch, base
             if usl is not None and short in ("throughput", "latency_mean"):
                 u = usl[0] if short == "throughput" else usl[1]
                 row.update(usl_predicted=u, usl_rel_err=rel_err(u, meas))
+            row.update(more)
             rows.append(row)
     return rows
 
 
-def _median_abs(values: Sequence[float]) -> float:
+def median_abs(values: Sequence[float]) -> float:
     vals = [abs(v) for v in values if isinstance(v, float) and math.isfinite(v)]
     return statistics.median(vals) if vals else math.nan
 
@@ -144,20 +148,20 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     per_model = {}
     for m in models:
         per_model[m] = {
-            metric: _median_abs([r["rel_err"] for r in pick(metric, model=(m,))])
+            metric: median_abs([r["rel_err"] for r in pick(metric, model=(m,))])
             for metric in ("throughput", "p50", "p99", "rss", "threads")
         }
-    overall = {metric: _median_abs([r["rel_err"] for r in pick(metric)])
+    overall = {metric: median_abs([r["rel_err"] for r in pick(metric)])
                for metric in ("throughput", "latency_mean", "p50", "p99", "rss", "threads")}
-    by_role = {role: {metric: _median_abs([r["rel_err"] for r in pick(metric, role=(role,))])
+    by_role = {role: {metric: median_abs([r["rel_err"] for r in pick(metric, role=(role,))])
                       for metric in ("throughput", "p99")}
                for role in sorted({r["role"] for r in rows})}
     vs_usl = {}
     for metric in ("throughput", "latency_mean"):
         both = [r for r in pick(metric, role=EXTRAPOLATION_ROLES)
                 if math.isfinite(r["usl_rel_err"]) and math.isfinite(r["rel_err"])]
-        sim_err = _median_abs([r["rel_err"] for r in both])
-        usl_err = _median_abs([r["usl_rel_err"] for r in both])
+        sim_err = median_abs([r["rel_err"] for r in both])
+        usl_err = median_abs([r["usl_rel_err"] for r in both])
         vs_usl[metric] = {"points": len(both), "sim_median_abs_err": sim_err, "usl_median_abs_err": usl_err,
                           "sim_beats_usl": bool(both) and sim_err < usl_err}
     return {"per_model": per_model, "overall": overall, "by_role": by_role, "extrapolation_vs_usl": vs_usl,
@@ -175,7 +179,9 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path) -> None:
+def write_csv(rows: Sequence[dict[str, Any]], path, offgrid: Sequence[dict[str, Any]] = ()) -> None:
+    """The in-grid held-out rows and the off-grid rows in one CSV, its "set" column saying which."""
     import pandas as pd
 
-    pd.DataFrame(list(rows)).to_csv(path, index=False)
+    marked = [{"set": "grid", **r} for r in rows] + [{"set": "offgrid", **r} for r in offgrid]
+    pd.DataFrame(marked).to_csv(path, index=False)

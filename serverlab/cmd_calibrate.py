@@ -1,5 +1,6 @@
-"""`serverlab calibrate [--quick] [--out profiles/HOST.json]`: probes + real runs + fit + held-out
-validation, with a progress bar per stage; writes the profile JSON and the held-out table as CSV."""
+"""`serverlab calibrate [--quick] [--out profiles/HOST.json] [--offgrid N]`: probes + real runs + fit +
+held-out validation on the grid and on an off-grid random design, with a progress bar per stage; writes
+the profile JSON and both tables as one CSV (its "set" column says which)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,20 @@ import click
               help="profile JSON to write [default: profiles/<host>.json]")
 @click.option("--model", "models", multiple=True, help="calibrate only these models (repeatable; numbers or names)")
 @click.option("--workers", type=int, default=None, help="simulation processes for the fit [default: 2 on 2+ cores]")
-def calibrate(quick: bool, out: str | None, models: tuple[str, ...], workers: int | None) -> None:
-    """Calibrate the simulator against this box and validate it on held-out points."""
+@click.option("--offgrid", type=click.IntRange(min=0), default=None,
+              help="off-grid validation points, drawn at random over every knob and never fitted "
+                   "[default: 60, 15 with --quick; 0: none]")
+@click.option("--offgrid-seed", type=click.IntRange(min=0), default=None,
+              help="seed of the off-grid design (recorded in the profile) [default: 11]")
+def calibrate(quick: bool, out: str | None, models: tuple[str, ...], workers: int | None, offgrid: int | None,
+              offgrid_seed: int | None) -> None:
+    """Calibrate the simulator against this box and validate it on held-out and off-grid points."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from calibration import calibrate as run_calibration
-    from calibration import format_summary
+    from calibration import check_out, format_offgrid, format_summary
+    from calibration.offgrid import OFFGRID_SEED
     from simkit import registry
     from simkit.profile import default_profile_path
 
@@ -27,6 +35,11 @@ def calibrate(quick: bool, out: str | None, models: tuple[str, ...], workers: in
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--model") from None
     path = out or str(default_profile_path())
+    try:
+        check_out(path)  # before the campaign, not after its minutes
+    except ValueError as exc:
+        raise click.ClickException(f"--out: {str(exc).removeprefix('out: ')}") from None
+    seed = OFFGRID_SEED if offgrid_seed is None else offgrid_seed
     console = Console()
     with Progress(TextColumn("[bold]{task.fields[stage]:<10}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("{task.description}"), console=console) as bar:
@@ -38,14 +51,21 @@ def calibrate(quick: bool, out: str | None, models: tuple[str, ...], workers: in
             bar.update(tasks[stage], description=detail[:70], completed=done, total=max(total, 1))
 
         try:
-            report = run_calibration(path, quick=quick, models=chosen, progress=progress, workers=workers)
+            report = run_calibration(path, quick=quick, models=chosen, progress=progress, workers=workers,
+                                     offgrid=offgrid, offgrid_seed=seed)
         except (ValueError, RuntimeError) as exc:
             raise click.ClickException(str(exc)) from None
-    console.print(f"profile: {report.path}   held-out table: {report.csv_path}   "
+    console.print(f"profile: {report.path}   held-out tables (grid, off-grid): {report.csv_path}   "
                   f"({report.elapsed_s:.0f} s, {len(report.profile.failed_runs)} failed real runs)")
     fit = report.fit
     unit = {n: (" s" if n.endswith("_s") else "") for n in fit.names}  # the work scales are ratios
     console.print("fitted: " + ", ".join(f"{n} = {fit.values[n]:.3g}{unit[n]} (start {fit.start[n]:.3g})"
                                          for n in fit.names)
                   + f"; rms log error {fit.rmse_log_start:.3f} -> {fit.rmse_log:.3f}")
-    console.print(format_summary(report.summary))
+    console.print(format_summary(report.summary), markup=False, highlight=False, soft_wrap=True)
+    off = report.profile.notes.get("offgrid") or {}
+    if report.offgrid_summary is not None:
+        console.print(f"\noff-grid: {off.get('points')} points ({off.get('failed')} failed), seed {off.get('seed')}, "
+                      f"{off.get('real_run_s', 0):.0f} s of real runs; predicted by the profile written above",
+                      markup=False, highlight=False, soft_wrap=True)
+        console.print(format_offgrid(report.offgrid_summary), markup=False, highlight=False, soft_wrap=True)

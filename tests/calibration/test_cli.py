@@ -1,5 +1,6 @@
 """`serverlab calibrate` end to end through click, with stand-ins for the real halves."""
 
+import pandas as pd
 import pytest
 from calfakes import FakeMeasure, fake_simulate
 from click.testing import CliRunner
@@ -23,6 +24,10 @@ def test_calibrate_quick_writes_profile_and_tables(tmp_path, monkeypatch):
     p = CostProfile.load(out)
     assert p.calibrated and {v["model"] for v in p.validation} == {"m3_reactor", "m6_prefork"}
     assert out.with_suffix(".csv").exists() and out.with_suffix(".runs.csv").exists()
+    # the off-grid set: --quick draws 15 points over the chosen models, printed as their own table
+    assert "off-grid validation" in result.output and "mode = closed" in result.output
+    assert p.notes["offgrid"]["points"] == 15 and p.notes["offgrid"]["seed"] is not None
+    assert set(pd.read_csv(out.with_suffix(".csv"))["set"]) == {"grid", "offgrid"}
 
 
 def test_calibrate_rejects_unknown_model():
