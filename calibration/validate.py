@@ -13,6 +13,9 @@ training points, throughput against connections. What it predicts:
   the same contention and coherency terms govern scaling in load and in processors);
 - mean latency by Little's law for a closed loop: N / X - think time. The USL says nothing about
   percentiles, RSS or threads, so those rows have no baseline.
+
+The off-grid set (calibration.offgrid) goes through validate() too, with the final profile, no
+baseline and its settings as extra columns; write_csv puts both tables in one file.
 """
 
 from __future__ import annotations
