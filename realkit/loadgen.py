@@ -8,7 +8,9 @@ The instrument must not lie about latency, so:
   keep up says so;
 - every failure is an observation, counted by kind: `refused` (connect refused or failed), `timeout`
   (no answer within timeout_s), `reset` (the server reset or closed a connection with a request
-  outstanding), `http` (a non-2xx answer), `client` (the generator itself failed, e.g. EMFILE);
+  outstanding), `http` (a non-2xx answer, or a response that cannot be framed: no HTTP/1.x status line,
+  a missing, non-numeric, negative or absurd Content-Length, a head over 64 KiB; its connection is
+  dropped), `client` (the generator itself failed, e.g. EMFILE);
 - latencies go into realkit.histogram's log-bucketed histogram: fixed memory, bounded relative error,
   mergeable across processes.
 
@@ -50,6 +52,14 @@ _CONNECT_ERRNOS = {errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errn
 # Errnos that mean the generator itself ran out of something (fds, ephemeral ports, buffers): a fault
 # of the instrument, not the server.
 _CLIENT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL}
+
+
+# Worker processes one generator may start (each runs one event loop; more than the CPUs only contend).
+MAX_PROCESSES = 256
+# Framing bounds: a response head (status line and headers) longer than this, or a Content-Length
+# above MAX_CONTENT_LENGTH, is not a response the generator waits for: it is an error, counted.
+MAX_RESPONSE_HEAD = 64 * 1024
+MAX_CONTENT_LENGTH = 1 << 30
 
 
 class LoadGenError(RuntimeError):
@@ -98,17 +108,25 @@ class LoadSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.workload, Workload):
             raise ValueError(f"workload: expected a Workload, got {type(self.workload).__name__}")
-        parts = urlsplit(self.url) if isinstance(self.url, str) else None
-        if parts is None or parts.scheme != "http" or not parts.hostname or parts.port is None:
-            raise ValueError(f"url: expected http://HOST:PORT/path, got {self.url!r}")
+        for name in ("use_uvloop", "allow_remote"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
+        try:
+            parts = urlsplit(self.url) if isinstance(self.url, str) else None
+            port = parts.port if parts is not None else None
+        except ValueError:  # urlsplit's own message names no field
+            parts = port = None
+        if parts is None or parts.scheme != "http" or not parts.hostname or not port:
+            raise ValueError(f"url: expected http://HOST:PORT/path with a port in 1..65535, got {self.url!r}")
         if not self.allow_remote and not is_loopback(parts.hostname):
             raise ValueError(
                 f"url: {parts.hostname} is not a loopback address; pass allow_remote=True (--allow-remote) to load it"
             )
-        for name in ("processes", "seed"):
+        for name, top in (("processes", MAX_PROCESSES), ("seed", None)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (top and value > top):
+                bound = ">= 0" if top is None else f"in 0..{top}"
+                raise ValueError(f"{name}: expected an integer {bound}, got {value!r}")
         for name in ("late_threshold_s", "timer_resolution_s"):
             value = getattr(self, name)
             if (
@@ -119,9 +137,16 @@ class LoadSpec:
             ):
                 raise ValueError(f"{name}: must be >= 0, got {value!r}")
         if self.cpus is not None:
+            if not isinstance(self.cpus, (tuple, list)):
+                raise ValueError(f"cpus: expected a non-empty list of CPU numbers, got {self.cpus!r}")
             cpus = tuple(self.cpus)
             if not cpus or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cpus):
                 raise ValueError(f"cpus: expected a non-empty list of CPU numbers, got {self.cpus!r}")
+            allowed = os.sched_getaffinity(0)
+            outside = sorted(set(cpus) - allowed)
+            if outside:
+                raise ValueError(f"cpus: CPU {outside[0]} is not available to this process; available: "
+                                 f"{', '.join(map(str, sorted(allowed)))}")
             object.__setattr__(self, "cpus", cpus)
 
     @property
@@ -273,35 +298,68 @@ def _classify_connect(exc: BaseException | None) -> str:
     return "client"
 
 
+def _content_length(raw: bytes) -> int:
+    """The value of a Content-Length header: ASCII digits only, at most MAX_CONTENT_LENGTH."""
+    value = raw.strip(b" \t")
+    if not value.isdigit() or len(value) > 12:
+        raise ValueError(f"bad Content-Length {raw.strip()[:32]!r}")
+    n = int(value)
+    if n > MAX_CONTENT_LENGTH:
+        raise ValueError(f"Content-Length {n} over the generator's limit of {MAX_CONTENT_LENGTH}")
+    return n
+
+
 class _Framer:
     """Frames HTTP/1.1 responses by Content-Length and counts them (with how many were not 2xx).
+
+    A response that cannot be framed raises ValueError: a head that does not start with an HTTP/1.x
+    status line, a missing, non-numeric, negative or absurd Content-Length, or a head still unfinished
+    after MAX_RESPONSE_HEAD bytes. Every response moves the parse position forwards, so no input can
+    make it loop. A body longer than what arrived is skipped by count as its bytes come, not buffered.
 
     Fast path: a server answers one URL with responses of one shape (same header length, same
     Content-Length line at the same offset). Once a whole response arrived alone, its shape is kept; a
     later chunk of the same length with the blank line and the Content-Length line at the same offsets
     is exactly one complete response, checked with three slice compares instead of a parse."""
 
-    __slots__ = ("buf", "shape")
+    __slots__ = ("buf", "shape", "skip", "skip_bad")
 
     def __init__(self) -> None:
         self.buf = b""
         self.shape: tuple[int, int, int, int, bytes] | None = None
+        self.skip = 0  # body bytes of the current response still to come
+        self.skip_bad = 0  # whether that response is a non-2xx one
 
     def feed(self, data: bytes) -> tuple[int, int]:
         """-> (responses completed, of which non-2xx). Raises ValueError on a response it cannot frame."""
+        done = bad = 0
+        if self.skip:
+            if len(data) < self.skip:
+                self.skip -= len(data)
+                return 0, 0
+            data = data[self.skip :]
+            self.skip = 0
+            done, bad = 1, self.skip_bad
+            if not data:
+                return done, bad
         shape = self.shape
-        if shape is not None and not self.buf and len(data) == shape[0]:
+        if shape is not None and not done and not self.buf and len(data) == shape[0]:
             _, hend, i, k, cl = shape
             if data[i:k] == cl and data[hend : hend + 4] == b"\r\n\r\n":
                 return 1, (0 if data[9] == 50 else 1)
         buf = self.buf + data if self.buf else data
-        done = bad = 0
         pos = 0
         n = len(buf)
-        while True:
-            hend = buf.find(b"\r\n\r\n", pos)
+        while pos < n:
+            hend = buf.find(b"\r\n\r\n", pos, pos + MAX_RESPONSE_HEAD)
             if hend < 0:
+                if n - pos >= MAX_RESPONSE_HEAD:
+                    raise ValueError(f"response head over {MAX_RESPONSE_HEAD} bytes")
+                if not b"HTTP/1."[: n - pos].startswith(buf[pos : pos + 7]):
+                    raise ValueError(f"not an HTTP/1.x status line: {buf[pos : pos + 16]!r}")
                 break
+            if buf[pos : pos + 7] != b"HTTP/1." or buf[pos + 8] != 32 or not buf[pos + 9 : pos + 12].isdigit():
+                raise ValueError(f"not an HTTP/1.x status line: {buf[pos : pos + 16]!r}")
             i = buf.find(b"Content-Length:", pos, hend)
             if i < 0:
                 j = buf[pos:hend].lower().find(b"content-length:")
@@ -309,11 +367,13 @@ class _Framer:
                     raise ValueError("response without Content-Length")
                 i = pos + j
             k = buf.find(b"\r\n", i, hend + 2)
-            end = hend + 4 + int(buf[i + 15 : k])
-            if end > n:
+            end = hend + 4 + _content_length(buf[i + 15 : k])
+            is_bad = 0 if buf[pos + 9] == 50 else 1  # b"2": the status class
+            if end > n:  # the body is still coming: count its bytes off as they arrive
+                self.skip, self.skip_bad = end - n, is_bad
+                pos = n
                 break
-            if buf[pos + 9] != 50:  # b"2": the status class
-                bad += 1
+            bad += is_bad
             done += 1
             if pos == 0 and end == n:
                 self.shape = (n, hend, i, k, buf[i:k])
@@ -352,7 +412,14 @@ class _Generator:
         self.idle: set[_IdleConn] = set()
         self.free: list[_Conn] = []  # open loop: connected, nothing outstanding
         self.waiting: deque[float] = deque()  # open loop: intended send times with no connection yet
-        self.sem = asyncio.Semaphore(max(1, w.connect_concurrency // n_shares))
+        # Connects: at most conn_limit in flight; the rest wait in `pending` (FIFO), so a million
+        # clients cost a deque entry each, not a task blocked on a semaphore (whose cancellation at
+        # shutdown is quadratic).
+        self.conn_limit = max(1, w.connect_concurrency // n_shares)
+        self.connecting = 0
+        self.pending: deque[_Conn | _IdleConn] = deque()
+        self._pumping = False
+        self.idle_initial_left = 0  # prepare(): first idle connects not yet finished
         self.tasks: set[asyncio.Task] = set()
         self.t_stop = math.inf
         self.next_t = math.inf
@@ -373,23 +440,59 @@ class _Generator:
             self.lat.clear()
 
     # -- connections -------------------------------------------------------------------------------
-    async def _connect(self, factory) -> tuple[Any, BaseException | None]:
-        async with self.sem:
-            if self.stopping:
-                return None, None
-            try:
-                _, proto = await asyncio.wait_for(
-                    self.loop.create_connection(factory, self.host, self.port), self.w.timeout_s
-                )
-                return proto, None
-            except (TimeoutError, OSError) as exc:
-                return None, exc
+    def queue_connect(self, proto: _Conn | _IdleConn) -> None:
+        self.pending.append(proto)
+        self.pump()
 
-    async def open_load_conn(self, t_req: float | None, delay: float = 0.0) -> None:
+    def pump(self) -> None:
+        """Start queued connects while fewer than conn_limit are in flight (not re-entrant: a loss
+        handled here may queue another connect, which this loop then takes)."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self.pending and self.connecting < self.conn_limit and not self.stopping:
+                proto = self.pending.popleft()
+                if isinstance(proto, _Conn) and proto.t_req is None:
+                    # Its request timed out while it waited for a place (counted by the sweep).
+                    self.lost(proto)
+                    continue
+                self.connecting += 1
+                self.spawn(self._connect(proto))
+        finally:
+            self._pumping = False
+
+    async def _connect(self, proto: _Conn | _IdleConn) -> None:
+        exc: BaseException | None = None
+        try:
+            await asyncio.wait_for(self.loop.create_connection(lambda: proto, self.host, self.port),
+                                   self.w.timeout_s)
+        except Exception as e:  # noqa: BLE001 - any failure to connect is an observation, counted
+            exc = e
+        finally:
+            self.connecting -= 1
+        if self.stopping:
+            return
+        if isinstance(proto, _IdleConn):
+            if proto.initial:
+                self.idle_initial_left -= 1
+            if exc is not None:
+                self.c["idle_failed"] += 1
+        elif exc is None:
+            if self.recording:
+                self.c["connects"] += 1
+        else:
+            self.active.discard(proto)
+            if proto.t_req is not None:  # else the timeout sweep already counted it
+                proto.t_req = None
+                self.error(_classify_connect(exc))
+            self.lost(proto, failed_connect=True)
+        self.pump()
+
+    def open_load_conn(self, t_req: float | None = None) -> None:
         """Open one load connection for a request whose clock started at t_req (None: now). The connect
-        time is part of that request's latency: a short-lived connection pays for its set-up."""
-        if delay:
-            await asyncio.sleep(delay)
+        time, the wait for a connect place included, is part of that request's latency: a short-lived
+        connection pays for its set-up."""
         if self.stopping:
             return
         if t_req is None:
@@ -399,18 +502,7 @@ class _Generator:
         conn = _Conn(self)
         conn.t_req = t_req
         self.active.add(conn)
-        proto, exc = await self._connect(lambda: conn)
-        if proto is not None:
-            if self.recording:
-                self.c["connects"] += 1
-            return
-        self.active.discard(conn)
-        if self.stopping:
-            return
-        if conn.t_req is not None:  # else the timeout sweep already counted it
-            conn.t_req = None
-            self.error(_classify_connect(exc))
-        self.lost(conn, failed_connect=True)
+        self.queue_connect(conn)
 
     def lost(self, conn: _Conn, failed_connect: bool = False) -> None:
         """A load connection is gone; replace it as the mode requires. After a failed connect, back off a
@@ -419,7 +511,10 @@ class _Generator:
         if self.stopping:
             return
         if self.w.mode == "closed":
-            self.spawn(self.open_load_conn(None, delay=0.01 if failed_connect else 0.0))
+            if failed_connect:
+                self.loop.call_later(0.01, self.open_load_conn)
+            else:
+                self.open_load_conn()
             return
         try:
             self.free.remove(conn)
@@ -430,18 +525,19 @@ class _Generator:
         else:
             self.maybe_open()
 
-    async def open_idle_conn(self) -> None:
-        conn = _IdleConn(self)
-        proto, exc = await self._connect(lambda: conn)
-        if proto is None and not self.stopping:
-            self.c["idle_failed"] += 1
+    def open_idle_conn(self, initial: bool = False) -> None:
+        if self.stopping:
+            return
+        if initial:
+            self.idle_initial_left += 1
+        self.queue_connect(_IdleConn(self, initial))
 
     # -- open loop -------------------------------------------------------------------------------
     def maybe_open(self) -> None:
         """Open loop: each waiting request gets a new connection while under the cap; its latency
         keeps running from its intended send time through the connect."""
         while self.waiting and len(self.active) < self.n_conns and not self.stopping:
-            self.spawn(self.open_load_conn(self.waiting.popleft()))
+            self.open_load_conn(self.waiting.popleft())
 
     def next_gap(self) -> float:
         if self.w.arrival == "poisson":
@@ -510,8 +606,10 @@ class _Generator:
     # -- phases ------------------------------------------------------------------------------------
     async def prepare(self) -> None:
         """Open and hold the idle connections (before any load, so the load sees them all)."""
-        if self.n_idle:
-            await asyncio.gather(*(self.open_idle_conn() for _ in range(self.n_idle)))
+        for _ in range(self.n_idle):
+            self.open_idle_conn(initial=True)
+        while self.idle_initial_left > 0:
+            await asyncio.sleep(0.01)
 
     async def run(self, t0: float) -> dict[str, Any]:
         w = self.w
@@ -524,7 +622,7 @@ class _Generator:
         self.loop.call_later(0.1, self.tick)
         if w.mode == "closed":
             for _ in range(self.n_conns):
-                self.spawn(self.open_load_conn(None))
+                self.open_load_conn()
         else:
             # Constant arrivals from several workers interleave rather than coincide.
             self.next_t = t0 + (
@@ -544,7 +642,7 @@ class _Generator:
         cpu1 = _cpu_s(self.spec.processes == 0)
         self.flush()
         self.c["completed"] = self.hist.count  # every 2xx answer in the window left one latency
-        self.c["in_flight"] = sum(1 for c in self.active if c.t_req is not None) + len(self.waiting)
+        self.c["in_flight"] = sum(1 for c in self.active if c.t_req is not None) + len(self.waiting)  # `active` holds those waiting for a connect place too
         self.c["idle_open"] = sum(1 for c in self.idle if c.transport is not None)
         await self.shutdown()
         out = dict(self.c)
@@ -561,6 +659,7 @@ class _Generator:
 
     async def shutdown(self) -> None:
         self.stopping = True
+        self.pending.clear()
         for conn in list(self.active) + list(self.idle):
             if conn.transport is not None:
                 conn.transport.abort()
@@ -593,8 +692,8 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         g = self.g
-        if g.stopping:
-            transport.abort()
+        if g.stopping or self.t_req is None:  # stopping, or its request timed out while it connected
+            transport.abort()  # connection_lost replaces it
             return
         if g.w.mode == "open":
             g.note_lag(self.t_req, time.monotonic())
@@ -673,11 +772,12 @@ class _Conn(asyncio.Protocol):
 class _IdleConn(asyncio.Protocol):
     """Held open, never used. If the server closes it (keep-alive timer), it is reopened."""
 
-    __slots__ = ("g", "transport")
+    __slots__ = ("g", "transport", "initial")
 
-    def __init__(self, g: _Generator) -> None:
+    def __init__(self, g: _Generator, initial: bool = False) -> None:
         self.g = g
         self.transport = None
+        self.initial = initial  # one of the connections prepare() waits for
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -690,7 +790,7 @@ class _IdleConn(asyncio.Protocol):
         self.transport = None
         self.g.idle.discard(self)
         if not self.g.stopping:
-            self.g.spawn(self.g.open_idle_conn())
+            self.g.open_idle_conn()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -830,7 +930,9 @@ def run_load(spec: LoadSpec, on_ready=None) -> LoadReport:
             on_ready(t0)
         for pipe in pipes:
             pipe.send(("go", t0))
-        run_deadline = t0 + spec.workload.warmup_s + spec.workload.duration_s + 30.0
+        # A worker stops at its window's end and reports at once; past the client timeout and a margin it
+        # is stuck, and the run fails rather than waits.
+        run_deadline = t0 + spec.workload.warmup_s + spec.workload.duration_s + min(30.0, 5.0 + spec.workload.timeout_s)
         parts = [_expect(pipe, procs[i], "done", run_deadline) for i, pipe in enumerate(pipes)]
         for proc in procs:
             proc.join(5.0)
