@@ -29,6 +29,8 @@ from simkit.result import Result, to_frame
 from simkit.scenario import ModelSpec, Scenario, available_cores
 
 SimulateFn = Callable[..., Result]
+# How long to wait for a Dask scheduler given by address before giving up (it retries meanwhile).
+DASK_CONNECT_TIMEOUT_S = 20.0
 
 
 class SweepIncomplete(RuntimeError):
@@ -57,6 +59,8 @@ def resolve_profile(profile: CostProfile | str | os.PathLike | None) -> CostProf
     """None: this host's calibrated profile when one exists, else the uncalibrated default."""
     if isinstance(profile, CostProfile):
         return profile
+    if profile is not None and not isinstance(profile, (str, os.PathLike)):
+        raise ValueError(f"profile: expected a CostProfile, a path or None, got {type(profile).__name__}")
     if profile is None:
         path = default_profile_path()
         return CostProfile.load(path) if path.exists() else CostProfile.default()
@@ -118,7 +122,10 @@ def sweep(
     window: size each point's simulated window with this policy (experiments.windows.WindowPolicy)
     instead of the base scenario's fixed duration_s/warmup_s; points it prices above
     max_sim_requests go to the analytic model.
+    Arguments of the wrong type or out of range raise ValueError naming the argument.
     """
+    _check_arguments(base_scenario, models, cores, connections, engine, simulate, progress, sizing, workers,
+                     analytic_above, analytic, scenarios, use_analytic, window, description)
     if scenarios is None:
         scenarios = build_grid(base_scenario, models, cores, connections, sizing)
     scenarios = list(scenarios)
@@ -153,6 +160,46 @@ def sweep(
     if missing:
         raise SweepIncomplete(sorted(missing, key=lambda m: m[0]), len(scenarios), frame)
     return frame
+
+
+def _check_arguments(base_scenario, models, cores, connections, engine, simulate, progress, sizing, workers,
+                     analytic_above, analytic, scenarios, use_analytic, window, description) -> None:
+    """sweep()'s arguments, checked before anything runs: ValueError naming the argument."""
+    if scenarios is None and not isinstance(base_scenario, Scenario):
+        raise ValueError(f"base_scenario: expected a Scenario, got {type(base_scenario).__name__}")
+    for name, value in (("models", models), ("cores", cores), ("connections", connections),
+                        ("scenarios", scenarios), ("use_analytic", use_analytic)):
+        if value is not None and (isinstance(value, (str, bytes)) or not isinstance(value, Sequence)):
+            raise ValueError(f"{name}: expected a list, got {value!r}")
+    for m in models or ():
+        if not isinstance(m, ModelSpec):
+            try:
+                registry.resolve(m)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"models: {exc}") from None
+    for sc in scenarios or ():
+        if not isinstance(sc, Scenario):
+            raise ValueError(f"scenarios: expected Scenario objects, got a {type(sc).__name__}")
+    for flag in use_analytic or ():
+        if not isinstance(flag, bool) and type(flag).__name__ != "bool_":  # numpy's bool too
+            raise ValueError(f"use_analytic: expected true/false flags, got {flag!r}")
+    if not (engine is None or isinstance(engine, str) or hasattr(engine, "scatter")):
+        raise ValueError(f"engine: expected 'local', 'serial', a dask Client or an address like tcp://HOST:PORT, "
+                         f"got {type(engine).__name__}")
+    for name, fn in (("simulate", simulate), ("analytic", analytic)):
+        if fn is not None and not callable(fn):
+            raise ValueError(f"{name}: expected a function, got {type(fn).__name__}")
+    for name, value, low in (("workers", workers, 1), ("analytic_above", analytic_above, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"{name}: expected an integer >= {low} or None, got {value!r}")
+    if sizing is not None and not isinstance(sizing, Sizing):
+        raise ValueError(f"sizing: expected an experiments.planning.Sizing, got {type(sizing).__name__}")
+    if window is not None and not isinstance(window, WindowPolicy):
+        raise ValueError(f"window: expected an experiments.windows.WindowPolicy, got {type(window).__name__}")
+    if not isinstance(progress, bool):
+        raise ValueError(f"progress: expected true or false, got {progress!r}")
+    if not isinstance(description, str):
+        raise ValueError(f"description: expected a string, got {description!r}")
 
 
 # -- engines: each returns ({index: Result}, [(index, scenario, why), ...]) ---------------------
@@ -219,7 +266,14 @@ def _run_dask(engine, fns, scenarios, profile, _workers, progress, description):
     if own and not engine.startswith(("tcp://", "tls://", "inproc://", "ucx://")):
         raise ValueError(f"engine: expected 'local', 'serial', a dask Client or an address like "
                          f"tcp://HOST:PORT, got {engine!r}")
-    client = Client(engine, timeout="20s") if own else engine
+    if own:
+        try:
+            client = Client(engine, timeout=f"{DASK_CONNECT_TIMEOUT_S:g}s")
+        except (OSError, TimeoutError) as exc:
+            raise ValueError(f"engine: no Dask scheduler answered at {engine} within {DASK_CONNECT_TIMEOUT_S:g} s "
+                             f"({type(exc).__name__})") from None
+    else:
+        client = engine
     results, missing = {}, []
     try:
         # One scattered copy of the profile instead of one per task.

@@ -26,6 +26,7 @@ from experiments.windows import WindowPolicy, plan_windows
 from simkit import registry
 from simkit.profile import CostProfile, default_profile_path, host_name
 from simkit.scenario import DISPATCH_MODES, Hardware, ModelSpec, Scenario, Workload
+from simkit.sim import MAX_SIM_REQUESTS
 
 DEFAULT_WORKLOAD = Path(__file__).with_name("whatif.toml")
 
@@ -118,7 +119,7 @@ def schema() -> dict[str, dict[str, tuple[str, Any]]]:
                    "dispatch": ("str", DISPATCH_MODES), "keepalive_timeout_s": ("float", (1e-3, 86400.0))},
         "sim": {"window": ("str", ("adaptive", "fixed")),
                 "duration_s": ("float", (1e-3, 3600.0)), "warmup_s": ("float", (0.0, 3600.0)),
-                "target_requests": ("int", (100, 10_000_000)), "max_sim_requests": ("int", (1000, 10**9)),
+                "target_requests": ("int", (100, 10_000_000)), "max_sim_requests": ("int", (1000, MAX_SIM_REQUESTS)),
                 "min_duration_s": ("float", (1e-3, 3600.0)), "max_duration_s": ("float", (1e-3, 3600.0)),
                 "min_warmup_s": ("float", (1e-3, 3600.0)), "max_warmup_s": ("float", (1e-3, 3600.0)),
                 "seed": ("int", (0, 2**31 - 1)), "analytic_above_connections": ("int", (0, 10_000_000)),

@@ -56,6 +56,10 @@ _CLIENT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno
 
 # Worker processes one generator may start (each runs one event loop; more than the CPUs only contend).
 MAX_PROCESSES = 256
+# Bounds on the load itself: one loopback address pair has ~28k ephemeral ports, and one worker sends
+# ~100,000 requests/s; far past these the generator would only fill its memory with queued clients.
+MAX_CONNECTIONS = 1_000_000  # connections + idle_connections
+MAX_RATE_RPS = 1_000_000.0
 # Framing bounds: a response head (status line and headers) longer than this, or a Content-Length
 # above MAX_CONTENT_LENGTH, is not a response the generator waits for: it is an error, counted.
 MAX_RESPONSE_HEAD = 64 * 1024
@@ -108,6 +112,13 @@ class LoadSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.workload, Workload):
             raise ValueError(f"workload: expected a Workload, got {type(self.workload).__name__}")
+        w = self.workload
+        if w.connections + w.idle_connections > MAX_CONNECTIONS:
+            raise ValueError(f"connections: {w.connections:,} + {w.idle_connections:,} idle is over the load "
+                             f"generator's bound of {MAX_CONNECTIONS:,} connections")
+        if w.rate_rps is not None and w.rate_rps > MAX_RATE_RPS:
+            raise ValueError(f"rate_rps: {w.rate_rps:g} is over the load generator's bound of {MAX_RATE_RPS:g} "
+                             "requests/s")
         for name in ("use_uvloop", "allow_remote"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")

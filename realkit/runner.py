@@ -51,6 +51,7 @@ __all__ = [
     "ServerProcess",
     "server_command",
     "load_spec_for",
+    "check_server_caps",
 ]
 
 
@@ -223,6 +224,26 @@ def load_spec_for(
     )
 
 
+def check_server_caps(scenario: Scenario) -> None:
+    """Refuse, before anything starts, a workload whose requests the servers would refuse: work or a
+    response over realkit.protocol's caps (400), a request over the header cap (431). ValueError names
+    the field and the cap."""
+    from realkit.protocol import MAX_HEADER_BYTES, MAX_RESP_BYTES, MAX_WORK_US
+
+    w = scenario.workload
+    for name in ("cpu_us", "gil_us", "io_us"):
+        value = getattr(w, name)
+        if value > MAX_WORK_US:
+            raise ValueError(f"{name}: {value:g} us is over the servers' cap MAX_WORK_US = {MAX_WORK_US:.0f} us "
+                             "per request (realkit.protocol); every request would get a 400")
+    if w.resp_bytes > MAX_RESP_BYTES:
+        raise ValueError(f"resp_bytes: {w.resp_bytes} is over the servers' cap MAX_RESP_BYTES = {MAX_RESP_BYTES} "
+                         "bytes (realkit.protocol); every request would get a 400")
+    if w.request_bytes > MAX_HEADER_BYTES:
+        raise ValueError(f"request_bytes: {w.request_bytes} is over the servers' cap MAX_HEADER_BYTES = "
+                         f"{MAX_HEADER_BYTES} bytes (realkit.protocol); every request would get a 431")
+
+
 def _loadgen_processes(scenario: Scenario, plan: CpuPlan) -> int:
     """One generator process per CPU it may use (each runs one event loop), no more than useful."""
     w = scenario.workload
@@ -241,6 +262,7 @@ def measure(
     """Run `scenario` for real; return its Result (source "real")."""
     if not isinstance(scenario, Scenario):
         raise ValueError(f"scenario: expected a Scenario, got {type(scenario).__name__}")
+    check_server_caps(scenario)
     plan = plan_cpus(scenario.hardware.cores)
     if plan.shared:
         warnings.warn(plan.note, RuntimeWarning, stacklevel=2)

@@ -89,11 +89,17 @@ def load(url, connections, duration_s, warmup_s, rate_rps, arrival, think_s, req
             timeout_s=timeout_s, connect_concurrency=connect_concurrency,
         )
         spec = LoadSpec(
-            url=url, workload=workload, processes=processes, cpus=tuple(parse_cores(cpus)) if cpus else None,
+            url=url, workload=workload, processes=processes, cpus=tuple(parse_cores(cpus, "cpus")) if cpus else None,
             seed=seed, timer_resolution_s=timer_resolution_s, allow_remote=allow_remote,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if csv_path:  # checked before the run, not after it
+        try:
+            with open(csv_path, "a"):
+                pass
+        except OSError as exc:
+            raise click.BadParameter(f"csv: cannot write {csv_path} ({exc.strerror})", param_hint="--csv") from None
     try:
         report = run_load(spec)
     except LoadGenError as exc:

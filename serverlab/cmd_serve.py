@@ -3,6 +3,8 @@ serve until SIGTERM/SIGINT, exit 0."""
 
 from __future__ import annotations
 
+import errno
+import socket
 import sys
 
 import click
@@ -44,6 +46,7 @@ def serve(model, threads, pool, processes, dispatch, backlog, keepalive_timeout_
     from realkit.servers import run_server
 
     cpus = parse_cores(cores)
+    check_address(host, port)
     try:
         spec = ModelSpec.for_model(
             model,
@@ -65,3 +68,34 @@ def serve(model, threads, pool, processes, dispatch, backlog, keepalive_timeout_
         run_server(spec, host, port, ready, cores=cpus)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    except OSError as exc:  # the address was taken (or vanished) between the check and the bind
+        raise _address_error(host, port, exc) from None
+
+
+def _address_error(host: str, port: int, exc: OSError) -> click.ClickException:
+    if isinstance(exc, socket.gaierror):
+        return click.BadParameter(f"host: cannot resolve {host!r} ({exc.strerror})", param_hint="--host")
+    if exc.errno == errno.EADDRINUSE:
+        return click.BadParameter(f"port: {host}:{port} is already in use", param_hint="--port")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return click.BadParameter(f"host: {host} is not an address of this machine", param_hint="--host")
+    if exc.errno == errno.EACCES:
+        return click.BadParameter(f"port: {port} needs privileges to bind (ports below 1024)", param_hint="--port")
+    return click.ClickException(f"cannot serve on {host}:{port}: {exc.strerror or exc}")
+
+
+def check_address(host: str, port: int) -> None:
+    """Bind (and release) a socket as the server will, so a bad --host or --port is one line naming
+    it before any server starts (or forks)."""
+    if not 0 <= port <= 65535:
+        raise click.BadParameter(f"port: must be in 0..65535, got {port}", param_hint="--port")
+    if not host or "\x00" in host:
+        raise click.BadParameter(f"host: expected an address, got {host!r}", param_hint="--host")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except (OSError, UnicodeError) as exc:
+        if isinstance(exc, UnicodeError):
+            raise click.BadParameter(f"host: cannot resolve {host!r} (not a valid name)", param_hint="--host") from None
+        raise _address_error(host, port, exc) from None

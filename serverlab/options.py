@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import click
 
@@ -17,8 +18,9 @@ from simkit.scenario import (
 )
 
 
-def parse_cores(text: str | None) -> list[int] | None:
-    """'0,1' or '0-3' -> [0, 1] / [0, 1, 2, 3]; None stays None."""
+def parse_cores(text: str | None, name: str = "cores") -> list[int] | None:
+    """'0,1' or '0-3' -> [0, 1] / [0, 1, 2, 3]; None stays None. Every CPU must be one this process may
+    run on; a bad list is a usage error naming `name` (the option)."""
     if text is None:
         return None
     cpus: list[int] = []
@@ -26,13 +28,20 @@ def parse_cores(text: str | None) -> list[int] | None:
         for part in text.split(","):
             if "-" in part:
                 lo, hi = part.split("-", 1)
+                if int(hi) - int(lo) > 65536:
+                    raise ValueError
                 cpus.extend(range(int(lo), int(hi) + 1))
             elif part.strip():
                 cpus.append(int(part))
     except ValueError:
-        raise click.BadParameter(f"cores: expected a list like 0,1 or 0-3, got {text!r}") from None
+        raise click.BadParameter(f"{name}: expected a list like 0,1 or 0-3, got {text!r}") from None
     if not cpus:
-        raise click.BadParameter("cores: empty CPU list")
+        raise click.BadParameter(f"{name}: empty CPU list")
+    allowed = os.sched_getaffinity(0)
+    outside = sorted(set(cpus) - allowed)
+    if outside:
+        raise click.BadParameter(f"{name}: CPU {outside[0]} is not available here; available: "
+                                 f"{', '.join(map(str, sorted(allowed)))}")
     return cpus
 
 

@@ -30,6 +30,7 @@ PARAM_DOCS: dict[str, tuple[float, str]] = {
     "thread_spawn_s": (60e-6, "Python threading.Thread start + join"),
     "fork_s": (1.5e-3, "fork of a Python worker process"),
     "accept_s": (10e-6, "accept() syscall + Python socket object"),
+    "close_s": (10e-6, "close() of a connection's socket after the client's FIN (teardown), from Python"),
     "recv_base_s": (5e-6, "recv() syscall fixed cost, from Python"),
     "recv_per_byte_s": (0.2e-9, "recv() cost per byte"),
     "send_base_s": (9e-6, "send() syscall fixed cost (loopback: includes the peer's receive path)"),
@@ -62,7 +63,8 @@ PARAM_NAMES: tuple[str, ...] = tuple(PARAM_DOCS)
 # Parameters added after profiles were first written: a profile without them still loads, with the
 # default value (source "default"), so a team's saved calibration survives an upgrade. Any other
 # missing parameter means a damaged file and is an error.
-ADDED_LATER: tuple[str, ...] = ("cpu_work_cv", "gil_work_cv", "idle_wakeup_s", "idle_wakeup_tau_s")
+ADDED_LATER: tuple[str, ...] = ("cpu_work_cv", "gil_work_cv", "idle_wakeup_s", "idle_wakeup_tau_s",
+                                "close_s")
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ class CostProfile:
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.params, dict):
+            raise ValueError(f"params: expected a mapping of parameter name to Param, got {type(self.params).__name__}")
         missing = [n for n in PARAM_NAMES if n not in self.params]
         if missing:
             raise ValueError(f"{missing[0]}: missing from the profile's params")
@@ -186,17 +190,30 @@ class CostProfile:
         for name, p in raw.items():
             if not isinstance(p, dict) or "value" not in p:
                 raise ValueError(f"{name}: parameter has no value")
-            params[name] = Param(p["value"], p.get("sd", 0.0), p.get("source", "default"), p.get("spread"))
+            spread = p.get("spread")
+            if spread is not None and (
+                isinstance(spread, bool) or not isinstance(spread, (int, float)) or not math.isfinite(spread)
+            ):
+                raise ValueError(f"{name}.spread: expected a number or null, got {spread!r}")
+            try:
+                params[name] = Param(p["value"], p.get("sd", 0.0), p.get("source", "default"), spread)
+            except ValueError as exc:  # Param names its own field: say which parameter it belongs to
+                raise ValueError(f"{name}.{exc}") from None
         for name in ADDED_LATER:
             params.setdefault(name, Param(PARAM_DOCS[name][0], 0.0, "default"))
-        return cls(
-            params=params,
-            fingerprint=dict(data.get("fingerprint") or {}),
-            calibrated=bool(data.get("calibrated", False)),
-            validation=list(data.get("validation") or []),
-            failed_runs=list(data.get("failed_runs") or []),
-            notes=dict(data.get("notes") or {}),
-        )
+        calibrated = data.get("calibrated", False)
+        if not isinstance(calibrated, bool):
+            raise ValueError(f"calibrated: expected true or false, got {calibrated!r}")
+        parts: dict[str, Any] = {}
+        for key, kind in (("fingerprint", dict), ("validation", list), ("failed_runs", list), ("notes", dict)):
+            value = data.get(key)
+            if value is not None and not isinstance(value, kind):
+                what = "an object" if kind is dict else "a list"
+                raise ValueError(f"{key}: expected {what} or null, got {type(value).__name__}")
+            if kind is list and any(not isinstance(row, dict) for row in value or ()):
+                raise ValueError(f"{key}: expected a list of objects (table rows)")
+            parts[key] = kind(value or kind())
+        return cls(params=params, calibrated=calibrated, **parts)
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -208,6 +225,8 @@ class CostProfile:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CostProfile:
+        if not isinstance(path, (str, os.PathLike)):
+            raise ValueError(f"path: expected a file path, got {type(path).__name__}")
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -215,6 +234,8 @@ class CostProfile:
             raise ValueError(f"{path}: profile file not found") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{path}: corrupt or truncated profile ({exc})") from None
+        except OSError as exc:  # a directory, no permission, an I/O error
+            raise ValueError(f"{path}: cannot read the profile ({exc.strerror or exc})") from None
         try:
             return cls.from_dict(data)
         except ValueError as exc:

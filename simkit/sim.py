@@ -3,7 +3,7 @@
 Signature (stable; other areas code against it)::
 
     simulate(scenario, profile=None, *, seed=None, loadgen_on_server_cores=False,
-             service="deterministic", detail=False) -> Result | tuple[Result, SimStats]
+             service="deterministic", detail=False, force=False) -> Result | tuple[Result, SimStats]
 
 - profile None -> CostProfile.default() (uncalibrated); profile.warn_if_foreign() is called.
 - seed None -> scenario.seed. Same (scenario, profile, seed) -> the same Result, bit for bit.
@@ -15,6 +15,12 @@ Signature (stable; other areas code against it)::
   gil_work_cv, 0 in the default and zeroed profiles, which are then exact) or "exponential" (each is drawn Exp(mean = that value) from the
   run's seeded RNG): for checking models against M/M/1 and Erlang C.
 - detail=True returns (Result, SimStats).
+- Cost guard: before it starts, the run's cost is estimated (estimate_cost): simulated requests
+  (open loop: rate_rps x (warmup_s + duration_s) arrivals; closed loop: the throughput bound of
+  simkit.analytic over the same time), scheduler slices (busy core-seconds / time_slice_s, and per
+  forced GIL drop), and load connections (memory held for the whole run). Beyond MAX_SIM_REQUESTS
+  requests + slices or MAX_SIM_CONNECTIONS connections it raises ValueError naming the field and the
+  bound, unless force=True.
 
 Windows and counting (precise, so the laws can be checked on the same window):
 - The measurement window is W = [warmup_s, warmup_s + duration_s) of simulated time; the run stops
@@ -60,6 +66,10 @@ from simkit.result import Result
 from simkit.scenario import Scenario
 
 SERVICE_KINDS = ("deterministic", "exponential")
+# What one simulate() call may cost before it must be forced (force=True, `serverlab simulate --force`).
+# The simulator plays ~50,000-150,000 requests a second on one core; a load connection holds ~0.6 KB.
+MAX_SIM_REQUESTS = 20_000_000  # simulated requests + scheduler slices: minutes of CPU, not hours
+MAX_SIM_CONNECTIONS = 4_000_000  # load connections: ~2.5 GB of memory
 SAMPLE_S = 0.1  # realkit.monitor's sampling period
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)  # Result's latency_p50/p90/p99/p999_s
 
@@ -103,6 +113,7 @@ def simulate(
     loadgen_on_server_cores: bool = False,
     service: str = "deterministic",
     detail: bool = False,
+    force: bool = False,
 ):
     """Simulate `scenario`; see the module docstring."""
     if not isinstance(scenario, Scenario):
@@ -125,8 +136,61 @@ def simulate(
         seed = scenario.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
+    for name, flag in (("loadgen_on_server_cores", loadgen_on_server_cores), ("detail", detail), ("force", force)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name}: expected True or False, got {flag!r}")
+    if not force:
+        estimate_cost(scenario, profile).check()
     result, stats = _run(scenario, profile, seed, bool(loadgen_on_server_cores), service)
     return (result, stats) if detail else result
+
+
+@dataclass(frozen=True)
+class SimCost:
+    """What a run is estimated to cost the simulator (estimate_cost), and which field drives it."""
+
+    requests: float  # simulated requests: arrivals (open loop) or the throughput bound x time (closed)
+    rate_rps: float  # the rate behind `requests`
+    slices: float  # scheduler time slices and forced GIL drops over the run
+    connections: int  # load connections, each held for the whole run
+    window_s: float  # warmup_s + duration_s
+    open_loop: bool
+
+    def check(self) -> None:
+        """ValueError naming the field that makes the run too costly, with the bound."""
+        hint = "or pass force=True (serverlab simulate --force) to run it anyway"
+        if self.connections > MAX_SIM_CONNECTIONS:
+            raise ValueError(f"connections: {self.connections:,} load connections is over the simulator's bound of "
+                             f"{MAX_SIM_CONNECTIONS:,} (MAX_SIM_CONNECTIONS, ~0.6 KB each for the whole run); "
+                             f"use simkit.analytic for this load, {hint}")
+        if self.requests + self.slices <= MAX_SIM_REQUESTS:
+            return
+        if self.slices > self.requests:
+            raise ValueError(f"time_slice_s: the profile's time slice and GIL switch interval make about "
+                             f"{self.slices:.3g} scheduler slices in {self.window_s:g} s, over the simulator's bound "
+                             f"of {MAX_SIM_REQUESTS:.3g} (MAX_SIM_REQUESTS) simulated requests + slices; use a "
+                             f"profile with a realistic time_slice_s / gil_switch_interval_s (ms), {hint}")
+        field = "rate_rps" if self.open_loop else "duration_s"
+        what = "arrivals at" if self.open_loop else "requests at up to"
+        raise ValueError(f"{field}: {self.window_s:g} s (warmup_s + duration_s) of {what} {self.rate_rps:,.6g}/s is "
+                         f"about {self.requests:.3g} simulated requests, over the simulator's bound of "
+                         f"{MAX_SIM_REQUESTS:.3g} (MAX_SIM_REQUESTS, minutes of CPU); shorten the window, lower "
+                         f"the load, {hint}")
+
+
+def estimate_cost(scenario: Scenario, profile: CostProfile) -> SimCost:
+    """The run's cost, estimated up front from the workload and the profile (see the module docstring)."""
+    from simkit.analytic import throughput_bound
+    from simkit.costs import demands
+
+    wl = scenario.workload
+    window = wl.warmup_s + wl.duration_s
+    served = throughput_bound(scenario, profile)  # open loop: min(rate, capacity); closed: N / cycle, capped
+    rate = float(wl.rate_rps) if wl.mode == "open" else served
+    busy = min(float(scenario.hardware.cores), served * demands(scenario, profile).cpu_s)  # cores busy
+    per_s = sum(1.0 / profile[n] for n in ("time_slice_s", "gil_switch_interval_s") if profile[n] > 0)
+    return SimCost(requests=rate * window, rate_rps=rate, slices=busy * window * per_s, connections=wl.connections,
+                   window_s=window, open_loop=wl.mode == "open")
 
 
 def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_cores: bool, service: str):
