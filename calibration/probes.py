@@ -230,9 +230,12 @@ def _tcp_pair() -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
-def probe_accept(scale: float = 1.0) -> ProbeResult:
+def probe_accept(scale: float = 1.0) -> list[ProbeResult]:
+    """accept() of an established connection, and the server's close() of it once the client has
+    closed (the FIN is in): a connection's two ends of life on the server's side."""
     ls = _listener(256)
     addr = ls.getsockname()
+    closes: list[float] = []
 
     def batch() -> float:
         n = 64
@@ -240,14 +243,23 @@ def probe_accept(scale: float = 1.0) -> ProbeResult:
         t0 = perf()
         accepted = [ls.accept()[0] for _ in range(n)]
         dt = (perf() - t0) / n
-        for s in clients + accepted:
+        for s in clients:
             s.close()
+        for s in accepted:
+            s.recv(64)  # the FIN: close() below is the server's answer to it
+        t0 = perf()
+        for s in accepted:
+            s.close()
+        closes.append((perf() - t0) / n)
         return dt
 
     try:
-        return _result("accept_s", stable_median(batch, budget_s=0.8 * scale))
+        accept = _result("accept_s", stable_median(batch, budget_s=0.8 * scale))
     finally:
         ls.close()
+    med = statistics.median(closes)
+    q1, q3 = np.percentile(closes, [25, 75])
+    return [accept, ProbeResult("close_s", med, float((q3 - q1) / med) if med > 0 else 0.0, len(closes))]
 
 
 def _line(x: list[float], y: list[float]) -> tuple[float, float]:

@@ -38,14 +38,14 @@ def send_s(p: Costs, wl: Any) -> float:
     return p["send_base_s"] + p["send_per_byte_s"] * (wl.resp_bytes + RESP_HEADER_BYTES)
 
 
-def close_s(p: Costs) -> float:
-    """epoll_ctl to (un)register a connection."""
+def ctl_s(p: Costs) -> float:
+    """epoll_ctl to register, re-arm or unregister a connection."""
     return p["epoll_ctl_s"]
 
 
 def eof_s(p: Costs) -> float:
-    """Reading the client's FIN, then unregistering the connection."""
-    return p["recv_base_s"] + p["epoll_ctl_s"]
+    """The server's end of a connection: read the client's FIN, unregister, close() the socket."""
+    return p["recv_base_s"] + p["epoll_ctl_s"] + p["close_s"]
 
 
 def cpu_work_s(p: Costs, wl: Any) -> float:
@@ -88,9 +88,9 @@ class Demands:
 def demands(scenario: Any, p: Costs) -> Demands:
     """Per-request demands of a scenario, with its architecture's extra costs (registry).
 
-    One epoll_wait per request (no batching credit) for the event-loop models; connection setup
-    (accept, register and unregister, the architecture's per-connection cost) amortised over
-    requests_per_conn (keep-alive for the run: nothing)."""
+    One epoll_wait per request (no batching credit) for the event-loop models; a connection's
+    lifetime (accept, register, the client's FIN, unregister, close, the architecture's per-connection
+    cost) amortised over requests_per_conn (keep-alive for the run: nothing)."""
     w = scenario.workload
     arch = registry.get(scenario.model.name)
     extra = arch.extra_costs(scenario.model, p)
@@ -99,7 +99,7 @@ def demands(scenario: Any, p: Costs) -> Demands:
         epoll_sys, epoll_py = p["epoll_wait_base_s"], p["epoll_per_event_s"]
     per_conn = 0.0
     if w.requests_per_conn is not None:
-        per_conn = (p["accept_s"] + 2 * p["epoll_ctl_s"] + extra.per_conn_s) / w.requests_per_conn
+        per_conn = (p["accept_s"] + p["epoll_ctl_s"] + eof_s(p) + extra.per_conn_s) / w.requests_per_conn
     return Demands(
         python_s=p["parse_s"] + epoll_py + extra.python_s,
         syscall_s=recv_s(p, w) + send_s(p, w) + epoll_sys + extra.syscall_s,

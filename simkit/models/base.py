@@ -33,7 +33,7 @@ class ModelBase:
         self.recv_s = costs.recv_s(p, self.wl)
         self.send_s = costs.send_s(p, self.wl)
         self.parse_s = p["parse_s"]
-        self.close_s = costs.close_s(p)
+        self.ctl_s = costs.ctl_s(p)
         self.eof_s = costs.eof_s(p)
         self.accept_s = p["accept_s"]
         self.io_extra = p["io_overshoot_s"]
@@ -224,7 +224,7 @@ class Reactor(_ListenerWatcher):
         self.conns = 0
         self.batches = 0
         # registering a handed-over fd: queue get + epoll_ctl(ADD); m6 fdpass sets recvmsg instead
-        self.inbox_cost = model.p["queue_handoff_s"] + model.close_s
+        self.inbox_cost = model.p["queue_handoff_s"] + model.ctl_s
         if listener is not None:
             listener.watchers.append(self)
         self.thread = model.machine.new_thread(proc, self.program, self)
@@ -241,7 +241,7 @@ class Reactor(_ListenerWatcher):
         steps.append((CPU, epoll_cost(model.p, n), None))
         if can_accept:
             q = lst.queue
-            cost = model.accept_s + model.close_s  # accept + epoll_ctl(ADD)
+            cost = model.accept_s + model.ctl_s  # accept + epoll_ctl(ADD)
             while q:
                 conn = q.popleft()
                 if not model.accept_conn(conn, self.proc, self):

@@ -31,7 +31,7 @@ class Model(ModelBase):
         if mode == "fdpass":
             self.rr = 0
             for w in self.workers:
-                w.inbox_cost = self.p["recv_base_s"] + self.close_s
+                w.inbox_cost = self.p["recv_base_s"] + self.ctl_s
             self.master = Acceptor(self, master, shared, self.accept_s + self.p["send_base_s"], self.hand,
                                    target_proc=self.next_proc)
         else:

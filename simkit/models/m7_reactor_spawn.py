@@ -29,7 +29,7 @@ class Model(ModelBase):
         loop.notify()
 
     def handle_ready(self, reactor, conn, steps) -> None:
-        steps.append((CPU, self.close_s + self.spawn_s, None))  # epoll_ctl(disarm) + Thread.start()
+        steps.append((CPU, self.ctl_s + self.spawn_s, None))  # epoll_ctl(disarm) + Thread.start()
         steps.append((CALL, self.spawn, conn))
 
     def spawn(self, th, conn) -> None:
@@ -45,5 +45,5 @@ class Model(ModelBase):
             return False
         state[1] = True
         self.serve_steps(th.steps, state[0])
-        th.steps.append((CPU, self.close_s, None))  # epoll_ctl(re-arm)
+        th.steps.append((CPU, self.ctl_s, None))  # epoll_ctl(re-arm)
         return True

@@ -299,3 +299,15 @@ def test_a_core_idle_for_long_runs_its_wakee_late():
         assert extra == pytest.approx(200e-6 * idle_share, rel=0.1), think
     busy = BASE.replace(model="m3_reactor", connections=8, cpu_us=50)
     assert simulate(busy, on).latency_p50_s == pytest.approx(simulate(busy, off).latency_p50_s, rel=0.02)
+
+
+def test_a_connection_per_request_pays_the_servers_close():
+    """A short-lived connection ends with the server's close() of its socket (the teardown after the
+    client's FIN): the dearer it is, the fewer one-request connections a single thread serves."""
+    short = BASE.replace(model="m3_reactor", connections=32, requests_per_conn=1, cpu_us=20)
+    cheap = simulate(short, PROFILE.with_params("probe", close_s=0.0))
+    dear = simulate(short, PROFILE.with_params("probe", close_s=40e-6))
+    assert dear.throughput_rps < 0.85 * cheap.throughput_rps
+    keepalive = short.replace(requests_per_conn=None)
+    assert simulate(keepalive, PROFILE.with_params("probe", close_s=40e-6)).throughput_rps == pytest.approx(
+        simulate(keepalive, PROFILE.with_params("probe", close_s=0.0)).throughput_rps, rel=0.01)
