@@ -201,3 +201,16 @@ def test_cli_measure_prints_json(tmp_path):
     assert data["source"] == "real" and data["model"] == "m3_reactor" and data["throughput_rps"] > 0
     bad = runner.invoke(main, ["measure", "--model", "m3", "--cores", str(available_cores() + 1)])
     assert bad.exit_code != 0 and "cores" in bad.output
+
+
+@pytest.mark.parametrize(("field", "value", "cap"), [
+    ("cpu_us", 1e9, "MAX_WORK_US"), ("gil_us", 1e7 + 1, "MAX_WORK_US"), ("io_us", 5e7, "MAX_WORK_US"),
+    ("resp_bytes", (64 << 20) + 1, "MAX_RESP_BYTES"), ("request_bytes", 8 * 1024 + 1, "MAX_HEADER_BYTES"),
+])
+def test_measure_refuses_work_over_the_servers_caps_before_starting(monkeypatch, field, value, cap):
+    def no_server(self):
+        raise AssertionError("a server was started for a workload every server refuses")
+
+    monkeypatch.setattr(ServerProcess, "start", no_server)
+    with pytest.raises(ValueError, match=rf"^{field}:.*{cap}"):
+        measure(Scenario(hardware=Hardware(cores=1), workload=Workload(**{field: value})))

@@ -306,6 +306,52 @@ def test_profile_documents_and_files(tmp_path):
     assert CostProfile.load(good) == CostProfile.default()
 
 
+JSON_WRONG = st.one_of(st.text(max_size=5), st.lists(st.integers(), max_size=2), st.booleans(),
+                      st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+@given(st.sampled_from(PARAM_NAMES), st.sampled_from(["value", "sd"]), JSON_WRONG)
+def test_profile_document_names_the_parameter_and_field_of_a_wrong_type(name, field, value):
+    doc = CostProfile.default().to_dict()
+    doc["params"][name][field] = value
+    with _named(f"{name}.{field}"):
+        CostProfile.from_dict(doc)
+
+
+@given(st.sampled_from(PARAM_NAMES), st.one_of(st.text(min_size=1, max_size=5), st.booleans(), st.lists(
+    st.integers(), min_size=1, max_size=2)))
+def test_profile_document_names_a_bad_spread(name, spread):
+    doc = CostProfile.default().to_dict()
+    doc["params"][name]["spread"] = spread
+    with _named(f"{name}.spread"):
+        CostProfile.from_dict(doc)
+
+
+@pytest.mark.parametrize(("section", "value"), [
+    ("fingerprint", [1]), ("fingerprint", "abc"), ("notes", [1, 2]), ("notes", 3),
+    ("validation", 5), ("validation", "rows"), ("validation", [1]), ("failed_runs", {"a": 1}),
+    ("failed_runs", ["x"]), ("calibrated", "no"), ("calibrated", 1),
+])
+def test_profile_document_names_a_section_of_the_wrong_type(tmp_path, section, value):
+    doc = CostProfile.default().to_dict()
+    doc[section] = value
+    with _named(section):
+        CostProfile.from_dict(doc)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=rf"invalid profile: {section}:"):
+        CostProfile.load(path)
+
+
+def test_profile_load_takes_a_readable_file_path(tmp_path):
+    with _named("path"):
+        CostProfile.load(5)
+    with pytest.raises(ValueError, match="cannot read the profile"):
+        CostProfile.load(tmp_path)  # a directory
+    with _named("params"):
+        CostProfile(params=[("parse_s", Param(1.0))])
+
+
 # -- analytic arguments ------------------------------------------------------------------------------
 @given(st.floats(1e-3, 1e6), st.floats(1e-3, 1e6), st.integers(1, 200))
 def test_mmc_is_valid_below_saturation_and_names_the_arrival_rate_at_or_above(lam, mu, c):
@@ -379,3 +425,48 @@ def test_simulate_rejects_wrong_argument_types():
         simulate({"model": "m3"})
     with _named("profile"):
         simulate(Scenario(), profile={"ctx_switch_s": 1e-6})
+
+
+# -- simulate()'s cost guard ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("workload", "field"), [
+    ({"connections": 100_000_000}, "connections"),
+    ({"duration_s": 1e9}, "duration_s"),
+    ({"warmup_s": 1e9}, "duration_s"),
+    ({"mode": "open", "rate_rps": 1e12}, "rate_rps"),
+    ({"mode": "open", "rate_rps": 1e5, "duration_s": 1e4}, "rate_rps"),
+])
+def test_simulate_refuses_a_run_past_its_cost_bound_naming_the_field(workload, field):
+    from simkit import simulate
+    from simkit.sim import MAX_SIM_CONNECTIONS, MAX_SIM_REQUESTS
+
+    bound = f"{MAX_SIM_CONNECTIONS:,}" if field == "connections" else f"{MAX_SIM_REQUESTS:.3g}"
+    with pytest.raises(ValueError, match=rf"^{field}:.*{re.escape(bound)}.*force=True"):
+        simulate(Scenario(workload=Workload(**workload)))
+
+
+@given(st.floats(1e-15, 1e-8))
+def test_simulate_refuses_a_profile_whose_time_slice_would_take_forever(slice_s):
+    from simkit import simulate
+
+    profile = CostProfile.default().with_params("fit", time_slice_s=slice_s)
+    with _named("time_slice_s"):
+        simulate(Scenario(workload=Workload(cpu_us=100)), profile)
+
+
+def test_the_cost_guard_passes_ordinary_runs_and_yields_to_force(monkeypatch):
+    from simkit import sim, simulate
+    from simkit.sim import estimate_cost
+
+    scenario = Scenario(workload=Workload(connections=10, cpu_us=100, duration_s=0.2, warmup_s=0.05))
+    cost = estimate_cost(scenario, CostProfile.default())
+    assert 0 < cost.requests + cost.slices < sim.MAX_SIM_REQUESTS
+    assert simulate(scenario).completed > 0
+    # The same run over a lowered bound: refused, unless forced; the estimate is what it did, within 2x.
+    monkeypatch.setattr(sim, "MAX_SIM_REQUESTS", 10)
+    with _named("duration_s"):
+        simulate(scenario)
+    result, stats = simulate(scenario, force=True, detail=True)
+    assert result.completed > 0
+    assert 0.5 * cost.requests <= stats.requests_simulated <= 2 * (cost.requests + scenario.workload.connections)
+    with _named("force"):
+        simulate(scenario, force="yes")
