@@ -57,9 +57,10 @@ def as_realkit(sim: Result, stats: Any = None) -> Result:
     realkit's load generator counts responses completed inside its window whatever their send time;
     simkit's Result counts the cohort sent inside the window and completed by its end, which misses
     the requests still in flight at the end (about latency / window of them). SimStats carries the
-    realkit-style count (completed_in_window) and those completions' latency percentiles; without it
-    (an older or fake simulator), in a closed loop at steady state the send rate equals the
-    throughput: (completed + in_flight) / duration.
+    realkit-style count (completed_in_window) and those completions' latency percentiles, in closed
+    and open loop alike (an overloaded open loop's cohort may finish nothing inside the window while
+    the server answers at full rate); without it (an older or fake simulator), in a closed loop at
+    steady state the send rate equals the throughput: (completed + in_flight) / duration.
     """
     if stats is not None and getattr(stats, "threads_sampled_peak", 0) > 0:
         # realkit's monitor samples every 100 ms; the Result's peaks are exact maxima (short-lived
@@ -67,8 +68,6 @@ def as_realkit(sim: Result, stats: Any = None) -> Result:
         sim = replace(sim, threads_peak=stats.threads_sampled_peak,
                       rss_peak_bytes=stats.rss_sampled_peak_bytes or sim.rss_peak_bytes,
                       fds_peak=stats.fds_sampled_peak or sim.fds_peak)
-    if sim.scenario.workload.mode != "closed":
-        return sim
     d = sim.scenario.workload.duration_s
     if stats is not None and hasattr(stats, "completed_in_window"):
         x = stats.completed_in_window / d
@@ -78,6 +77,8 @@ def as_realkit(sim: Result, stats: Any = None) -> Result:
         if len(pct) == 4:
             sim = replace(sim, **dict(zip(("latency_p50_s", "latency_p90_s", "latency_p99_s", "latency_p999_s"),
                                           pct, strict=True)))
+        return sim
+    if sim.scenario.workload.mode != "closed":
         return sim
     return replace(sim, throughput_rps=(sim.completed + sim.in_flight) / d)
 
