@@ -429,6 +429,11 @@ class _Generator:
         self.conn_limit = max(1, w.connect_concurrency // n_shares)
         self.connecting = 0
         self.pending: deque[_Conn | _IdleConn] = deque()
+        # Closed loop: clients that have not had a connect place yet, as a count, all with the clock
+        # `unstarted_t` (a connection object is made when its connect starts): 100,000 clients cost
+        # nothing before their turn, so the start-up does not eat into the window.
+        self.unstarted = 0
+        self.unstarted_t = 0.0
         self._pumping = False
         self.idle_initial_left = 0  # prepare(): first idle connects not yet finished
         self.tasks: set[asyncio.Task] = set()
@@ -436,9 +441,9 @@ class _Generator:
         self.next_t = math.inf
 
     # -- bookkeeping -------------------------------------------------------------------------------
-    def error(self, kind: str) -> None:
+    def error(self, kind: str, n: int = 1) -> None:
         if self.recording:
-            self.c["errors_" + kind] += 1
+            self.c["errors_" + kind] += n
 
     def spawn(self, coro) -> None:
         task = self.loop.create_task(coro)
@@ -462,8 +467,14 @@ class _Generator:
             return
         self._pumping = True
         try:
-            while self.pending and self.connecting < self.conn_limit and not self.stopping:
-                proto = self.pending.popleft()
+            while (self.pending or self.unstarted) and self.connecting < self.conn_limit and not self.stopping:
+                if self.unstarted:  # the first clients go first: they have waited longest
+                    self.unstarted -= 1
+                    proto = _Conn(self)
+                    proto.t_req = self.unstarted_t
+                    self.active.add(proto)
+                else:
+                    proto = self.pending.popleft()
                 if isinstance(proto, _Conn) and proto.t_req is None:
                     # Its request timed out while it waited for a place (counted by the sweep).
                     self.lost(proto)
@@ -612,6 +623,11 @@ class _Generator:
         while self.waiting and self.waiting[0] < deadline:
             self.waiting.popleft()
             self.error("timeout")
+        if self.unstarted and self.unstarted_t < deadline:  # timed out waiting for a place: they retry
+            self.error("timeout", self.unstarted)
+            self.unstarted_t = now
+            if self.recording:
+                self.c["issued"] += self.unstarted
         self.loop.call_later(0.1, self.tick)
 
     # -- phases ------------------------------------------------------------------------------------
@@ -632,8 +648,8 @@ class _Generator:
             await asyncio.sleep(delay)
         self.loop.call_later(0.1, self.tick)
         if w.mode == "closed":
-            for _ in range(self.n_conns):
-                self.open_load_conn()
+            self.unstarted, self.unstarted_t = self.n_conns, time.monotonic()
+            self.pump()
         else:
             # Constant arrivals from several workers interleave rather than coincide.
             self.next_t = t0 + (
@@ -653,7 +669,11 @@ class _Generator:
         cpu1 = _cpu_s(self.spec.processes == 0)
         self.flush()
         self.c["completed"] = self.hist.count  # every 2xx answer in the window left one latency
-        self.c["in_flight"] = sum(1 for c in self.active if c.t_req is not None) + len(self.waiting)  # `active` holds those waiting for a connect place too
+        # Outstanding: on a connection, queued for a connect (in `active` too), waiting (open loop), or
+        # not yet started (closed loop).
+        self.c["in_flight"] = (
+            sum(1 for c in self.active if c.t_req is not None) + len(self.waiting) + self.unstarted
+        )
         self.c["idle_open"] = sum(1 for c in self.idle if c.transport is not None)
         await self.shutdown()
         out = dict(self.c)
@@ -671,6 +691,7 @@ class _Generator:
     async def shutdown(self) -> None:
         self.stopping = True
         self.pending.clear()
+        self.unstarted = 0
         for conn in list(self.active) + list(self.idle):
             if conn.transport is not None:
                 conn.transport.abort()

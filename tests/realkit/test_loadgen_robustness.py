@@ -145,7 +145,10 @@ def test_a_hundred_thousand_clients_on_a_refused_port_stop_at_the_deadline(proce
     assert summary["errors_refused"] > 100, summary
     assert summary["completed"] == 0
     assert summary["errors_timeout"] == summary["errors_reset"] == summary["errors_http"] == 0
-    assert summary["duration_s"] >= 0.5 * DURATION_S
+    # Clients waiting for a place cost nothing before their turn: the start-up leaves the window whole,
+    # and the ones still waiting at the end are reported in flight.
+    assert summary["duration_s"] >= 0.8 * DURATION_S
+    assert summary["in_flight"] > 50_000
     # Far inside the bound that _cli_load enforces: the timeout plays no part here.
     assert elapsed < DURATION_S + SLACK_S
 
