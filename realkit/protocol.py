@@ -7,8 +7,10 @@ Rules (so standard clients, wrk, ab and curl, can drive every server):
 - Keep-alive by default for HTTP/1.1, `Connection: close` honoured; HTTP/1.0 closes unless it asks
   for `Connection: keep-alive`.
 - Pipelined requests are parsed one after another from one buffer; servers answer them in order.
-- Malformed request -> 400 and close. Header block (request line + headers + blank line) over 8 KiB
-  -> 431 and close. Unknown path -> 404, connection kept. A method other than GET -> 405, kept.
+- Malformed request -> 400 and close; a line ending in a bare LF is malformed (CRLF only: a bare LF
+  is a smuggling vector, refused rather than guessed at). Header block (request line + headers +
+  blank line) over 8 KiB -> 431 and close. Unknown path -> 404, connection kept. A method other than
+  GET -> 405, kept. The body of a 400 or 431 says why, naming the field and the cap it exceeded.
 - `X-Request-Id` is echoed back when present (printable ASCII only), so a client can check that each
   response belongs to its request even across pipelining and reconnects.
 - Every response carries Content-Length. A request body announced by Content-Length (up to 1 MiB) is
@@ -73,6 +75,7 @@ class Request:
     __slots__ = (
         "kind",
         "status",
+        "reason",
         "keep_alive",
         "request_id",
         "cpu_us",
@@ -95,9 +98,11 @@ class Request:
         resp_bytes: int = 0,
         path: bytes = b"/",
         http10: bool = False,
+        reason: str = "",
     ) -> None:
         self.kind = kind
         self.status = status
+        self.reason = reason  # for ERROR: why, said in the body (the field and the cap it exceeded)
         self.keep_alive = keep_alive
         self.request_id = request_id
         self.cpu_us = cpu_us
@@ -119,8 +124,8 @@ class Request:
         )
 
 
-def error_request(status: int) -> Request:
-    return Request(ERROR, keep_alive=False, status=status)
+def error_request(status: int, reason: str = "") -> Request:
+    return Request(ERROR, keep_alive=False, status=status, reason=reason)
 
 
 def parse_work_query(query: bytes) -> tuple[float, float, float, int]:
@@ -141,14 +146,22 @@ def parse_work_query(query: bytes) -> tuple[float, float, float, int]:
                 value = float(raw)
             except ValueError:
                 raise ProtocolError(400, f"{key.decode('latin-1')}: not a number") from None
+            name = key.decode("latin-1")
             if not math.isfinite(value) or value < 0:
-                raise ProtocolError(400, f"{key.decode('latin-1')}: must be a finite number >= 0")
+                raise ProtocolError(400, f"{name}: must be a finite number >= 0")
+            if index < 3 and value > MAX_WORK_US:
+                raise ProtocolError(
+                    400, f"{name}: {value:g} is over the cap MAX_WORK_US = {MAX_WORK_US:.0f} us"
+                )
+            if index == 3:
+                if value > MAX_RESP_BYTES:
+                    raise ProtocolError(
+                        400, f"resp_bytes: {value:g} is over the cap MAX_RESP_BYTES = {MAX_RESP_BYTES} bytes"
+                    )
+                if value != int(value):
+                    raise ProtocolError(400, "resp_bytes: must be an integer")
             values[index] = value
     cpu_us, gil_us, io_us, resp = values
-    if max(cpu_us, gil_us, io_us) > MAX_WORK_US:
-        raise ProtocolError(400, f"work: at most {MAX_WORK_US:g} us per kind")
-    if resp > MAX_RESP_BYTES or resp != int(resp):
-        raise ProtocolError(400, f"resp_bytes: an integer <= {MAX_RESP_BYTES}")
     return cpu_us, gil_us, io_us, int(resp)
 
 
@@ -162,6 +175,9 @@ _HEAD_RE = re.compile(_LINE + rb"((?:\r\n" + _TOKEN + rb":[^\r\n]*)*)")
 # Host). Any other header is only validated. When this fails, _HEAD_RE decides: malformed, or a
 # header to look at line by line.
 _INTERESTING = rb"(?i:connection|x-request-id|content-length|transfer-encoding):"
+_MALFORMED = "malformed request line or header"
+_BARE_LF = "a line ends in a bare LF (CRLF required)"
+_BARE_LF_RE = re.compile(rb"(?<!\r)\n")
 _PLAIN_HEAD_RE = re.compile(_LINE + rb"(?:\r\n(?!" + _INTERESTING + rb")" + _TOKEN + rb":[^\r\n]*)*")
 
 
@@ -180,7 +196,7 @@ def parse_head(head: bytes) -> tuple[Request, int]:
     else:
         match = _HEAD_RE.fullmatch(head)
         if match is None:
-            raise ProtocolError(400, "malformed request line or header")
+            raise ProtocolError(400, _MALFORMED)
         method, path, query, minor, headers = match.groups()
         http10 = minor == b"0"
         keep_alive, request_id, body = _parse_headers(headers, not http10)
@@ -218,13 +234,18 @@ def _parse_headers(headers: bytes, keep_alive: bool) -> tuple[bool, bytes | None
             request_id = value
         elif kind == _H_CONTENT_LENGTH:
             if seen_length or not value.isdigit():
-                raise ProtocolError(400, "bad or repeated Content-Length")
+                raise ProtocolError(400, "Content-Length: bad or repeated")
             seen_length = True
-            body = int(value)
+            # (Digits only; a length past the cap by its digit count alone is not converted: int()
+            # refuses strings of over 4,300 digits.)
+            body = int(value) if len(value) <= 16 else MAX_BODY_BYTES + 1
             if body > MAX_BODY_BYTES:
-                raise ProtocolError(400, "body too large")
+                shown = value.decode("ascii") if len(value) <= 16 else f"a {len(value)}-digit length"
+                raise ProtocolError(
+                    400, f"Content-Length: {shown} is over the cap MAX_BODY_BYTES = {MAX_BODY_BYTES} bytes"
+                )
         else:
-            raise ProtocolError(400, "Transfer-Encoding not supported")
+            raise ProtocolError(400, "Transfer-Encoding: not supported")
     return keep_alive, request_id, body
 
 
@@ -258,6 +279,12 @@ class RequestParser:
     def dead(self) -> bool:
         return self._dead
 
+    @property
+    def idle(self) -> bool:
+        """Between requests: nothing buffered and no body left to skip (the header deadline of a
+        server runs from the first byte received while idle)."""
+        return not self._buf and not self._skip
+
     def feed(self, data: bytes) -> None:
         if self._dead or not data:
             return
@@ -275,12 +302,15 @@ class RequestParser:
             return None
         end = buf.find(_CRLF2)
         if end < 0:
-            # Still incomplete: refuse as soon as it cannot fit any more.
+            # Still incomplete: refuse as soon as it cannot fit any more, or as soon as a line ends
+            # in a bare LF (it could never end in CRLF CRLF: without this it would wait forever).
             if len(buf) > self.max_header_bytes:
-                return self._fail(431)
+                return self._fail(431, self._too_large())
+            if _BARE_LF_RE.search(buf) is not None:
+                return self._fail(400, _BARE_LF)
             return None
         if end + 4 > self.max_header_bytes:
-            return self._fail(431)
+            return self._fail(431, self._too_large())
         head = buf[:end]
         rest = buf[end + 4 :]
         try:
@@ -288,11 +318,11 @@ class RequestParser:
         except ProtocolError as exc:
             # Stray CRLFs before a request line are allowed (RFC 9112 §2.2); rare, so tried only here.
             if not head.startswith(b"\r\n"):
-                return self._fail(exc.status)
+                return self._fail(exc.status, self._why(exc, head))
             try:
                 request, body = parse_head(head.lstrip(b"\r\n"))
             except ProtocolError as exc2:
-                return self._fail(exc2.status)
+                return self._fail(exc2.status, self._why(exc2, head))
         if body:
             if len(rest) >= body:
                 rest = rest[body:]
@@ -302,10 +332,19 @@ class RequestParser:
         self._buf = rest
         return request
 
-    def _fail(self, status: int) -> Request:
+    def _too_large(self) -> str:
+        return f"header block over the cap MAX_HEADER_BYTES = {self.max_header_bytes} bytes"
+
+    @staticmethod
+    def _why(exc: ProtocolError, head: bytes) -> str:
+        if exc.reason == _MALFORMED and b"\n" in head.replace(b"\r\n", b""):
+            return _BARE_LF
+        return exc.reason
+
+    def _fail(self, status: int, reason: str = "") -> Request:
         self._dead = True
         self._buf = b""
-        return error_request(status)
+        return error_request(status, reason)
 
 
 # -- responses ------------------------------------------------------------------------------------
@@ -337,13 +376,22 @@ def work_body(resp_bytes: int) -> bytes:
     """The body of /work: exactly resp_bytes bytes (a repeating, checkable pattern)."""
     body = _BODY_CACHE.get(resp_bytes)
     if body is None:
-        body = (b"0123456789abcdef" * (resp_bytes // 16 + 1))[:resp_bytes]
+        # One allocation of the body's size where possible (a 64 MiB body must not cost 128 MiB).
+        whole, rest = divmod(resp_bytes, 16)
+        body = _PATTERN * whole
+        if rest:
+            body += _PATTERN[:rest]
         if resp_bytes <= 1 << 20 and len(_BODY_CACHE) < 1024:
             _BODY_CACHE[resp_bytes] = body
     return body
 
 
-def _error_body(status: int) -> bytes:
+_PATTERN = b"0123456789abcdef"
+
+
+def _error_body(status: int, reason: str = "") -> bytes:
+    if reason:
+        return b"%d %s: %s\n" % (status, _REASONS[status], reason.encode("ascii", "replace"))
     return b"%d %s\n" % (status, _REASONS[status])
 
 
@@ -363,7 +411,7 @@ def response_bytes(request: Request) -> bytes:
     elif kind == WORK:
         status, body = 200, work_body(request.resp_bytes)
     else:
-        status, body = request.status, _error_body(request.status)
+        status, body = request.status, _error_body(request.status, request.reason)
     head = _head(status, len(body), request.keep_alive, request.http10)
     if rid is not None:
         return b"".join((head, b"X-Request-Id: ", rid, b"\r\n\r\n", body))

@@ -15,6 +15,11 @@ longer in wall time, exactly as real CPU work does. The bursts are timed with th
 clock (time.thread_time_ns), so preemption by other processes on a busy box does not inflate the
 unit cost, and the median of several bursts drops outliers (frequency steps, cache misses).
 
+Abandoning work: a server passes `abort` (a callable) to do_work; work longer than WORK_CHECK_S
+(IO_CHECK_S for sleeps) is then done in slices, asking abort() between them, and stops once it says
+True (the client hung up, or the shutdown limit passed), so an abandoned request stops costing CPU
+within a slice. Shorter work, the usual case, never calls it.
+
 A server measures its rate at start-up unless SERVERLAB_WORK_CALIBRATION ("cpu_ns_per_chunk,gil_ns_per_iter",
 from Calibration.to_env) is set: calibration measures the rate once and pins it for every server it
 starts, so a request asks for the same computation in all of its runs (a server's own short measurement
@@ -29,7 +34,7 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 # >= 2048 so hashlib releases the GIL; small enough that one chunk (a few us) gives fine granularity.
@@ -38,6 +43,10 @@ _CPU_BUFFER = bytes(range(256)) * (CPU_CHUNK_BYTES // 256) * 256  # 1 MiB: one u
 _CPU_VIEW = memoryview(_CPU_BUFFER)
 WORK_CALIBRATION_ENV = "SERVERLAB_WORK_CALIBRATION"
 _GIL_BATCH = 64  # iterations per inner-loop round; a unit of gil work is one iteration
+# How often long work asks whether to carry on: often enough that abandoned work stops within a small
+# fraction of a second, rarely enough that the question (one poll() syscall, ~1 us) costs nothing.
+WORK_CHECK_S = 0.01
+IO_CHECK_S = 0.1  # a sleep costs no CPU: sliced only so the shutdown limit and hang-ups cut it short
 
 
 @dataclass(frozen=True)
@@ -169,11 +178,52 @@ def io_work(io_us: float) -> None:
         time.sleep(io_us / 1e6)
 
 
-def do_work(cpu_us: float = 0.0, gil_us: float = 0.0, io_us: float = 0.0) -> None:
-    """The work one request asks for, in docs/DESIGN.md §4 order: cpu, then gil, then io."""
-    if cpu_us > 0:
-        cpu_work(cpu_us)
-    if gil_us > 0:
-        gil_work(gil_us)
+def do_work(
+    cpu_us: float = 0.0, gil_us: float = 0.0, io_us: float = 0.0, abort: Callable[[], bool] | None = None
+) -> bool:
+    """The work one request asks for, in docs/DESIGN.md §4 order: cpu, then gil, then io.
+
+    With `abort`, long work asks it between slices and stops when it returns True. Returns False
+    if the work was abandoned so, True if it was all done."""
+    if abort is None:
+        if cpu_us > 0:
+            cpu_work(cpu_us)
+        if gil_us > 0:
+            gil_work(gil_us)
+        if io_us > 0:
+            time.sleep(io_us / 1e6)
+        return True
+    cal = _calibration or calibrate()
+    if cpu_us > 0 and not _sliced(_hash_chunks, cal.cpu_chunks(cpu_us), cal.cpu_ns_per_chunk, abort):
+        return False
+    if gil_us > 0 and not _sliced(_spin, cal.gil_iters(gil_us), cal.gil_ns_per_iter, abort):
+        return False
     if io_us > 0:
-        time.sleep(io_us / 1e6)
+        return _sleep(io_us / 1e6, abort)
+    return True
+
+
+def _sliced(fn: Callable[[int], object], units: int, ns_per_unit: float, abort: Callable[[], bool]) -> bool:
+    """fn(units) in slices of about WORK_CHECK_S, asking abort() between them."""
+    per_slice = max(1, int(WORK_CHECK_S * 1e9 / ns_per_unit))
+    while units > per_slice:
+        fn(per_slice)
+        units -= per_slice
+        if abort():
+            return False
+    fn(units)
+    return True
+
+
+def _sleep(seconds: float, abort: Callable[[], bool]) -> bool:
+    if seconds <= IO_CHECK_S:
+        time.sleep(seconds)
+        return True
+    end = time.monotonic() + seconds
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return True
+        time.sleep(min(left, IO_CHECK_S))
+        if abort() and end - time.monotonic() > 0:
+            return False

@@ -10,7 +10,10 @@ Starts the model `spec.name` with its knobs (threads, pool, processes, dispatch,
 keepalive_timeout_s), calls `ready_callback(port)` once it accepts connections, and serves until
 stopped: by SIGTERM/SIGINT when `install_signals` (main thread only), or by `stopper.set()` (a
 base.Stopper, usable from another thread, e.g. in tests). On stop it takes no new connections,
-answers every request already received, closes idle connections, and returns. `cores` (a list of
+answers every request already received, closes idle connections, and returns (in-flight work is
+abandoned past the shutdown limit). The environment variables SERVERLAB_HEADER_TIMEOUT_S,
+SERVERLAB_SEND_TIMEOUT_S and SERVERLAB_SHUTDOWN_LIMIT_S override base.py's limits (a bad value is
+a ValueError naming the variable). `cores` (a list of
 CPU numbers) pins the process (and so its threads and forked workers) with os.sched_setaffinity.
 A model that forks must be called from a process without other threads.
 
@@ -35,6 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from realkit import work
+from realkit.servers import base
 from realkit.servers.base import Stopper, install_signal_handlers
 from simkit import registry
 from simkit.scenario import ModelSpec
@@ -124,6 +128,7 @@ def run_server(
             os.sched_setaffinity(0, cores)
         except OSError as exc:
             raise ValueError(f"cores: cannot pin to {cores}: {exc}") from None
+    base.set_limits(base.Limits.from_env())  # SERVERLAB_*_S overrides, e.g. a short limit in tests
     module = importlib.import_module(registry.get(spec.name).real_module_name)
     own_stopper = stopper is None
     stopper = stopper or Stopper()

@@ -1,13 +1,15 @@
 """m2_thread_per_conn: the main thread waits for connections (poll on the listen socket and the stop
 pipe) and starts a thread per connection; the thread serves it with blocking calls until it closes
-or idles out, then exits. On stop the main thread joins every connection thread."""
+or idles out, then exits. On stop the main thread joins every connection thread (until the
+shutdown limit)."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from realkit.servers.base import SHUTDOWN_LIMIT_S, acceptor_loop, log, make_listener, serve_blocking
+from realkit.servers import base
+from realkit.servers.base import FINISH_GRACE_S, acceptor_loop, log, make_listener, serve_blocking
 
 
 def serve(spec, host, port, stopper, ready) -> None:
@@ -29,7 +31,7 @@ def serve(spec, host, port, stopper, ready) -> None:
                 threads.add(thread)
             try:
                 thread.start()
-            except RuntimeError as exc:  # can't start new thread: the threads_max wall
+            except Exception as exc:  # noqa: BLE001 - can't start new thread: the threads_max or memory wall
                 with lock:
                     threads.discard(thread)
                 log(f"m2: {exc}; dropping {len(socks) - i} connection(s) and backing off")
@@ -40,7 +42,9 @@ def serve(spec, host, port, stopper, ready) -> None:
 
     ready(listener.getsockname()[1])
     acceptor_loop(listener, stopper, spawn)
-    deadline = time.monotonic() + SHUTDOWN_LIMIT_S + 5
+    # Connection threads abandon their work at the stopper's deadline; past it (and a grace for them
+    # to notice) the process exits without them (they are daemon threads).
+    deadline = min(stopper.deadline, time.monotonic() + base.LIMITS.shutdown_limit_s) + FINISH_GRACE_S
     while True:
         with lock:
             pending = list(threads)

@@ -12,10 +12,16 @@ How connections reach the workers (spec.dispatch):
              master then tries the next worker, or holds the fd and pauses accepting).
 
 The master prints the port (ready_callback) only once every first worker reports ready on a pipe.
+
+A worker dies with its master, whatever the mode: it asks the kernel for SIGTERM when its parent dies
+(prctl PR_SET_PDEATHSIG; SIGTERM, so it stops as on a shutdown: no new connections, in-flight
+requests answered within the shutdown limit), and in fdpass mode it also closes the master's end of
+its socketpair, so the channel reads end-of-file once the master is gone.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import select
@@ -26,10 +32,11 @@ import time
 import traceback
 from collections import deque
 
+from realkit.servers import base
 from realkit.servers.base import (
     ACCEPT_BACKOFF_S,
     EPOLLIN,
-    SHUTDOWN_LIMIT_S,
+    FINISH_GRACE_S,
     Reactor,
     Stopper,
     accept_batch,
@@ -41,13 +48,27 @@ from realkit.servers.base import (
 READY_TIMEOUT_S = 30.0
 CRASH_LOOP_S = 1.0  # a worker that dies sooner than this after its fork is restarted after a pause
 FD_HEADROOM = 16  # below this many spare fds, a fdpass worker counts its open fds exactly
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int, stopper: Stopper) -> None:
+    """SIGTERM this process when its parent dies (Linux prctl); if the parent is already gone (it
+    died between the fork and here), stop at once."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log(f"m6: prctl(PR_SET_PDEATHSIG) failed: errno {ctypes.get_errno()}")
+    except (OSError, AttributeError) as exc:
+        log(f"m6: no PR_SET_PDEATHSIG ({exc!r}); fdpass workers still see their channel close")
+    if os.getppid() != parent_pid:
+        stopper.set()
 
 
 class FdPassReactor(Reactor):
     """A worker loop fed connections over a Unix socket instead of a listen socket."""
 
-    def __init__(self, keepalive_s: float, channel: socket.socket, name: str) -> None:
-        super().__init__(keepalive_s, name=name)
+    def __init__(self, keepalive_s: float, channel: socket.socket, name: str, stopper: Stopper) -> None:
+        super().__init__(keepalive_s, name=name, stopper=stopper)
         self.channel = channel
         self.channel_open = True
         self.reading_channel = False
@@ -129,6 +150,7 @@ class Master:
         self.spawned_at: list[float] = [0.0] * self.n
         self.ready_r, self.ready_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.chld_r, self.chld_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.pid = os.getpid()
         self.pending: deque[socket.socket] = deque()  # fdpass: accepted, not yet passed
         self.next_worker = 0
         self.accept_paused_until = 0.0
@@ -136,7 +158,7 @@ class Master:
 
     # -- workers ---------------------------------------------------------------------------------
     def spawn(self, index: int) -> None:
-        child_channel = None
+        parent = child_channel = None
         if self.dispatch == "fdpass":
             parent, child_channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             parent.setblocking(False)
@@ -146,7 +168,7 @@ class Master:
         if pid == 0:
             code = 1
             try:
-                code = self._worker_main(index, child_channel)
+                code = self._worker_main(index, child_channel, parent)
             except BaseException:  # noqa: BLE001 - a worker must never return into the master's code
                 traceback.print_exc()
             finally:
@@ -162,11 +184,16 @@ class Master:
                 old.close()
             self.channels[index] = parent
 
-    def _worker_main(self, index: int, channel: socket.socket | None) -> int:
+    def _worker_main(
+        self, index: int, channel: socket.socket | None, master_end: socket.socket | None
+    ) -> int:
         # Fresh signal state: the master's stop pipe and SIGCHLD handler are not ours.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         stopper = Stopper()
         install_signal_handlers(stopper)
+        die_with_parent(self.pid, stopper)
+        if master_end is not None:
+            master_end.close()  # else this worker itself would keep its channel open: no EOF, ever
         for fd in (self.ready_r, self.chld_r, self.chld_w):
             os.close(fd)
         self.stopper.close()
@@ -179,9 +206,9 @@ class Master:
         if self.dispatch == "fdpass":
             self.listener.close()
             channel.setblocking(False)
-            reactor = FdPassReactor(self.spec.keepalive_timeout_s, channel, name)
+            reactor = FdPassReactor(self.spec.keepalive_timeout_s, channel, name, stopper)
         else:
-            reactor = Reactor(self.spec.keepalive_timeout_s, name=name)
+            reactor = Reactor(self.spec.keepalive_timeout_s, name=name, stopper=stopper)
             if self.dispatch == "reuseport":
                 self.listener.close()
                 listener = make_listener(self.host, self.port, self.spec.backlog, reuseport=True)
@@ -329,7 +356,9 @@ class Master:
                     os.kill(pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        deadline = time.monotonic() + SHUTDOWN_LIMIT_S + 10
+        # Workers abandon in-flight work at their own shutdown limit and exit; one that does not is
+        # killed a little later.
+        deadline = time.monotonic() + base.LIMITS.shutdown_limit_s + 2 * FINISH_GRACE_S + 1
         while any(pid is not None for pid in self.pids):
             if time.monotonic() > deadline:
                 for pid in self.pids:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
@@ -174,8 +174,10 @@ def start_server(
     ready_timeout_s: float = READY_TIMEOUT_S,
     entry: Sequence[str] = SERVE_ENTRY,
     pass_host: bool = True,
+    env: Mapping[str, str] | None = None,
 ) -> ServerProcess:
-    """Start `python -m serverlab.cli serve ...` (or `python <entry> ...`) and wait for the port line."""
+    """Start `python -m serverlab.cli serve ...` (or `python <entry> ...`) and wait for the port line.
+    `env`: variables added to this process's environment for the server (e.g. its time limits)."""
     outdir = Path(tempfile.mkdtemp(prefix=f"realkit-{config.id}-"))
     stdout_path, stderr_path = outdir / "stdout", outdir / "stderr"
     host_args = ["--host", HOST] if pass_host else []  # without: the default must be loopback
@@ -190,7 +192,7 @@ def start_server(
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
             cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=REPO_ROOT,
-            start_new_session=True, preexec_fn=pre_exec,
+            start_new_session=True, preexec_fn=pre_exec, env={**os.environ, **env} if env else None,
         )
     server = ServerProcess(config, proc, 0, stdout_path, stderr_path)
     deadline = time.monotonic() + ready_timeout_s
@@ -222,6 +224,17 @@ def tree_fds_threads(server: ServerProcess) -> tuple[int, int, int]:
         except psutil.NoSuchProcess:
             continue
     return fds, threads, procs
+
+
+def tree_rss_bytes(server: ServerProcess) -> int:
+    """Resident memory summed over the server's process tree."""
+    total = 0
+    for p in server.tree():
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
 
 
 def tree_cpu_s(server: ServerProcess) -> dict[int, float]:
