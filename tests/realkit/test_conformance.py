@@ -138,6 +138,9 @@ MALFORMED = [
     pytest.param(b"GET /work?resp_bytes=1 HTTP/1.1\r\nHost 127.0.0.1\r\n\r\n", id="header-without-colon"),
     pytest.param(b"\x00\x01\x02\xff\xfe binary\r\n\r\n", id="binary"),
     pytest.param(b"GET /work?resp_bytes=1 HTTP/1.1 extra\r\n\r\n", id="four-part-request-line"),
+    # a bare LF could never end in CRLF CRLF: it must be answered, not waited on
+    pytest.param(b"GET /work?resp_bytes=1 HTTP/1.1\n\n", id="bare-lf"),
+    pytest.param(b"GET /work?resp_bytes=1 HTTP/1.1\nHost: 127.0.0.1\n", id="bare-lf-unterminated"),
 ]
 
 
@@ -179,6 +182,22 @@ def test_malformed_request_gets_400_and_close(server, payload):
     finally:
         if other is not None:
             other.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "query, words",
+    [("cpu_us=20000000", ["cpu_us", "MAX_WORK_US"]), ("resp_bytes=67108865", ["resp_bytes", "MAX_RESP_BYTES"])],
+    ids=["cpu_us", "resp_bytes"],
+)
+def test_a_value_over_its_cap_gets_a_400_naming_the_cap(server, query, words):
+    with h.connect(server.port) as sock:
+        sock.sendall(h.build_request(f"/work?{query}"))
+        reader = h.ResponseReader(sock)
+        resp = reader.read()
+        assert resp.status == 400, resp
+        assert all(w.encode() in resp.body for w in words), resp.body
+        assert reader.closed(), "server kept the connection open after a 400"
 
 
 @pytest.mark.timeout(60)
