@@ -31,6 +31,8 @@ from calibration.compare import SimBatch
 from calibration.fit import FIT_PARAMS, FitResult, apply_measured, probe_floors
 from calibration.fit import fit as fit_params  # not `fit`: that would hide the calibration.fit module
 from calibration.grid import ROLES, GridPoint, build_grid
+from calibration.mechanisms import run_mechanisms
+from calibration.mechanisms import write_csv as write_mechanisms_csv
 from calibration.offgrid import (
     DESIGN,
     FULL_POINTS,
@@ -51,7 +53,7 @@ from simkit.scenario import available_cores
 
 # progress(stage, detail, done, total)
 StageProgress = Callable[[str, str, int, int], None]
-STAGES = ("probes", "real runs", "fit", "validation", "refit", "off-grid")
+STAGES = ("probes", "real runs", "fit", "validation", "refit", "off-grid", "mechanisms")
 # Roles the fit and the parameters measured from runs may see (never the held-out or off-grid ones).
 FIT_ROLES = ("train",)
 MEASURED_ROLES = ("train", "cores")
@@ -70,6 +72,7 @@ class CalibrationReport:
     elapsed_s: float = 0.0
     offgrid_rows: list[dict[str, Any]] = field(default_factory=list)
     offgrid_summary: dict[str, Any] | None = None
+    mechanism_rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _default_measure():
@@ -125,6 +128,15 @@ def pinned_work_rate(budget_s: float = 1.0):
     return work.pinned(work.measure_calibration(budget_s=budget_s))
 
 
+def _pinned_again(work_rate: str | None):
+    """The campaign's pinned work rate once more (nothing when no real run pinned one)."""
+    if not work_rate:
+        return contextlib.nullcontext()
+    from realkit import work
+
+    return work.pinned(work.Calibration.from_env(work_rate))
+
+
 def calibrate(
     out: str | Path | None = None,
     quick: bool = False,
@@ -146,6 +158,7 @@ def calibrate(
     runs_from: str | Path | None = None,
     offgrid: int | None = None,
     offgrid_seed: int = OFFGRID_SEED,
+    mechanisms: bool | None = None,
 ) -> CalibrationReport:
     """Probes + grid + fit + validation; writes the profile (out, or profiles/<host>.json) and a CSV
     of the held-out tables beside it (same name, .csv), and every real run (.runs.csv).
@@ -153,7 +166,8 @@ def calibrate(
     instead of measuring: refits and re-validation without the real-run time. models: the grid's and
     the off-grid design's models (default: every registered one); the grid's models when `grid` is given.
     offgrid: the off-grid design's size (default FULL_POINTS, QUICK_POINTS with quick, 0 when `grid`
-    is given; 0: none), drawn with offgrid_seed."""
+    is given; 0: none), drawn with offgrid_seed. mechanisms: run the mechanism table
+    (calibration.mechanisms) with the final profile (default: unless `grid` or `runs_from` is given)."""
     t_start = time.monotonic()
     if offgrid is None:
         offgrid = 0 if grid is not None else (QUICK_POINTS if quick else FULL_POINTS)
@@ -257,6 +271,13 @@ def calibrate(
             off_summary = summarize_offgrid(off_rows)
             say("off-grid", "done", 1, 1)
 
+    # 7. each mechanism alone: a small real experiment beside the same simulated, with the final profile
+    mech_rows: list[dict[str, Any]] = []
+    if mechanisms if mechanisms is not None else (grid is None and runs_from is None):
+        with _pinned_again(work_rate):  # the servers do the work the campaign's runs did
+            mech_rows = run_mechanisms(final, quick, measure=measure, simulate=simulate,
+                                       progress=stage_cb("mechanisms"))
+
     notes = dict(final.notes)
     notes.update({
         "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -274,6 +295,7 @@ def calibrate(
                     "seed": offgrid_seed if design else None, "points": len(off_runs),
                     "ok": sum(r.ok for r in off_runs), "failed": sum(not r.ok for r in off_runs),
                     "real_run_s": real_run_s([r.point for r in off_runs]), "summary": off_summary},
+        "mechanisms": mech_rows,
         "usl_baseline": {"/".join(map(str, k)): {"lambda": f.lambda_, "sigma": f.sigma, "kappa": f.kappa}
                          for k, f in baseline.fits.items()},
     })
@@ -285,8 +307,10 @@ def calibrate(
         csv_path = path.with_suffix(".csv")
         write_csv(rows, csv_path, off_rows)
         save_runs(runs, path.with_suffix(".runs.csv"))
+        if mech_rows:
+            write_mechanisms_csv(mech_rows, path.with_suffix(".mechanisms.csv"))
     return CalibrationReport(final, written, csv_path, summary, runs, fitted, refit, rows,
-                             time.monotonic() - t_start, off_rows, off_summary)
+                             time.monotonic() - t_start, off_rows, off_summary, mech_rows)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -1,6 +1,7 @@
-"""`serverlab calibrate [--quick] [--out profiles/HOST.json] [--offgrid N]`: probes + real runs + fit +
-held-out validation on the grid and on an off-grid random design, with a progress bar per stage; writes
-the profile JSON and both tables as one CSV (its "set" column says which)."""
+"""`serverlab calibrate [--quick] [--out profiles/HOST.json] [--offgrid N] [--no-mechanisms]`: probes + real
+runs + fit + held-out validation on the grid and on an off-grid random design, then the mechanism table,
+with a progress bar per stage; writes the profile JSON, both validation tables as one CSV (its "set"
+column says which) and the mechanism table as .mechanisms.csv."""
 
 from __future__ import annotations
 
@@ -18,14 +19,17 @@ import click
                    "[default: 60, 15 with --quick; 0: none]")
 @click.option("--offgrid-seed", type=click.IntRange(min=0), default=None,
               help="seed of the off-grid design (recorded in the profile) [default: 11]")
+@click.option("--mechanisms/--no-mechanisms", default=True, show_default=True,
+              help="finish with the mechanism table: each simulated mechanism beside a small real experiment")
 def calibrate(quick: bool, out: str | None, models: tuple[str, ...], workers: int | None, offgrid: int | None,
-              offgrid_seed: int | None) -> None:
+              offgrid_seed: int | None, mechanisms: bool) -> None:
     """Calibrate the simulator against this box and validate it on held-out and off-grid points."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from calibration import calibrate as run_calibration
     from calibration import check_out, format_offgrid, format_summary
+    from calibration.mechanisms import format_table
     from calibration.offgrid import OFFGRID_SEED
     from simkit import registry
     from simkit.profile import default_profile_path
@@ -52,7 +56,7 @@ def calibrate(quick: bool, out: str | None, models: tuple[str, ...], workers: in
 
         try:
             report = run_calibration(path, quick=quick, models=chosen, progress=progress, workers=workers,
-                                     offgrid=offgrid, offgrid_seed=seed)
+                                     offgrid=offgrid, offgrid_seed=seed, mechanisms=mechanisms)
         except (ValueError, RuntimeError) as exc:
             raise click.ClickException(str(exc)) from None
     console.print(f"profile: {report.path}   held-out tables (grid, off-grid): {report.csv_path}   "
@@ -69,3 +73,7 @@ def calibrate(quick: bool, out: str | None, models: tuple[str, ...], workers: in
                       f"{off.get('real_run_s', 0):.0f} s of real runs; predicted by the profile written above",
                       markup=False, highlight=False, soft_wrap=True)
         console.print(format_offgrid(report.offgrid_summary), markup=False, highlight=False, soft_wrap=True)
+    if report.mechanism_rows:
+        console.print(f"\nmechanisms, each alone, real beside simulated ({report.path.with_suffix('.mechanisms.csv')}):",
+                      markup=False, highlight=False, soft_wrap=True)
+        console.print(format_table(report.mechanism_rows), markup=False, highlight=False, soft_wrap=True)

@@ -28,6 +28,9 @@ def test_calibrate_quick_writes_profile_and_tables(tmp_path, monkeypatch):
     assert "off-grid validation" in result.output and "mode = closed" in result.output
     assert p.notes["offgrid"]["points"] == 15 and p.notes["offgrid"]["seed"] is not None
     assert set(pd.read_csv(out.with_suffix(".csv"))["set"]) == {"grid", "offgrid"}
+    # then each mechanism alone (here with the stand-ins), printed and written beside the profile
+    assert "mechanisms, each alone" in result.output
+    assert len(pd.read_csv(out.with_suffix(".mechanisms.csv"))) == len(p.notes["mechanisms"]) > 5
 
 
 def test_calibrate_rejects_unknown_model():
