@@ -187,10 +187,16 @@ class Scenario:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scenario:
+        if not isinstance(data, dict):
+            raise ValueError(f"scenario: expected a mapping with model, hardware, workload, seed; got "
+                             f"{type(data).__name__}")
         _reject_unknown(data, ("model", "hardware", "workload", "seed"), "scenario")
         parts = {}
         for key, kind in (("model", ModelSpec), ("hardware", Hardware), ("workload", Workload)):
-            sub = dict(data.get(key) or {})
+            sub = data.get(key)
+            if sub is not None and not isinstance(sub, dict):
+                raise ValueError(f"{key}: expected a mapping of {kind.__name__} fields, got {type(sub).__name__}")
+            sub = dict(sub or {})
             _reject_unknown(sub, [f.name for f in dataclasses.fields(kind)], key)
             parts[key] = kind(**sub)
         return cls(**parts, seed=data.get("seed", 1))
@@ -255,7 +261,7 @@ def scenario_columns() -> list[str]:
 
 
 def _reject_unknown(data: dict[str, Any], allowed: Any, where: str) -> None:
-    unknown = sorted(set(data) - set(allowed))
+    unknown = sorted((str(k) for k in set(data) - set(allowed)))
     if unknown:
         raise ValueError(f"{unknown[0]}: unknown {where} field; allowed: {', '.join(sorted(allowed))}")
 

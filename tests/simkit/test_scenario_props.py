@@ -470,3 +470,14 @@ def test_the_cost_guard_passes_ordinary_runs_and_yields_to_force(monkeypatch):
     assert 0.5 * cost.requests <= stats.requests_simulated <= 2 * (cost.requests + scenario.workload.connections)
     with _named("force"):
         simulate(scenario, force="yes")
+
+
+@pytest.mark.parametrize(("data", "field"), [
+    ([1], "scenario"), (None, "scenario"), ("m3", "scenario"),
+    ({"model": "m3"}, "model"), ({"model": 5}, "model"), ({"model": [1, 2]}, "model"),
+    ({"hardware": "x"}, "hardware"), ({"workload": [("connections", 1)]}, "workload"),
+    ({"workload": {"connections": "10"}}, "connections"), ({1: 2, "a": 3}, "1"),
+])
+def test_scenario_from_dict_names_the_field_of_a_wrong_type(data, field):
+    with _named(field):
+        Scenario.from_dict(data)
