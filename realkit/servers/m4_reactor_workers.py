@@ -47,9 +47,11 @@ class WorkerPoolReactor(Reactor):
             return
         request = conn.parser.next_request()
         if request is None:
+            if not conn.head_since:
+                conn.head_since = self.now  # a request is arriving: its header deadline runs
             return
         conn.busy = True
-        conn.head_since = self.now  # bytes left behind it start the next request
+        conn.head_since = 0.0
         self.in_flight += 1
         self.jobs.put((conn, request))
 

@@ -82,12 +82,15 @@ class SpawnReactor(Reactor):
             conn.received_any = True
             if conn.close_after:
                 return b"", False, False  # input after "Connection: close" is ignored
-            if parser.idle:
-                conn.head_since = time.monotonic()
             parser.feed(data)
         outs = []
         size = 0
         request = parser.next_request()
+        if request is None:
+            if not conn.head_since:
+                conn.head_since = time.monotonic()  # a request is arriving: its header deadline runs
+            return b"", False, False
+        conn.head_since = 0.0
         while request is not None:
             if self.stopping:
                 request.keep_alive = False

@@ -255,6 +255,25 @@ def test_slowloris_clients_are_closed_by_the_header_deadline(server):
     h.check_served(server.port, "after-slowloris")
 
 
+@pytest.mark.timeout(60)
+def test_a_body_sent_one_byte_at_a_time_is_cut_by_the_header_deadline(server):
+    """The deadline covers the whole request: a head announcing a 1,000-byte body is answered, but
+    the body trickling in a byte every 0.25 s does not hold the connection past the deadline."""
+    with h.connect(server.port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n")
+        assert h.ResponseReader(sock).read().status == 200
+        t0 = time.monotonic()
+        closed = False
+        while not closed and time.monotonic() - t0 < HEADER_TIMEOUT_S + 8:
+            try:
+                sock.send(b"b")
+                closed = select.select([sock], [], [], 0.25)[0] != [] and sock.recv(100) == b""
+            except OSError:
+                closed = True
+        took = time.monotonic() - t0
+    assert closed, f"a trickling body held the connection {took:.1f}s"
+
+
 # ---------------------------------------------------------------- a server per test
 
 
