@@ -107,6 +107,54 @@ def test_the_refusal_names_the_cap_it_exceeded(raw, words):
     assert all(w in body for w in words), body
 
 
+IN_PROCESS = [m for m in h.MODELS if m.model != "m6_prefork"]  # m6 forks: not from a threaded pytest
+
+
+def _knobs(config: h.ServerConfig) -> dict:
+    args = config.args
+    return {k: int(args[args.index(f"--{k}") + 1]) for k in ("threads", "pool") if f"--{k}" in args}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("config", IN_PROCESS, ids=[m.id for m in IN_PROCESS])
+def test_an_exception_on_the_request_path_closes_only_its_connection(config, monkeypatch):
+    """The parser raises MemoryError on a marked request (where recv or a buffer would fail under a
+    memory limit): that connection closes unanswered, every loop, I/O thread and spawned thread goes
+    on serving (8 marked connections reach every I/O thread), and the server still stops on request.
+    In process, so the fault can be injected; m6's workers run the same Reactor as m3."""
+    real_feed = RequestParser.feed
+
+    def feed(self, data):
+        if b"X-Boom" in data:
+            raise MemoryError("injected")
+        real_feed(self, data)
+
+    monkeypatch.setattr(RequestParser, "feed", feed)
+    from realkit.servers import run_server
+    from simkit.scenario import ModelSpec
+
+    spec = ModelSpec.for_model(config.model, **_knobs(config))
+    stopper = base.Stopper()
+    ports: list[int] = []
+    ready = threading.Event()
+    thread = threading.Thread(
+        target=run_server, args=(spec, h.HOST, 0, lambda port: (ports.append(port), ready.set())),
+        kwargs={"stopper": stopper}, daemon=True,
+    )
+    thread.start()
+    try:
+        assert ready.wait(30), "server not ready"
+        for i in range(8):
+            with h.connect(ports[0], timeout_s=5) as sock:
+                sock.sendall(h.build_request("/", f"boom{i}", extra_headers=["X-Boom: 1"]))
+                assert h.ResponseReader(sock).closed(), "the failed connection was left open"
+            h.check_served(ports[0], f"after-boom{i}", n=1)
+    finally:
+        stopper.set()
+        thread.join(20)
+    assert not thread.is_alive(), "the server did not stop after the failures"
+
+
 # ---------------------------------------------------------------- a shared server per configuration
 
 
@@ -350,12 +398,15 @@ def test_a_failed_answer_under_a_memory_limit_costs_only_its_connection(config, 
         for p in server.tree():
             _, hard = p.rlimit(psutil.RLIMIT_AS)
             p.rlimit(psutil.RLIMIT_AS, (p.memory_info().vms + 40 * MIB, hard))
+        outcomes = []
         for attempt in range(2):
             try:
                 resp = h.fetch(server.port, h.build_request(h.work_path(resp_bytes=BIG), f"huge{attempt}"))
             except (h.Closed, ConnectionResetError):
                 resp = None
             assert resp is None or resp.status == 500, f"{resp.status} with {len(resp.body)} bytes"
+            outcomes.append("closed" if resp is None else resp.status)
+        print(f"{config.id}: the 64 MiB request under the limit got {outcomes}")
         other_served("other-after")
         h.check_served(server.port, "after-limit", n=8)
         assert sorted(p.pid for p in server.tree()) == pids, f"a process died\n{server.output()}"
