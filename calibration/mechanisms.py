@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -35,7 +36,9 @@ from simkit.result import Result
 from simkit.scenario import Hardware, ModelSpec, Scenario, Workload
 
 TOLERANCE = 0.15  # |simulated / real - 1| a figure may miss by and still count as conforming
-COLUMNS = ("mechanism", "figure", "unit", "real", "sim", "rel_err", "within", "note", "why", "real_s", "sim_s")
+COLUMNS = ("mechanism", "figure", "unit", "real", "sim", "rel_err", "within", "note", "why", "real_s", "sim_s",
+           "box_others")
+BUSY_CORES = 0.25  # other processes' CPU during a real run (cores, averaged) past which its note says so
 
 MeasureFn = Callable[[Scenario], Result]
 Progress = Callable[[str, int, int], None]
@@ -89,11 +92,29 @@ def _spec(model: str, **knobs: Any) -> ModelSpec:
 
 
 # -- running the experiments -----------------------------------------------------------------------------
+def _box_busy_s() -> float:
+    """CPU seconds the whole box has spent busy since boot (steal included: a VM's neighbours)."""
+    try:
+        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return math.nan
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (v + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this process and its reaped children (the servers and load generators it ran)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 class Lab:
     """The runs a table needs, each distinct Scenario made once: real through `measure` (retried once
     when it raises or comes back broken), simulated through SimBatch (as calibration compares). A run
     that fails twice gives None; its error stays in `errors`, and `touched` lists the runs the current
-    figure asked for (made now or earlier), so every figure that needs a failed run says why."""
+    figure asked for (made now or earlier), so every figure that needs a failed run says why.
+    `others[s]`: the cores other processes on the box kept busy during real run s, on average (a
+    shared box's neighbours slow a real run down where the simulator sees nothing)."""
 
     def __init__(self, profile: CostProfile, quick: bool, measure: MeasureFn, simulate: Callable) -> None:
         self.profile = profile
@@ -104,6 +125,7 @@ class Lab:
         self._sim: dict[Scenario, Result | None] = {}
         self.errors: dict[tuple[str, Scenario], str] = {}
         self.touched: list[tuple[str, Scenario]] = []
+        self.others: dict[Scenario, float] = {}
         self.real_s = 0.0
         self.sim_s = 0.0
         self.real_runs = 0
@@ -115,7 +137,7 @@ class Lab:
     def real(self, s: Scenario) -> Result | None:
         self.touched.append(("real", s))
         if s not in self._real:
-            t0 = time.monotonic()
+            t0, box0, own0 = time.monotonic(), _box_busy_s(), _own_cpu_s()
             result, error = None, ""
             for _attempt in range(2):
                 try:
@@ -130,7 +152,10 @@ class Lab:
                     result = got
                     break
             self.real_runs += 1
-            self.real_s += time.monotonic() - t0
+            wall = time.monotonic() - t0
+            self.real_s += wall
+            if wall >= 0.2:
+                self.others[s] = max(0.0, (_box_busy_s() - box0 - (_own_cpu_s() - own0)) / wall)
             self._real[s] = result
             if error and result is None:
                 self.errors[("real", s)] = error
@@ -150,14 +175,17 @@ class Lab:
     def both(self, s: Scenario) -> tuple[Result | None, Result | None]:
         return self.real(s), self.sim(s)
 
-    def failures(self) -> list[str]:
-        """The errors of the runs touched since the last call (each once), and a fresh start."""
-        out = []
+    def failures(self) -> tuple[list[str], float]:
+        """The errors of the runs touched since the last call (each once) and the most cores others
+        kept busy during those real runs (NaN: not known); then a fresh start."""
+        out, busy = [], math.nan
         for key in dict.fromkeys(self.touched):
             if key in self.errors:
                 out.append(f"{key[0]} run {_label(key[1])} failed: {self.errors[key]}")
+            if key[0] == "real" and math.isfinite(self.others.get(key[1], math.nan)):
+                busy = max(self.others[key[1]], busy) if math.isfinite(busy) else self.others[key[1]]
         self.touched = []
-        return out
+        return out, busy
 
     def close(self) -> None:
         self.batch.close()
@@ -520,14 +548,15 @@ def rel_err(real: float, sim: float) -> float:
 
 
 def make_row(mech: Mechanism, real: float, sim: float, note: str, real_s: float = 0.0,
-             sim_s: float = 0.0) -> dict[str, Any]:
+             sim_s: float = 0.0, box_others: float = math.nan) -> dict[str, Any]:
     err = rel_err(real, sim)
     within = bool(math.isfinite(err) and abs(err) <= TOLERANCE)
     why = ""
     if not within:
         why = mech.why if math.isfinite(err) else "no comparison: a run failed or measured nothing"
     return {"mechanism": mech.name, "figure": mech.figure, "unit": mech.unit, "real": real, "sim": sim,
-            "rel_err": err, "within": within, "note": note, "why": why, "real_s": real_s, "sim_s": sim_s}
+            "rel_err": err, "within": within, "note": note, "why": why, "real_s": real_s, "sim_s": sim_s,
+            "box_others": box_others}
 
 
 def _work_pinned(profile: CostProfile):
@@ -548,7 +577,8 @@ def run_mechanisms(profile: CostProfile, quick: bool = False, measure: MeasureFn
 
     measure / simulate default to realkit.runner.measure / simkit.simulate (tests pass fakes); with
     the real measure, realkit's work rate is pinned to the profile's. Each row carries the wall time
-    its real runs and simulations took (a run shared by several figures is counted once)."""
+    its real runs and simulations took (a run shared by several figures is counted once) and
+    box_others, the most cores other processes kept busy during its real runs."""
     if not isinstance(profile, CostProfile):
         raise ValueError(f"profile: expected a CostProfile, got {type(profile).__name__}")
     pin = contextlib.nullcontext()
@@ -571,15 +601,18 @@ def run_mechanisms(profile: CostProfile, quick: bool = False, measure: MeasureFn
                     real, sim, note = mech.run(lab)
                 except Exception as exc:  # noqa: BLE001 - one broken experiment must not lose the table
                     real, sim, note = math.nan, math.nan, f"{type(exc).__name__}: {exc}"
-                failed = lab.failures()
+                failed, others = lab.failures()
+                if others > BUSY_CORES:
+                    failed.append(f"box busy: other processes kept {others:.1f} cores busy during a real run")
                 if failed:
                     note = "; ".join([note, *failed])
-                rows.append(make_row(mech, real, sim, note, lab.real_s - real_s, lab.sim_s - sim_s))
+                rows.append(make_row(mech, real, sim, note, lab.real_s - real_s, lab.sim_s - sim_s, others))
     finally:
         lab.close()
     if progress:
-        progress(f"mechanisms done: {lab.real_runs} real runs, {lab.real_s:.0f} s", len(mechanisms),
-                 len(mechanisms))
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+        progress(f"mechanisms done: {lab.real_runs} real runs in {lab.real_s:.0f} s, simulations "
+                 f"{lab.sim_s:.0f} s, load average {load:.1f}", len(mechanisms), len(mechanisms))
     return rows
 
 
@@ -614,8 +647,11 @@ def format_table(rows: Sequence[dict[str, Any]], notes: bool = True) -> str:
     real_s = sum(float(r.get("real_s") or 0.0) for r in rows)
     sim_s = sum(float(r.get("sim_s") or 0.0) for r in rows)
     lines.append("")
+    others = [float(r["box_others"]) for r in rows if isinstance(r.get("box_others"), (int, float))
+              and math.isfinite(r["box_others"])]
     lines.append(f"{ok} of {len(rows)} figures within {TOLERANCE:.0%}; real runs {real_s:.0f} s, "
-                 f"simulations {sim_s:.0f} s")
+                 f"simulations {sim_s:.0f} s"
+                 + (f"; other processes kept up to {max(others):.1f} cores busy during the real runs" if others else ""))
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -197,3 +198,22 @@ def test_one_mechanism_for_real():
     assert 1.0 < row["real"] < 200.0, row  # a Python worker process holds MiBs, not bytes or GiBs
     assert row["sim"] == pytest.approx(CostProfile.default()["rss_process_bytes"] / 2**20, rel=0.2)
     assert 0 < row["real_s"] < 45
+
+
+def test_a_real_run_beside_busy_neighbours_says_so(monkeypatch):
+    """Other processes' CPU during a real run (box busy minus this process tree's own) reaches the note."""
+    clock = iter(range(0, 1000, 2))  # the box gains 2 busy CPU seconds between any two readings
+    monkeypatch.setattr(mech, "_box_busy_s", lambda: float(next(clock)))
+    slow = FakeMeasure()
+
+    def measure(s):
+        time.sleep(0.25)
+        return slow(s)
+
+    one = [m for m in mech.MECHANISMS if m.figure == "per process"]
+    (row,) = mech.run_mechanisms(profile(), quick=True, measure=measure, simulate=FakeSimulate(), mechanisms=one)
+    assert row["box_others"] > mech.BUSY_CORES and "box busy" in row["note"]
+    assert "other processes kept up to" in mech.format_table([row])
+    monkeypatch.setattr(mech, "_box_busy_s", lambda: 5.0)  # a quiet box
+    (row,) = mech.run_mechanisms(profile(), quick=True, measure=measure, simulate=FakeSimulate(), mechanisms=one)
+    assert row["box_others"] == 0.0 and "box busy" not in row["note"]
