@@ -261,7 +261,7 @@ def scenario_columns() -> list[str]:
 
 
 def _reject_unknown(data: dict[str, Any], allowed: Any, where: str) -> None:
-    unknown = sorted((str(k) for k in set(data) - set(allowed)))
+    unknown = sorted(str(k) for k in set(data) - set(allowed))
     if unknown:
         raise ValueError(f"{unknown[0]}: unknown {where} field; allowed: {', '.join(sorted(allowed))}")
 
