@@ -49,9 +49,10 @@ PARAM_DOCS: dict[str, tuple[float, str]] = {
     "io_overshoot_s": (60e-6, "extra time a time.sleep(io_us) takes (timer slack, wake-up)"),
     "client_cpu_per_request_s": (25e-6, "load generator CPU per request, when it shares the server's box"),
     "loopback_rtt_s": (25e-6, "TCP round trip on loopback, no work"),
-    "idle_wakeup_s": (100e-6, "extra delay to run a thread woken on a core that has long been idle (idle "
-                              "states, a VM's halted vCPU, cold caches): the ceiling of idle_wakeup_s x "
-                              "(1 - exp(-idle / idle_wakeup_tau_s))"),
+    # 0 until probed: the delay depends on the box (idle states, hypervisor) more than any other cost.
+    "idle_wakeup_s": (0.0, "extra delay to run a thread woken on a core that has long been idle (idle "
+                           "states, a VM's halted vCPU, cold caches): the ceiling of idle_wakeup_s x "
+                           "(1 - exp(-idle / idle_wakeup_tau_s))"),
     "idle_wakeup_tau_s": (5e-3, "how fast that delay grows with the core's idle time"),
     "rss_process_bytes": (20 * 2**20, "RSS of an idle Python server process"),
     "rss_thread_bytes": (64 * 2**10, "RSS added by one idle Python thread"),
