@@ -93,13 +93,15 @@ def _spec(model: str, **knobs: Any) -> ModelSpec:
 
 # -- running the experiments -----------------------------------------------------------------------------
 def _box_busy_s() -> float:
-    """CPU seconds the whole box has spent busy since boot (steal included: a VM's neighbours)."""
+    """CPU seconds the whole box has spent in processes since boot, plus steal (a VM's neighbours).
+    Interrupt time is left out: loopback traffic is processed in softirqs charged to no process, so
+    a run's own packets would count as someone else's load."""
     try:
         v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     except (OSError, ValueError):
         return math.nan
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (v + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = (v + [0] * 8)[:8]
+    return (user + nice + system + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def _own_cpu_s() -> float:
