@@ -83,11 +83,6 @@ def as_realkit(sim: Result, stats: Any = None) -> Result:
     return replace(sim, throughput_rps=(sim.completed + sim.in_flight) / d)
 
 
-def comparable(sim: Result, field: str) -> float:
-    """Kept for callers holding a plain simulated Result (no SimStats): see as_realkit."""
-    return float(getattr(as_realkit(sim), field))
-
-
 def _sim_one(args: tuple) -> Result | str:
     simulate, scenario, profile, seed, shared = args
     try:
