@@ -27,6 +27,12 @@ WORK_MIXES: dict[str, dict[str, float]] = {
 }
 
 ROLES = ("train", "cores", "interp", "connections")
+# The limits and the start-up every calibration run was measured under, pinned: the API's defaults
+# became production-like (fd_limit 1,048,576, backlog 4,096, clients arriving at connect_rate_cps),
+# and calibration must keep measuring, and simulating, what it measured.
+CALIBRATION_FD_LIMIT = 20_000  # RLIMIT_NOFILE floor (raised when a run needs more)
+CALIBRATION_BACKLOG = 1024  # listen() backlog
+CALIBRATION_CONNECT_RATE_CPS = None  # clients connect as fast as the generator can
 # Per request, outside the asked work: recv + parse + send + epoll from Python, order of magnitude.
 REQUEST_OVERHEAD_S = 150e-6
 
@@ -44,7 +50,12 @@ class GridPoint:
 
 def calibration_spec(model: str) -> ModelSpec:
     """The configuration the grid measures `model` in: its registry entry's calibration knobs."""
-    return ModelSpec.for_model(model, **registry.get(model).calibration.knobs)
+    return ModelSpec.for_model(model, **{"backlog": CALIBRATION_BACKLOG, **registry.get(model).calibration.knobs})
+
+
+def calibration_hardware(cores: int, fds_needed: int = 0) -> Hardware:
+    """The machine a calibration run says it has: CALIBRATION_FD_LIMIT, or more when `fds_needed`."""
+    return Hardware(cores=cores, fd_limit=max(CALIBRATION_FD_LIMIT, fds_needed), somaxconn=4096, threads_max=30_000)
 
 
 def latency_estimate_s(model: str, mix: str, connections: int, cores: int) -> float:
@@ -75,15 +86,15 @@ def make_scenario(model: str, mix: str, connections: int, cores: int, duration_s
     # A server that serves one connection until it closes would serve one keep-alive client forever
     # and starve the rest, so its clients make one request per connection.
     rpc = 1 if registry.get(spec.name).one_connection_at_a_time else None
-    fd_limit = max(Hardware().fd_limit, 2 * connections + 1024)
     lat = latency_estimate_s(spec.name, mix, connections, cores)
     duration = round(min(max(duration_s, 4.0 * lat), max(duration_s, max_duration_s)), 2)
     warmup = round(min(max(warmup_s, 1.5 * lat), max(warmup_s, max_warmup_s)), 2)
     return Scenario(
         model=spec,
-        hardware=Hardware(cores=cores, fd_limit=fd_limit),
+        hardware=calibration_hardware(cores, 2 * connections + 1024),
         workload=Workload(connections=connections, requests_per_conn=rpc, duration_s=duration,
-                          warmup_s=warmup, timeout_s=max(10.0, 4.0 * lat), **WORK_MIXES[mix]),
+                          warmup_s=warmup, timeout_s=max(10.0, 4.0 * lat),
+                          connect_rate_cps=CALIBRATION_CONNECT_RATE_CPS, **WORK_MIXES[mix]),
         seed=seed,
     )
 

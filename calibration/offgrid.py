@@ -29,7 +29,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from calibration.grid import GridPoint
+from calibration.grid import (
+    CALIBRATION_BACKLOG,
+    CALIBRATION_CONNECT_RATE_CPS,
+    GridPoint,
+    calibration_hardware,
+)
 from calibration.validate import median_abs
 from simkit import registry
 from simkit.profile import CostProfile
@@ -37,7 +42,6 @@ from simkit.scenario import (
     ARRIVALS,
     DISPATCH_MODES,
     LOAD_MODES,
-    Hardware,
     ModelSpec,
     Scenario,
     Workload,
@@ -147,7 +151,7 @@ def _point(u: Mapping[str, float], models: Sequence[str], profile: CostProfile, 
         knobs[k.field] = _log_int(u[f"knob_{k.field}"], lo, max(lo, hi))
     if "processes" in knobs:  # the accept dispatch only means something across processes
         knobs["dispatch"] = _pick(u["dispatch"], DISPATCH_MODES)
-    spec = ModelSpec.for_model(arch.name, **knobs)
+    spec = ModelSpec.for_model(arch.name, backlog=CALIBRATION_BACKLOG, **knobs)
     mode = _pick(u["mode"], LOAD_MODES)
     whole_conn = arch.one_connection_at_a_time
     if whole_conn:
@@ -167,9 +171,10 @@ def _point(u: Mapping[str, float], models: Sequence[str], profile: CostProfile, 
         "io_us": round(_maybe(u["io"], P_ZERO["io"], lambda v: _log(v, *IO_US))),
     }
     cores = _pick(u["cores"], range(1, max_cores + 1))
-    hardware = Hardware(cores=cores, fd_limit=max(Hardware().fd_limit, 2 * (connections + idle) + 1024))
+    hardware = calibration_hardware(cores, 2 * (connections + idle) + 1024)
     workload = Workload(connections=connections, requests_per_conn=rpc, idle_connections=idle, think_s=think,
-                        resp_bytes=round(_log(u["resp"], *RESP_BYTES)), **work)
+                        resp_bytes=round(_log(u["resp"], *RESP_BYTES)), connect_rate_cps=CALIBRATION_CONNECT_RATE_CPS,
+                        **work)
     scenario = Scenario(model=spec, hardware=hardware, workload=workload)
     if mode == "open":
         frac = LOAD_FRACTION[0] + u["load"] * (LOAD_FRACTION[1] - LOAD_FRACTION[0])

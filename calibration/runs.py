@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from calibration.grid import GridPoint
+from calibration.grid import CALIBRATION_CONNECT_RATE_CPS, GridPoint
 from simkit.result import Result
 from simkit.scenario import Scenario
 
@@ -111,6 +111,9 @@ def load_runs(path) -> list[Run]:
         error = row.pop("error")
         error = error if isinstance(error, str) else ""
         attempts = int(row.pop("attempts"))
+        # Runs saved before Workload.connect_rate_cps existed connected as fast as they could (its
+        # default now is a ramp): read them as they ran.
+        row.setdefault("connect_rate_cps", CALIBRATION_CONNECT_RATE_CPS)
         scenario = Scenario.from_flat(row)
         result = None if error else Result.from_row(row)
         out.append(Run(GridPoint(scenario, role, mix), result, error, attempts))

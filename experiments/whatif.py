@@ -24,7 +24,7 @@ from experiments.report import ReportFiles, ReportInputs, write_report
 from experiments.sweep import sweep
 from experiments.windows import WindowPolicy, plan_windows
 from simkit import registry
-from simkit.profile import CostProfile, default_profile_path, host_name
+from simkit.profile import CostProfile, default_profile_path, host_name, resolve_profile
 from simkit.scenario import DISPATCH_MODES, Hardware, ModelSpec, Scenario, Workload
 from simkit.sim import MAX_SIM_REQUESTS
 
@@ -91,7 +91,7 @@ class WhatIf:
 # -- schema: section -> key -> (kind, bounds / choices) ---------------------------------------------
 # kinds: "int", "float", "bool", "str", "ints" (non-empty list of int), "models" (non-empty list)
 _WORKLOAD_KEYS = ("mode", "rate_rps", "arrival", "think_s", "requests_per_conn", "idle_connections", "cpu_us",
-                  "gil_us", "io_us", "request_bytes", "resp_bytes", "timeout_s")
+                  "gil_us", "io_us", "request_bytes", "resp_bytes", "timeout_s", "connect_rate_cps")
 _SIZING_PER_CORE = ("float", (1e-3, 1e4))  # "<short>_<knob>_per_core" rules
 _SIZING_MIN = ("int", (1, 65536))  # "<short>_<knob>_min" rules
 
@@ -111,7 +111,7 @@ def schema() -> dict[str, dict[str, tuple[str, Any]]]:
             "requests_per_conn": ("int", (1, 10**9)), "idle_connections": ("int", (0, 10_000_000)),
             "cpu_us": ("float", (0.0, 1e7)), "gil_us": ("float", (0.0, 1e7)), "io_us": ("float", (0.0, 1e8)),
             "request_bytes": ("int", (16, 2**24)), "resp_bytes": ("int", (0, 2**30)),
-            "timeout_s": ("float", (1e-3, 3600.0)),
+            "timeout_s": ("float", (1e-3, 3600.0)), "connect_rate_cps": ("float", (1e-3, 1e9)),
         },
         "hardware": {"fd_limit": ("int", (16, 2**31 - 1)), "somaxconn": ("int", (1, 2**31 - 1)),
                      "threads_max": ("int", (1, 2**31 - 1))},
@@ -255,15 +255,12 @@ def load_whatif(path: str | os.PathLike | None = None) -> WhatIf:
 
 
 def resolve_profile_labelled(profile: CostProfile | str | os.PathLike | None) -> tuple[CostProfile, str]:
-    """The profile to use and a label saying where it came from (for the report)."""
-    if isinstance(profile, CostProfile):
-        return profile, "given in code" + ("" if profile.calibrated else " (uncalibrated)")
-    if profile is None:
-        path = default_profile_path()
-        if not path.exists():
-            return CostProfile.default(), f"built-in default (no {path} for this host)"
-        profile = path
-    return CostProfile.load(profile), str(profile)
+    """The profile (simkit.profile.resolve_profile: the one rule) and a label for the report: its
+    host, date, id and where it was found."""
+    prof = resolve_profile(profile)
+    if prof.origin == "built-in":
+        return prof, f"{prof.describe()}; no {default_profile_path()} for this host"
+    return prof, prof.describe()
 
 
 def report_dir(out_root: str | os.PathLike = "reports", when: dt.datetime | None = None) -> Path:

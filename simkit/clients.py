@@ -2,8 +2,10 @@
 
 - Closed loop: `connections` slots, each with at most one request outstanding; after a response
   the slot thinks for think_s (constant), then sends the next. Slots start one after another,
-  client_cpu_per_request_s apart (a load generator opens connections one at a time; a 100k-client
-  storm at one instant is not what any real load generator does).
+  evenly spaced at the workload's connect_rate_cps (a fleet of clients arriving), never closer than
+  client_cpu_per_request_s (a load generator opens connections one at a time; with
+  connect_rate_cps None that is the spacing: a start-up storm). A slot's first request is issued
+  when it arrives, so its latency runs from then. connect_ramp_s() is how long the arrivals last.
 - Open loop: arrivals at rate_rps (Poisson or constant) are assigned to a free slot; when all
   `connections` slots are busy, arrivals wait in the client's queue. Latency is timed from the
   intended send time, so queueing in the client is counted (no coordinated omission). A slot opens
@@ -123,7 +125,7 @@ class Clients:
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
-        gap = self.client_cpu
+        gap = first_connect_gap_s(self.wl, self.client_cpu)
         if self.open:
             self.free_slots = list(reversed(self.slots))
             self._at(0.0, self._arrival, None)
@@ -439,6 +441,22 @@ class Clients:
                 if self.w0 <= req.t < self.w1:
                     in_flight += 1
         return in_flight
+
+
+def first_connect_gap_s(workload, client_cpu_per_request_s: float) -> float:
+    """Seconds between two clients' first connects: closed loop, 1 / connect_rate_cps, but never less
+    than the generator's time per connect; open loop (connections opened by arrivals), the latter."""
+    gap = client_cpu_per_request_s
+    if workload.mode == "closed" and workload.connect_rate_cps is not None:
+        gap = max(gap, 1.0 / workload.connect_rate_cps)
+    return gap
+
+
+def connect_ramp_s(workload, profile) -> float:
+    """How long the clients take to first connect (the start-up ramp): the last of `connections`
+    evenly spaced arrivals. A measurement window that starts before it ends sees a start-up, not a
+    steady state."""
+    return workload.connections * first_connect_gap_s(workload, profile["client_cpu_per_request_s"])
 
 
 def _overlap(a: float, b: float, w0: float, w1: float) -> float:

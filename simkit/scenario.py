@@ -15,6 +15,13 @@ Decisions beyond docs/DESIGN.md §5 (written down here so the next engineer find
   when the backlog overflows, a dropped SYN holds its place for the 1 s retransmit, so a 10k-client
   start-up or a short-lived-connection load stalls in waves. A request's latency runs from when the
   client wanted to connect, so the wait for a place counts.
+- Workload.connect_rate_cps: the rate at which closed-loop clients first arrive (evenly spaced, in
+  both halves); None connects them as fast as the generator can, a start-up storm. Open-loop
+  connections are opened by the arrivals themselves (rate_rps paces them) and ignore it.
+- The defaults are production-like and equal experiments/whatif.toml's: fd_limit 1,048,576 (raised
+  as any server holding many sockets is), backlog 4,096 = somaxconn 4,096 (listen(fd, SOMAXCONN)),
+  threads_max 30,000. A real run cannot exceed this box's hard RLIMIT_NOFILE: realkit.runner records
+  the limit the server actually had in its Result's scenario.
 """
 
 from __future__ import annotations
@@ -71,7 +78,7 @@ class ModelSpec:
     processes: int = 1  # worker processes
     pool: int = 0  # worker threads for the business logic
     dispatch: str = "shared"  # how a pre-forked server spreads connections: shared | reuseport | fdpass
-    backlog: int = 1024  # listen() backlog; effective = min(backlog, somaxconn)
+    backlog: int = 4096  # listen() backlog, as production servers set it; effective = min(backlog, somaxconn)
     keepalive_timeout_s: float = 30.0
     gil: bool = True  # simulation only; False models a C server
 
@@ -108,7 +115,7 @@ class Hardware:
 
     cores: int = 2
     memory_bytes: int = 24 * 2**30
-    fd_limit: int = 20_000  # RLIMIT_NOFILE per process
+    fd_limit: int = 1_048_576  # RLIMIT_NOFILE per process, raised as a production server's is
     somaxconn: int = 4096
     threads_max: int = 30_000  # per-user thread/process limit (kernel.threads-max / ulimit -u)
 
@@ -140,6 +147,11 @@ class Workload:
     warmup_s: float = 1.0
     timeout_s: float = 10.0
     connect_concurrency: int = 256
+    # Closed loop: connections per second at which the clients first arrive (evenly spaced); None: all
+    # at once, as fast as the generator connects (a start-up storm). 10,000/s is a fleet reconnecting
+    # after a deploy or a failover, spread over seconds by its reconnect jitter (100k clients in 10 s),
+    # not every client in the same microsecond; a storm that no real fleet makes is not a capacity limit.
+    connect_rate_cps: float | None = 10_000.0
 
     def __post_init__(self) -> None:
         _check_int(self, "connections", 1)
@@ -159,6 +171,7 @@ class Workload:
         _check_float(self, "warmup_s")
         _check_float(self, "timeout_s", 0.0, strict=True)
         _check_int(self, "connect_concurrency", 1)
+        _check_float(self, "connect_rate_cps", 0.0, strict=True, optional=True)
 
     @property
     def work_path(self) -> str:

@@ -67,6 +67,7 @@ _FIELDS = {
     "cpu_us": (Workload, st.floats(max_value=-1e-9) | st.just(float("nan"))),
     "duration_s": (Workload, st.floats(max_value=0.0)),
     "connect_concurrency": (Workload, st.integers(max_value=0)),
+    "connect_rate_cps": (Workload, st.floats(max_value=0.0) | st.just(float("inf"))),
     "mode": (Workload, st.text().filter(lambda t: t not in ("closed", "open"))),
 }
 
@@ -76,3 +77,18 @@ def test_invalid_parameters_raise_value_error_naming_the_field(name, data):
     kind, strategy = _FIELDS[name]
     with pytest.raises(ValueError, match=name):
         kind(**{name: data.draw(strategy)})
+
+
+def test_results_written_before_the_profile_column_still_load(tmp_path):
+    import pandas as pd
+
+    frame = to_frame([Result(scenario=Scenario(), source="sim", throughput_rps=5.0, profile="box #0123abcd"),
+                      Result(scenario=Scenario(), source="real")])
+    assert "profile" in columns()
+    frame.to_csv(tmp_path / "new.csv", index=False)
+    assert [r.profile for r in from_frame(pd.read_csv(tmp_path / "new.csv"))] == ["box #0123abcd", ""]
+    frame.drop(columns=["profile"]).to_csv(tmp_path / "old.csv", index=False)
+    back = from_frame(pd.read_csv(tmp_path / "old.csv"))
+    assert back[0].throughput_rps == 5.0 and back[0].profile == ""
+    with pytest.raises(ValueError, match="profile"):
+        Result(scenario=Scenario(), source="sim", profile=3)

@@ -73,6 +73,7 @@ FLOAT_FIELDS = {
     (Workload, "duration_s"): (0.0, True, False),
     (Workload, "warmup_s"): (0.0, False, False),
     (Workload, "timeout_s"): (0.0, True, False),
+    (Workload, "connect_rate_cps"): (0.0, True, True),
 }
 CHOICE_FIELDS = {
     (ModelSpec, "dispatch"): DISPATCH_MODES,
@@ -196,6 +197,7 @@ def scenarios(draw):
         cpu_us=draw(finite), gil_us=draw(finite), io_us=draw(finite),
         request_bytes=draw(st.integers(16, 10**6)), resp_bytes=draw(st.integers(0, 10**8)),
         duration_s=draw(st.floats(1e-3, 1e5)), warmup_s=draw(finite), timeout_s=draw(st.floats(1e-3, 1e4)),
+        connect_rate_cps=draw(st.none() | st.floats(1e-3, 1e9)),
     )
     return Scenario(model=model, hardware=hardware, workload=workload, seed=draw(st.integers(0, 2**31)))
 
