@@ -92,6 +92,7 @@ class LoadSpec:
     load-carrying connections in closed loop and the cap on concurrent connections in open loop
     (arrivals beyond it wait, their latency still running from the intended send time); mode, rate,
     arrival, think time, requests per connection, idle connections, timeout, connect concurrency,
+    connect rate (closed loop: clients first arrive evenly at connect_rate_cps, None: all at once),
     request size, duration and warm-up come from it too. Its work fields (cpu_us, ...) are not read:
     `url` carries the request target. Beside it are the generator's own settings, validated here."""
 
@@ -439,10 +440,17 @@ class _Generator:
         self.tasks: set[asyncio.Task] = set()
         self.t_stop = math.inf
         self.next_t = math.inf
+        self._window_start = math.inf
+        # Closed loop with connect_rate_cps: this worker's clients that have not arrived yet (ramp()).
+        self.ramp_left = 0
+        self.ramp_done = 0
+        self.ramp_t0 = 0.0
 
     # -- bookkeeping -------------------------------------------------------------------------------
-    def error(self, kind: str, n: int = 1) -> None:
-        if self.recording:
+    def error(self, kind: str, n: int = 1, t_req: float | None = None) -> None:
+        """Count a failure seen in the window; one of a request sent before the window (`t_req`, e.g. a
+        start-up connect) is not counted, as simkit counts only the requests sent inside it."""
+        if self.recording and (t_req is None or t_req >= self._window_start):
             self.c["errors_" + kind] += n
 
     def spawn(self, coro) -> None:
@@ -506,8 +514,8 @@ class _Generator:
         else:
             self.active.discard(proto)
             if proto.t_req is not None:  # else the timeout sweep already counted it
-                proto.t_req = None
-                self.error(_classify_connect(exc))
+                t_req, proto.t_req = proto.t_req, None
+                self.error(_classify_connect(exc), t_req=t_req)
             self.lost(proto, failed_connect=True)
         self.pump()
 
@@ -546,6 +554,25 @@ class _Generator:
             self.loop.call_later(0.01, self.maybe_open)
         else:
             self.maybe_open()
+
+    def ramp(self) -> None:
+        """Closed loop with connect_rate_cps: the clients arrive evenly spaced (global arrival i at
+        i / connect_rate_cps from the start; this worker takes every n-th, interleaved with the others),
+        each connecting on arrival with its first request's clock starting then, as simkit's do."""
+        if self.stopping:
+            return
+        rate = self.w.connect_rate_cps
+        now = time.monotonic()
+        t = self.ramp_t0 + (self.ramp_done * self.n_shares + self.share) / rate
+        while self.ramp_left and t <= now:
+            self.ramp_left -= 1
+            self.ramp_done += 1
+            if self.recording:
+                self.c["issued"] += 1
+            self.open_load_conn(t)
+            t = self.ramp_t0 + (self.ramp_done * self.n_shares + self.share) / rate
+        if self.ramp_left:
+            self.loop.call_later(t - now, self.ramp)
 
     def open_idle_conn(self, initial: bool = False) -> None:
         if self.stopping:
@@ -615,16 +642,15 @@ class _Generator:
         deadline = now - self.w.timeout_s
         for conn in list(self.active):
             if conn.t_req is not None and conn.t_req < deadline:
-                conn.t_req = None
-                self.error("timeout")
+                t_req, conn.t_req = conn.t_req, None
+                self.error("timeout", t_req=t_req)
                 if conn.transport is not None:
                     conn.timed_out = True
                     conn.transport.abort()  # connection_lost replaces it
         while self.waiting and self.waiting[0] < deadline:
-            self.waiting.popleft()
-            self.error("timeout")
+            self.error("timeout", t_req=self.waiting.popleft())
         if self.unstarted and self.unstarted_t < deadline:  # timed out waiting for a place: they retry
-            self.error("timeout", self.unstarted)
+            self.error("timeout", self.unstarted, t_req=self.unstarted_t)
             self.unstarted_t = now
             if self.recording:
                 self.c["issued"] += self.unstarted
@@ -647,7 +673,10 @@ class _Generator:
         if delay > 0:
             await asyncio.sleep(delay)
         self.loop.call_later(0.1, self.tick)
-        if w.mode == "closed":
+        if w.mode == "closed" and w.connect_rate_cps is not None:
+            self.ramp_left, self.ramp_t0 = self.n_conns, time.monotonic()
+            self.ramp()
+        elif w.mode == "closed":
             self.unstarted, self.unstarted_t = self.n_conns, time.monotonic()
             self.pump()
         else:

@@ -11,7 +11,11 @@ stop the server gracefully (SIGTERM), and fill every Result field from what was 
 - loadgen_cpu_util: the generator's own processes' CPU over the window.
 
 The server's RLIMIT_NOFILE is set to hardware.fd_limit (capped by the hard limit): the scenario says
-what the box allows a process, and a real run should meet EMFILE where the scenario would.
+what the box allows a process, and a real run should meet EMFILE where the scenario would. Where this
+box's hard limit is lower (the default fd_limit is a production server's 1,048,576), the Result's
+scenario records the limit the server actually had (ran_as), so the Result says what was measured and
+a simulation of Result.scenario meets EMFILE where the real server did; a RuntimeWarning says so when
+the load could reach it.
 
 `failure` names what went wrong without making the run useless: "server_died" (it exited during the
 run), "loadgen" (the generator failed on its side, e.g. out of fds), "idle_connections" (not all idle
@@ -299,7 +303,7 @@ def measure(
                 stacklevel=2,
             )
         return build_result(
-            scenario,
+            ran_as(scenario, fd_limit),
             report,
             stats,
             died=died,
@@ -308,6 +312,23 @@ def measure(
         )
     finally:
         server.close()
+
+
+def ran_as(scenario: Scenario, server_fd_limit: int) -> Scenario:
+    """`scenario` as the real run had it: hardware.fd_limit lowered to the RLIMIT_NOFILE the server got
+    when the box's hard limit capped it (a warning when the load's connections could reach it)."""
+    if not 16 <= server_fd_limit < scenario.hardware.fd_limit:
+        return scenario
+    w = scenario.workload
+    if w.connections + w.idle_connections + 64 > server_fd_limit:
+        warnings.warn(
+            f"fd_limit: the server ran with RLIMIT_NOFILE {server_fd_limit:,} (this box's hard limit), not the "
+            f"scenario's {scenario.hardware.fd_limit:,}; {w.connections + w.idle_connections:,} connections may "
+            "meet EMFILE. The Result records the limit it had (raise the hard limit: ulimit -Hn, limits.conf)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return scenario.replace(fd_limit=server_fd_limit)
 
 
 def build_result(
