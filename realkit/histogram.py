@@ -123,6 +123,42 @@ class LatencyHistogram:
         out[qs == 0] = self.min_s
         return out
 
+    # -- export -------------------------------------------------------------------------------------------
+    def to_hgrm(self, unit_s: float = 1e-3) -> str:
+        """The histogram in HdrHistogram's percentile-distribution text format (.hgrm, as its
+        outputPercentileDistribution and wrk2 write it; values in `unit_s`, milliseconds by default), for
+        HdrHistogram's plotter and tools.
+
+        Written here rather than through the `hdrhistogram` package: these buckets are not HdrHistogram's,
+        so its binary log would quantise every value a second time, while this text is a function of the
+        percentiles alone. The percentile levels are HdrHistogram's (5 ticks per halving of the distance
+        to 100%); each value is the one percentile() reports, so the file agrees with the printed p99."""
+        lines = [f"{'Value':>12} {'Percentile':>14} {'TotalCount':>10} {'1/(1-Percentile)':>14}", ""]
+        if self.count:
+            cum = np.cumsum(self.counts)
+            level = 0.0
+            while True:
+                rank = max(1, math.ceil(level / 100.0 * self.count - 1e-9))
+                idx = int(np.searchsorted(cum, rank, side="left"))
+                value = min(max(float(self._representative(np.asarray([idx]))[0]), self.min_s), self.max_s)
+                lines.append(f"{value / unit_s:12.3f} {level / 100.0:2.12f} {int(cum[idx]):10d} "
+                             f"{1.0 / (1.0 - level / 100.0):14.2f}")
+                if cum[idx] >= self.count:
+                    break
+                ticks = 5 * 2 ** (math.floor(math.log2(100.0 / (100.0 - level))) + 1)
+                level += 100.0 / ticks
+            lines.append(f"{self.max_s / unit_s:12.3f} {1.0:2.12f} {self.count:10d}")
+        nz = np.flatnonzero(self.counts)
+        mids = self._representative(nz)
+        mean = self.mean_s if self.count else 0.0
+        std = math.sqrt(float(np.sum(self.counts[nz] * (mids - mean) ** 2)) / self.count) if self.count else 0.0
+        lines += [
+            f"#[Mean    = {mean / unit_s:12.3f}, StdDeviation   = {std / unit_s:12.3f}]",
+            f"#[Max     = {self.max_s / unit_s:12.3f}, Total count    = {self.count:12d}]",
+            f"#[Buckets = {len(self.counts):12d}, SubBuckets     = {1:12d}]",
+        ]
+        return "\n".join(lines) + "\n"
+
     # -- transport between processes: plain, picklable, JSON-able ---------------------------------------
     def to_dict(self) -> dict[str, Any]:
         nz = np.flatnonzero(self.counts)

@@ -4,12 +4,13 @@ serve until SIGTERM/SIGINT, exit 0."""
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import sys
 
 import click
 
-from serverlab.options import parse_cores
+from serverlab.options import CORES_HELP, CPUS_HELP, CoreCount, parse_cpus
 from simkit import registry
 from simkit.scenario import DISPATCH_MODES, ModelSpec
 
@@ -40,12 +41,15 @@ _DEFAULTS = ModelSpec()
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=0, show_default=True, help="0: any free port (printed)")
-@click.option("--cores", default=None, help="pin the server to these CPUs, e.g. 0,1 or 0-3")
-def serve(model, threads, pool, processes, dispatch, backlog, keepalive_timeout_s, host, port, cores):
+@click.option("--cores", type=CoreCount(pin_option="--cpus"), default=None,
+              help=f"{CORES_HELP}: pinned to the first N CPUs available here, as `measure` pins it "
+                   "[default: not pinned]")
+@click.option("--cpus", default=None, help=f"{CPUS_HELP} [default: not pinned]")
+def serve(model, threads, pool, processes, dispatch, backlog, keepalive_timeout_s, host, port, cores, cpus):
     """Run one real server; print the bound port on one line when ready; serve until SIGTERM."""
     from realkit.servers import run_server
 
-    cpus = parse_cores(cores)
+    cpus = server_cpus(cores, cpus)
     check_address(host, port)
     try:
         spec = ModelSpec.for_model(
@@ -70,6 +74,22 @@ def serve(model, threads, pool, processes, dispatch, backlog, keepalive_timeout_
         raise click.UsageError(str(exc)) from None
     except OSError as exc:  # the address was taken (or vanished) between the check and the bind
         raise _address_error(host, port, exc) from None
+
+
+def server_cpus(cores: int | None, cpus: str | None) -> list[int] | None:
+    """The CPUs to pin the server to: --cpus as listed, or --cores N as the first N available (the CPUs
+    realkit.runner.plan_cpus gives a measured server); None: not pinned."""
+    if cores is not None and cpus is not None:
+        raise click.BadParameter("cores: give --cores N (a count) or --cpus LIST, not both", param_hint="--cores")
+    if cpus is not None:
+        return parse_cpus(cpus, "cpus")
+    if cores is None:
+        return None
+    available = sorted(os.sched_getaffinity(0))
+    if cores > len(available):
+        raise click.BadParameter(f"cores: {cores} is more than the {len(available)} CPUs available here",
+                                 param_hint="--cores")
+    return available[:cores]
 
 
 def _address_error(host: str, port: int, exc: OSError) -> click.ClickException:

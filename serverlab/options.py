@@ -17,24 +17,35 @@ from simkit.scenario import (
     available_cores,
 )
 
+CORES_HELP = "how many cores the server gets: a count, in every command"
+CPUS_HELP = "pin to these CPUs: a list such as 0,1 or 0-3 (--cores is a count)"
 
-def parse_cores(text: str | None, name: str = "cores") -> list[int] | None:
-    """'0,1' or '0-3' -> [0, 1] / [0, 1, 2, 3]; None stays None. Every CPU must be one this process may
-    run on; a bad list is a usage error naming `name` (the option)."""
-    if text is None:
-        return None
+
+def _cpu_list(text: str) -> list[int] | None:
+    """'0,1' or '0-3' -> [0, 1] / [0, 1, 2, 3]; None when `text` is not such a list."""
     cpus: list[int] = []
     try:
         for part in text.split(","):
             if "-" in part:
                 lo, hi = part.split("-", 1)
                 if int(hi) - int(lo) > 65536:
-                    raise ValueError
+                    return None
                 cpus.extend(range(int(lo), int(hi) + 1))
             elif part.strip():
                 cpus.append(int(part))
     except ValueError:
-        raise click.BadParameter(f"{name}: expected a list like 0,1 or 0-3, got {text!r}") from None
+        return None
+    return cpus
+
+
+def parse_cpus(text: str | None, name: str = "cpus") -> list[int] | None:
+    """'0,1' or '0-3' -> [0, 1] / [0, 1, 2, 3]; None stays None. Every CPU must be one this process may
+    run on; a bad list is a usage error naming `name` (the option)."""
+    if text is None:
+        return None
+    cpus = _cpu_list(text)
+    if cpus is None:
+        raise click.BadParameter(f"{name}: expected a list like 0,1 or 0-3, got {text!r}")
     if not cpus:
         raise click.BadParameter(f"{name}: empty CPU list")
     allowed = os.sched_getaffinity(0)
@@ -43,6 +54,31 @@ def parse_cores(text: str | None, name: str = "cores") -> list[int] | None:
         raise click.BadParameter(f"{name}: CPU {outside[0]} is not available here; available: "
                                  f"{', '.join(map(str, sorted(allowed)))}")
     return cpus
+
+
+class CoreCount(click.ParamType):
+    """`--cores`: a count of cores (>= 1) in every command. A CPU list (the old `serve --cores 0,1`) is
+    refused in one line that points at the option that pins, `pin_option`, where the command has one."""
+
+    name = "N"
+
+    def __init__(self, pin_option: str | None = None) -> None:
+        self.pin_option = pin_option
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            text, count = str(value), value
+        else:
+            text = str(value).strip()
+            count = int(text) if text.isdigit() else None
+        if count is not None and count >= 1:
+            return count
+        cpus = _cpu_list(text)
+        pin = ""
+        if cpus:
+            pin = (f"; to pin to CPUs {text} use {self.pin_option} {text}" if self.pin_option
+                   else f"; a CPU list is not a count (`serverlab serve --cpus {text}` pins a server)")
+        self.fail(f"cores: expected a count of cores >= 1 (e.g. --cores 2), got {text!r}{pin}", param, ctx)
 
 
 def scenario_options(func):
@@ -58,7 +94,8 @@ def scenario_options(func):
                      help="how a pre-forked server spreads connections over its workers"),
         click.option("--backlog", type=int, default=d_model.backlog, show_default=True),
         click.option("--no-gil", is_flag=True, help="simulate a C server (no GIL); ignored by real runs"),
-        click.option("--cores", "n_cores", type=int, default=None, help="cores for the server [default: all here]"),
+        click.option("--cores", "n_cores", type=CoreCount(), default=None,
+                     help=f"{CORES_HELP} [default: all here]"),
         click.option("--memory-bytes", type=int, default=d_hw.memory_bytes, show_default=True),
         click.option("--fd-limit", type=int, default=d_hw.fd_limit, show_default=True),
         click.option("--somaxconn", type=int, default=d_hw.somaxconn, show_default=True),
@@ -127,19 +164,40 @@ def scenario_options(func):
     return wrapper
 
 
-def print_result(result, as_json: bool) -> None:
-    """One Result as JSON (machine) or a two-column table (person)."""
-    import json
-    import math
+def _check_csv(ctx, param, value):
+    """--csv FILE is checked when parsed, before any run: a bad path is one line, not a lost run."""
+    if value and value != "-":
+        try:
+            with open(value, "a"):
+                pass
+        except OSError as exc:
+            raise click.BadParameter(f"csv: cannot write {value} ({exc.strerror})") from None
+    return value
 
-    row = result.to_row()
+
+def output_options(func):
+    """--json and --csv FILE for a command that prints one Result; the command receives `as_json`
+    and `csv_path`."""
+    func = click.option("--csv", "csv_path", default=None, callback=_check_csv, metavar="FILE",
+                        help="append the Result as a CSV row to FILE (a header when FILE is new; - prints "
+                             "it to stdout instead of the table)")(func)
+    return click.option("--json", "as_json", is_flag=True, help="print the Result as one JSON object")(func)
+
+
+def print_result(result, as_json: bool = False, csv_path: str | None = None, bands=None) -> None:
+    """One Result as JSON, CSV (machines) or a compact table (a person); `bands` {metric: (lo, hi)}
+    adds a prediction's interval to each metric it names."""
+    from serverlab import render
+
+    if csv_path == "-":
+        click.echo(render.result_csv(result, bands), nl=False)
+    elif csv_path:
+        new = not os.path.exists(csv_path) or os.path.getsize(csv_path) == 0
+        with open(csv_path, "a", newline="") as fh:
+            fh.write(render.result_csv(result, bands, header=new))
     if as_json:
-        click.echo(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}))
-        return
-    from rich.console import Console
-    from rich.table import Table
+        click.echo(render.result_json(result, bands))
+    elif csv_path != "-":
+        from rich.console import Console
 
-    table = Table(title=f"{row['model']} ({row['source']})", show_header=False)
-    for key, value in row.items():
-        table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
-    Console().print(table)
+        Console().print(render.result_table(result, bands))

@@ -68,7 +68,9 @@ def _serve(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
     (("--host", "192.0.2.1"), ("--host", "192.0.2.1", "not an address of this machine")),  # TEST-NET-1
     (("--host", "nosuch.invalid"), ("--host", "cannot resolve")),
     (("--port", "70000"), ("--port", "0..65535")),
-    (("--cores", str(_unavailable_cpu())), ("cores", "not available")),
+    (("--cpus", str(_unavailable_cpu())), ("cpus", "not available")),
+    (("--cores", "999"), ("cores", "999", "CPUs available here")),
+    (("--cores", "0,1"), ("cores", "count", "--cpus 0,1")),
 ])
 def test_serve_refuses_a_bad_address_or_cpu_in_one_line(args, words):
     out = _serve(*args)
