@@ -160,7 +160,8 @@ def calibrate(
     offgrid_seed: int = OFFGRID_SEED,
     mechanisms: bool | None = None,
 ) -> CalibrationReport:
-    """Probes + grid + fit + validation; writes the profile (out, or profiles/<host>.json) and a CSV
+    """Probes + grid + fit + validation; writes the profile (out, or this host's per-user location,
+    simkit.profile.default_profile_path(), where resolve_profile finds it) and a CSV
     of the held-out tables beside it (same name, .csv), and every real run (.runs.csv).
     runs_from: reuse the real runs of an earlier calibration (its .runs.csv, off-grid runs included)
     instead of measuring: refits and re-validation without the real-run time. models: the grid's and

@@ -17,6 +17,7 @@ from experiments.sweep import sweep
 from experiments.windows import WindowPolicy
 from simkit import registry
 from simkit.analytic import analytic
+from simkit.profile import resolve_profile
 from simkit.scenario import Hardware, Scenario, Workload
 
 CLIENTS = 50_000
@@ -28,6 +29,8 @@ CORES = [2, 4, 8, 16, 32, 64]
 
 
 def main() -> None:
+    profile = resolve_profile()  # $SERVERLAB_PROFILE, else this host's calibrated profile, else built-in (warns)
+    print(f"profile: {profile.describe()}")
     base = Scenario(
         # fd_limit raised and backlog = somaxconn, as any server holding 50k sockets is configured;
         # threads_max is the usual 30k (thread-per-connection will meet it).
@@ -36,7 +39,7 @@ def main() -> None:
     ).replace(backlog=4096)
     # 1. coarse scan (each model's knobs sized per core count by the registry's rules: planning.Sizing)
     coarse = sweep(base, models=MODELS, cores=CORES, connections=[CLIENTS], simulate=analytic,
-                   description="analytic scan")
+                   profile=profile, description="analytic scan")
     ok = meets(coarse, SLO_P99_S, MEMORY_BYTES)
     # 2. simulate each model's smallest passing core count, the one below and the one above it (the window is sized
     #    per point to cover the 50k-connection ramp and ~2000 completions; nothing priced out).
@@ -47,7 +50,8 @@ def main() -> None:
             i = CORES.index(passing[0])
             confirm += [(model, c) for c in CORES[max(0, i - 1): i + 2]]
     picked = [s for s in coarse_scenarios(base) if (s.model.name, s.hardware.cores) in confirm]
-    fine = sweep(base, scenarios=picked, window=WindowPolicy(max_sim_requests=10**9), description="simulating")
+    fine = sweep(base, scenarios=picked, window=WindowPolicy(max_sim_requests=10**9), profile=profile,
+                 description="simulating")
 
     print(f"\n{CLIENTS:,} keep-alive clients, 1 s think time, p99 <= {SLO_P99_S * 1e3:g} ms, "
           f"RSS <= {MEMORY_BYTES / 2**30:g} GiB")

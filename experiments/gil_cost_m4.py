@@ -10,6 +10,7 @@ Run: python experiments/gil_cost_m4.py
 from experiments.sweep import sweep
 from experiments.windows import WindowPolicy
 from simkit import registry
+from simkit.profile import resolve_profile
 from simkit.scenario import Hardware, ModelSpec, Scenario, Workload
 
 MODEL = "m4"  # the architecture under study (registry name, number or short name): reactor + worker pool
@@ -19,6 +20,8 @@ GIL_US = [0, 50, 200]  # pure-Python microseconds per request, on top of 200 us 
 
 
 def main() -> None:
+    profile = resolve_profile()  # $SERVERLAB_PROFILE, else this host's calibrated profile, else built-in (warns)
+    print(f"profile: {profile.describe()}")
     base = Scenario(hardware=Hardware(fd_limit=1 << 20),
                     workload=Workload(connections=256, cpu_us=200))
     # An explicit scenario list (instead of a models x cores x connections grid) lets gil_us and the
@@ -28,7 +31,8 @@ def main() -> None:
         for gil_us in GIL_US for gil in (True, False) for cores in CORES
     ]
     # Each point's simulated window is sized for ~2000 completions (more for the faster points).
-    frame = sweep(base, scenarios=scenarios, window=WindowPolicy(target_requests=3000, max_sim_requests=10**9))
+    frame = sweep(base, scenarios=scenarios, window=WindowPolicy(target_requests=3000, max_sim_requests=10**9),
+                  profile=profile)
     rate = frame.set_index(["gil_us", "gil", "cores"])["throughput_rps"]
     cpu = frame.set_index(["gil_us", "gil", "cores"])["cpu_util"]
     print(f"{registry.get(MODEL).name} (pool = 2 x cores), 256 clients, 200 us GIL-free work + gil_us pure Python")

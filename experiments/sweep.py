@@ -16,7 +16,6 @@ import concurrent.futures as cf
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -24,7 +23,7 @@ import pandas as pd
 from experiments.planning import Sizing, build_grid
 from experiments.windows import WindowPolicy, plan_windows
 from simkit import registry
-from simkit.profile import CostProfile, default_profile_path
+from simkit.profile import CostProfile, resolve_profile
 from simkit.result import Result, to_frame
 from simkit.scenario import ModelSpec, Scenario, available_cores
 
@@ -53,18 +52,6 @@ def describe(scenario: Scenario) -> str:
     """One line naming a point: the model and its knobs (registry), cores, connections, seed."""
     return (f"{registry.get(scenario.model.name).describe(scenario.model)} cores={scenario.hardware.cores} "
             f"connections={scenario.workload.connections} seed={scenario.seed}")
-
-
-def resolve_profile(profile: CostProfile | str | os.PathLike | None) -> CostProfile:
-    """None: this host's calibrated profile when one exists, else the uncalibrated default."""
-    if isinstance(profile, CostProfile):
-        return profile
-    if profile is not None and not isinstance(profile, (str, os.PathLike)):
-        raise ValueError(f"profile: expected a CostProfile, a path or None, got {type(profile).__name__}")
-    if profile is None:
-        path = default_profile_path()
-        return CostProfile.load(path) if path.exists() else CostProfile.default()
-    return CostProfile.load(Path(profile))
 
 
 def _default_simulate() -> SimulateFn:
@@ -122,6 +109,7 @@ def sweep(
     window: size each point's simulated window with this policy (experiments.windows.WindowPolicy)
     instead of the base scenario's fixed duration_s/warmup_s; points it prices above
     max_sim_requests go to the analytic model.
+    profile: chosen by simkit.profile.resolve_profile (a CostProfile, a path, or None: the one rule).
     Arguments of the wrong type or out of range raise ValueError naming the argument.
     """
     _check_arguments(base_scenario, models, cores, connections, engine, simulate, progress, sizing, workers,

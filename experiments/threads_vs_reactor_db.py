@@ -13,6 +13,7 @@ from experiments.planning import capacity
 from experiments.sweep import sweep
 from experiments.windows import WindowPolicy
 from simkit import registry
+from simkit.profile import resolve_profile
 from simkit.scenario import Hardware, ModelSpec, Scenario, Workload
 
 SLO_P99_S = 0.100
@@ -21,6 +22,8 @@ CORES = 4
 
 
 def main() -> None:
+    profile = resolve_profile()  # $SERVERLAB_PROFILE, else this host's calibrated profile, else built-in (warns)
+    print(f"profile: {profile.describe()}")
     base = Scenario(
         hardware=Hardware(cores=CORES, memory_bytes=MEMORY_BYTES, fd_limit=1 << 20, threads_max=10_000),
         workload=Workload(think_s=0.5, cpu_us=100, io_us=5_000),
@@ -31,7 +34,7 @@ def main() -> None:
     # Windows sized per point (warm-up past the ramp and one think time, ~2000 completions); every
     # point simulated (no analytic stand-ins), which takes a minute or two on a small box.
     frame = sweep(base, models=models, cores=[CORES], connections=[10, 100, 1000, 5000, 20000],
-                  window=WindowPolicy(max_sim_requests=10**9))
+                  window=WindowPolicy(max_sim_requests=10**9), profile=profile)
     frame["label"] = [_label(ModelSpec(name=r.model, threads=r.threads, processes=r.processes, pool=r.pool))
                       for r in frame.itertuples()]
     print(f"{CORES} cores, 5 ms blocking call + 100 us CPU per request, 0.5 s think time\n")

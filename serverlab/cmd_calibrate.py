@@ -1,9 +1,13 @@
-"""`serverlab calibrate [--quick] [--out profiles/HOST.json] [--offgrid N] [--no-mechanisms]`: probes + real
+"""`serverlab calibrate [--quick] [--out PROFILE.json] [--offgrid N] [--no-mechanisms]`: probes + real
 runs + fit + held-out validation on the grid and on an off-grid random design, then the mechanism table,
 with a progress bar per stage; writes the profile JSON, both validation tables as one CSV (its "set"
-column says which) and the mechanism table as .mechanisms.csv."""
+column says which) and the mechanism table as .mechanisms.csv. By default the profile goes to this host's
+per-user location (simkit.profile.default_profile_path), where every command finds it."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import click
 
@@ -11,7 +15,8 @@ import click
 @click.command()
 @click.option("--quick", is_flag=True, help="a small grid and short runs (about 3 minutes)")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="profile JSON to write [default: profiles/<host>.json]")
+              help="profile JSON to write [default: <host>.json in $SERVERLAB_PROFILE_DIR, else "
+                   "~/.local/share/serverlab/profiles, where every command looks]")
 @click.option("--model", "models", multiple=True, help="calibrate only these models (repeatable; numbers or names)")
 @click.option("--workers", type=int, default=None, help="simulation processes for the fit [default: 2 on 2+ cores]")
 @click.option("--offgrid", type=click.IntRange(min=0), default=None,
@@ -32,7 +37,7 @@ def calibrate(quick: bool, out: str | None, models: tuple[str, ...], workers: in
     from calibration.mechanisms import format_table
     from calibration.offgrid import OFFGRID_SEED
     from simkit import registry
-    from simkit.profile import default_profile_path
+    from simkit.profile import PROFILE_ENV, default_profile_path
 
     try:
         chosen = tuple(registry.resolve(m) for m in models) if models else registry.names()
@@ -61,6 +66,10 @@ def calibrate(quick: bool, out: str | None, models: tuple[str, ...], workers: in
             raise click.ClickException(str(exc)) from None
     console.print(f"profile: {report.path}   held-out tables (grid, off-grid): {report.csv_path}   "
                   f"({report.elapsed_s:.0f} s, {len(report.profile.failed_runs)} failed real runs)")
+    env = os.environ.get(PROFILE_ENV)
+    if env and Path(env).resolve() != Path(report.path).resolve():
+        console.print(f"note: {PROFILE_ENV}={env} is set, so commands use that profile, not this one",
+                      markup=False, highlight=False)
     fit = report.fit
     unit = {n: (" s" if n.endswith("_s") else "") for n in fit.names}  # the work scales are ratios
     console.print("fitted: " + ", ".join(f"{n} = {fit.values[n]:.3g}{unit[n]} (start {fit.start[n]:.3g})"

@@ -10,19 +10,40 @@ from serverlab.options import print_result, scenario_options
 @click.command()
 @scenario_options
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None,
-              help="cost profile JSON [default: the uncalibrated built-in profile]")
+              help="cost profile JSON [default: $SERVERLAB_PROFILE, else this host's calibrated profile "
+                   "(written by `serverlab calibrate`), else the uncalibrated built-in one, with a warning]")
 @click.option("--loadgen-on-server-cores", is_flag=True, help="model the load generator's CPU on the server's cores")
 @click.option("--force", is_flag=True, help="run even when the estimated cost is over the simulator's bound "
               "(simkit.sim.MAX_SIM_REQUESTS requests, MAX_SIM_CONNECTIONS connections)")
 @click.option("--json", "as_json", is_flag=True, help="print the Result as one JSON object")
 def simulate(scenario, profile_path, loadgen_on_server_cores, force, as_json):
     """Simulate one scenario with a cost profile and print its Result."""
-    from simkit.profile import CostProfile
     from simkit.sim import simulate as run
 
+    profile = choose_profile(profile_path)
     try:
-        profile = CostProfile.load(profile_path) if profile_path else CostProfile.default()
         result = run(scenario, profile, loadgen_on_server_cores=loadgen_on_server_cores, force=force)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     print_result(result, as_json)
+
+
+def choose_profile(path: str | None):
+    """simkit.profile.resolve_profile for a command: a profile that does not load is a one-line error
+    naming it; the built-in profile's warning is one line on stderr."""
+    import warnings
+
+    from simkit.profile import UncalibratedProfileWarning, resolve_profile
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UncalibratedProfileWarning)
+        try:
+            profile = resolve_profile(path)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    for w in caught:
+        if issubclass(w.category, UncalibratedProfileWarning):
+            click.secho(f"WARNING: {w.message}", fg="red", err=True)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return profile

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -24,20 +25,16 @@ def _run(workload: str | None, profile: str | None, dask_address: str | None, ou
         spec = load_whatif(workload)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--workload") from None
-    if profile is not None and not Path(profile).exists():
-        raise click.BadParameter(f"{profile}: profile file not found", param_hint="--profile")
-    from simkit.profile import default_profile_path
+    from serverlab.cmd_sim import choose_profile
 
-    if profile is None and not default_profile_path().exists():
-        click.secho(f"WARNING: no calibrated profile for this host ({default_profile_path()}): using the "
-                    "UNCALIBRATED default costs; the report says so. Run `serverlab calibrate --quick` first "
-                    "for numbers that describe this machine.", fg="red", err=True)
+    prof = choose_profile(profile)
+    click.echo(f"profile: {prof.describe()}")
     n = len(spec.scenarios())
     click.echo(f"what-if: {len(spec.models)} models x {len(spec.connections)} connection counts x "
                f"{len(spec.cores)} core counts = {n} points ({spec.source})")
     t0 = time.perf_counter()
     try:
-        files = run_whatif(spec, profile, engine=_engine(dask_address), out_root=out)
+        files = run_whatif(spec, prof, engine=_engine(dask_address), out_root=out)
     except SweepIncomplete as exc:
         raise click.ClickException(f"{exc}\nNo report written: it would present a partial sweep as complete.") from None
     except ValueError as exc:  # a corrupt profile, a bad engine address
@@ -51,7 +48,8 @@ def _run(workload: str | None, profile: str | None, dask_address: str | None, ou
 @click.option("--workload", "-w", type=click.Path(dir_okay=False), default=None,
               help="what-if TOML file [default: experiments/whatif.toml]")
 @click.option("--profile", "-p", type=click.Path(dir_okay=False), default=None,
-              help="cost profile JSON [default: profiles/<host>.json, else the uncalibrated default]")
+              help="cost profile JSON [default: $SERVERLAB_PROFILE, else this host's calibrated profile "
+                   "(written by `serverlab calibrate`), else the uncalibrated built-in one, with a warning]")
 @click.option("--dask", "dask_address", default=None, metavar="tcp://HOST:PORT",
               help="run the sweep on this Dask scheduler instead of the local process pool")
 @click.option("--out", "out", type=click.Path(file_okay=False), default="reports", show_default=True,
@@ -66,12 +64,14 @@ def whatif(workload, profile, dask_address, out):
 @click.option("--dask", "dask_address", default=None, metavar="tcp://HOST:PORT")
 def demo(out, dask_address):
     """Calibrate this host if it has no profile (quick), then write the default what-if report."""
-    from simkit.profile import default_profile_path
+    from simkit.profile import PROFILE_ENV, default_profile_path
 
     t0 = time.perf_counter()
     path = default_profile_path()
     profile: str | None = str(path)
-    if path.exists():
+    if os.environ.get(PROFILE_ENV):
+        profile = None  # the one rule: the profile named by the environment, no calibration
+    elif path.exists():
         click.echo(f"profile for this host: {path}")
     else:
         click.echo(f"no profile for this host at {path}: running a quick calibration first")

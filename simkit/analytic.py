@@ -16,7 +16,7 @@ import math
 
 from simkit import registry
 from simkit.costs import Demands, demands, gil_acquisitions
-from simkit.profile import CostProfile
+from simkit.profile import CostProfile, resolve_profile
 from simkit.queueing import (  # noqa: F401 - re-exported: the formulas' historical home
     LARGE_POPULATION,
     MVAResult,
@@ -126,7 +126,7 @@ def analytic(scenario: Scenario, profile: CostProfile | None = None) -> Result:
     if not isinstance(scenario, Scenario):
         raise ValueError(f"scenario: expected a Scenario, got {type(scenario).__name__}")
     if profile is None:
-        profile = CostProfile.default()
+        profile = resolve_profile()  # the one rule: this host's calibrated profile, else the built-in one
     if not isinstance(profile, CostProfile):
         raise ValueError(f"profile: expected a CostProfile, got {type(profile).__name__}")
     w = scenario.workload
@@ -198,6 +198,7 @@ def analytic(scenario: Scenario, profile: CostProfile | None = None) -> Result:
     return Result(
         scenario=scenario,
         source="analytic",
+        profile=profile.label,
         throughput_rps=x,
         latency_mean_s=mean,
         latency_p50_s=quantiles["p50"],

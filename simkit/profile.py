@@ -6,10 +6,20 @@ labelled uncalibrated: every parameter's source is "default" until a probe or a 
 
 Use in models: `profile["ctx_switch_s"]` is the value (a float); `profile.params["ctx_switch_s"]`
 is the Param with value, sd and source.
+
+Which profile a run uses is one rule, `resolve_profile(profile=None)`: an explicit profile (a
+CostProfile or a path) > the path in $SERVERLAB_PROFILE > this host's calibrated profile at the
+per-user location (`default_profile_path()`: $SERVERLAB_PROFILE_DIR, else
+$XDG_DATA_HOME/serverlab/profiles, else ~/.local/share/serverlab/profiles; never the working
+directory) > the built-in profile, with an UncalibratedProfileWarning. A profile carries its
+provenance: `label` ("vm-2c 2026-12-01 #1a2b3c4d": host, calibration date, a short id of its
+values) and `origin` (where the rule found it); every simulated Result records the label.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -20,6 +30,10 @@ from pathlib import Path
 from typing import Any
 
 PARAM_SOURCES = ("default", "probe", "fit")
+PROFILE_ENV = "SERVERLAB_PROFILE"  # a profile JSON to use instead of this host's
+PROFILE_DIR_ENV = "SERVERLAB_PROFILE_DIR"  # where calibrated profiles live (one <host>.json each)
+# Where resolve_profile found a profile ("" for one made in code and passed around directly).
+ORIGINS = ("explicit", "env", "host", "built-in")
 
 # name -> (default value, what it is). Defaults: typical x86-64 Linux 6.x with CPython 3.11 on
 # loopback; order of magnitude from lmbench-style figures and our own early measurements.
@@ -118,8 +132,14 @@ class CostProfile:
     validation: list[dict[str, Any]] = field(default_factory=list)  # held-out error table rows
     failed_runs: list[dict[str, Any]] = field(default_factory=list)  # real runs that failed twice
     notes: dict[str, Any] = field(default_factory=dict)
+    # Provenance, not part of the costs (equal costs compare equal wherever they came from).
+    origin: str = field(default="", compare=False)  # one of ORIGINS, or "" (made in code)
+    path: str = field(default="", compare=False)  # the file it was loaded from ("" if none)
+    file_date: str = field(default="", compare=False, repr=False)  # the file's mtime (UTC date)
 
     def __post_init__(self) -> None:
+        if self.origin not in ("", *ORIGINS):
+            raise ValueError(f"origin: must be one of {', '.join(ORIGINS)} or empty, got {self.origin!r}")
         if not isinstance(self.params, dict):
             raise ValueError(f"params: expected a mapping of parameter name to Param, got {type(self.params).__name__}")
         missing = [n for n in PARAM_NAMES if n not in self.params]
@@ -141,6 +161,49 @@ class CostProfile:
 
     def values(self) -> dict[str, float]:
         return {n: p.value for n, p in self.params.items()}
+
+    # -- provenance ----------------------------------------------------------------------------
+    @property
+    def short_id(self) -> str:
+        """First 8 hex of a sha256 over the parameter values: two profiles with one id cost the same."""
+        text = json.dumps([[n, self.params[n].value] for n in PARAM_NAMES])
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    @property
+    def is_builtin(self) -> bool:
+        """Exactly the built-in figures (CostProfile.default()), never calibrated."""
+        return not self.calibrated and not self.fingerprint and all(
+            p.source == "default" and p.value == PARAM_DOCS[n][0] for n, p in self.params.items())
+
+    @property
+    def host(self) -> str:
+        """The host it describes: notes["host"], else its file's name (calibrate writes <host>.json),
+        else "built-in" or "in-code"."""
+        named = self.notes.get("host") if isinstance(self.notes, dict) else None
+        if isinstance(named, str) and named:
+            return named
+        if self.path:
+            return Path(self.path).stem
+        return "built-in" if self.is_builtin else "in-code"
+
+    @property
+    def date(self) -> str:
+        """The calibration's UTC date (notes["calibrated_at"]), else the file's date, else "undated"."""
+        stamp = self.notes.get("calibrated_at") if isinstance(self.notes, dict) else None
+        if isinstance(stamp, str) and stamp[:10]:
+            return stamp[:10]
+        return self.file_date or ("" if self.is_builtin else "undated")
+
+    @property
+    def label(self) -> str:
+        """Host, date and id, e.g. "vm-2c 2026-12-01 #1a2b3c4d"; "uncalibrated" when it is."""
+        parts = [self.host, self.date, "" if self.calibrated else "uncalibrated", f"#{self.short_id}"]
+        return " ".join(p for p in parts if p)
+
+    def describe(self) -> str:
+        """The label and where it was found, e.g. "vm-2c 2026-12-01 #1a2b3c4d (host: /path/vm-2c.json)"."""
+        where = self.origin or "given in code"
+        return f"{self.label} ({where}: {self.path})" if self.path else f"{self.label} ({where})"
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -238,9 +301,15 @@ class CostProfile:
         except OSError as exc:  # a directory, no permission, an I/O error
             raise ValueError(f"{path}: cannot read the profile ({exc.strerror or exc})") from None
         try:
-            return cls.from_dict(data)
+            profile = cls.from_dict(data)
         except ValueError as exc:
             raise ValueError(f"{path}: invalid profile: {exc}") from None
+        try:
+            mtime = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
+            file_date = f"{mtime:%Y-%m-%d}"
+        except OSError:
+            file_date = ""
+        return replace(profile, path=str(path), file_date=file_date)
 
     # -- host check ----------------------------------------------------------------------------
     def fingerprint_mismatch(self, here: dict[str, Any] | None = None) -> list[str]:
@@ -262,5 +331,55 @@ class HostMismatchWarning(UserWarning):
     pass
 
 
-def default_profile_path(root: str | os.PathLike = "profiles") -> Path:
-    return Path(root) / f"{host_name()}.json"
+class UncalibratedProfileWarning(UserWarning):
+    """No calibrated profile was found: the numbers come from the built-in, uncalibrated costs."""
+
+
+def profile_dir() -> Path:
+    """Where calibrated profiles live: $SERVERLAB_PROFILE_DIR, else $XDG_DATA_HOME/serverlab/profiles,
+    else ~/.local/share/serverlab/profiles. Per user, never relative to the working directory."""
+    named = os.environ.get(PROFILE_DIR_ENV)
+    if named:
+        return Path(named).expanduser()
+    data = os.environ.get("XDG_DATA_HOME")
+    base = Path(data).expanduser() if data and Path(data).is_absolute() else Path.home() / ".local" / "share"
+    return base / "serverlab" / "profiles"
+
+
+def default_profile_path() -> Path:
+    """This host's calibrated profile: what `serverlab calibrate` writes and resolve_profile reads."""
+    return profile_dir() / f"{host_name()}.json"
+
+
+def _load_named(path: str | os.PathLike, field_name: str, origin: str) -> CostProfile:
+    try:
+        return replace(CostProfile.load(path), origin=origin)
+    except ValueError as exc:
+        raise ValueError(f"{field_name}: {exc}") from None
+
+
+def resolve_profile(profile: CostProfile | str | os.PathLike | None = None) -> CostProfile:
+    """The one rule for which cost profile a run uses (see the module docstring).
+
+    A CostProfile is used as given; a path is loaded (origin "explicit"). Otherwise $SERVERLAB_PROFILE
+    (origin "env"), then this host's profile at default_profile_path() (origin "host"), then the
+    built-in profile (origin "built-in") with an UncalibratedProfileWarning. A profile named
+    explicitly, by the environment or at the host location that does not load is a ValueError naming
+    it, never a silent fallback."""
+    if isinstance(profile, CostProfile):
+        return profile
+    if profile is not None:
+        if not isinstance(profile, (str, os.PathLike)) or not str(profile):
+            raise ValueError(f"profile: expected a CostProfile, a path or None, got {profile!r}")
+        return _load_named(profile, "profile", "explicit")
+    env = os.environ.get(PROFILE_ENV)
+    if env:
+        return _load_named(env, PROFILE_ENV, "env")
+    path = default_profile_path()
+    if path.exists():
+        return _load_named(path, "profile", "host")
+    warnings.warn(
+        f"no calibrated profile for this host ({path} does not exist, {PROFILE_ENV} is not set): using the "
+        "built-in UNCALIBRATED costs, which do not describe this machine. Run `serverlab calibrate` "
+        "(about 20 min; `--quick` about 4) to write one there.", UncalibratedProfileWarning, stacklevel=2)
+    return replace(CostProfile.default(), origin="built-in")

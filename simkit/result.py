@@ -14,6 +14,9 @@ Decisions beyond docs/DESIGN.md §5:
   CPU, or 0 when the client is not modelled on the server's cores.
 - `in_flight` counts requests issued but neither completed nor failed when the run ended, so
   issued = completed + errors + in_flight can be checked (conservation).
+- `profile` names the cost profile a simulated or analytic Result came from (CostProfile.label:
+  host, calibration date, short id), so a number can be traced to the costs behind it. A real
+  Result has "": it was measured, not priced. Frames written before the field load with "".
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class Result:
     fds_peak: int = 0
     loadgen_cpu_util: float = 0.0
     failure: str = ""
+    profile: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.scenario, Scenario):
@@ -98,8 +102,9 @@ class Result:
             object.__setattr__(self, name, value)
         if self.cpu_util > self.scenario.hardware.cores * 1.05 + 0.05:
             raise ValueError(f"cpu_util: {self.cpu_util:.2f} exceeds the scenario's {self.scenario.hardware.cores} cores")
-        if not isinstance(self.failure, str):
-            raise ValueError(f"failure: expected a string, got {self.failure!r}")
+        for name in ("failure", "profile"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name}: expected a string, got {getattr(self, name)!r}")
 
     @property
     def errors(self) -> int:
@@ -117,8 +122,9 @@ class Result:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Result:
         metrics = {name: row[name] for name in metric_columns() if name in row}
-        if "failure" in metrics and not isinstance(metrics["failure"], str):
-            metrics["failure"] = ""  # a NaN from an empty CSV cell
+        for name in ("failure", "profile"):
+            if name in metrics and not isinstance(metrics[name], str):
+                metrics[name] = ""  # a NaN from an empty CSV cell
         return cls(scenario=Scenario.from_flat(row), source=row["source"], **metrics)
 
     from_dict = from_row

@@ -5,7 +5,8 @@ Signature (stable; other areas code against it)::
     simulate(scenario, profile=None, *, seed=None, loadgen_on_server_cores=False,
              service="deterministic", detail=False, force=False) -> Result | tuple[Result, SimStats]
 
-- profile None -> CostProfile.default() (uncalibrated); profile.warn_if_foreign() is called.
+- profile None -> simkit.profile.resolve_profile() (this host's calibrated profile, else the built-in
+  one with a warning); profile.warn_if_foreign() is called. Result.profile is the profile's label.
 - seed None -> scenario.seed. Same (scenario, profile, seed) -> the same Result, bit for bit.
 - loadgen_on_server_cores: the load generator is modelled as one more thread on the server's cores,
   spending profile client_cpu_per_request_s per request; its busy time is Result.loadgen_cpu_util
@@ -61,7 +62,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from simkit import registry
-from simkit.profile import CostProfile
+from simkit.profile import CostProfile, resolve_profile
 from simkit.result import Result
 from simkit.scenario import Scenario
 
@@ -121,7 +122,7 @@ def simulate(
     if service not in SERVICE_KINDS:
         raise ValueError(f"service: must be one of {', '.join(SERVICE_KINDS)}, got {service!r}")
     if profile is None:
-        profile = CostProfile.default()
+        profile = resolve_profile()
     if not isinstance(profile, CostProfile):
         raise ValueError(f"profile: expected a CostProfile, got {type(profile).__name__}")
     profile.warn_if_foreign()
@@ -257,6 +258,7 @@ def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_
     result = Result(
         scenario=scenario,
         source="sim",
+        profile=profile.label,
         throughput_rps=clients.completed / duration,
         latency_mean_s=mean,
         latency_p50_s=float(p50),
