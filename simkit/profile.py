@@ -202,7 +202,7 @@ class CostProfile:
 
     def describe(self) -> str:
         """The label and where it was found, e.g. "vm-2c 2026-12-01 #1a2b3c4d (host: /path/vm-2c.json)"."""
-        where = self.origin or "given in code"
+        where = self.origin or ("file" if self.path else "given in code")
         return f"{self.label} ({where}: {self.path})" if self.path else f"{self.label} ({where})"
 
     # -- construction --------------------------------------------------------------------------

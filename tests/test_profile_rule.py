@@ -97,6 +97,7 @@ def test_provenance_label_date_and_id(tmp_path):
     loaded = CostProfile.load(a)
     assert loaded == _profile(11e-6)  # provenance does not change what the costs are
     assert loaded.label == f"box-4c 2026-11-30 #{loaded.short_id}"
+    assert loaded.describe() == f"{loaded.label} (file: {a})"
     assert re.fullmatch(r"[0-9a-f]{8}", loaded.short_id)
     assert loaded.short_id != _profile(12e-6).short_id
     os.utime(_profile(11e-6, date=None).save(tmp_path / "old.json"), (86400 * 365, 86400 * 365))
