@@ -9,10 +9,17 @@ The instrument must not lie about latency, so:
 - every failure is an observation, counted by kind: `refused` (connect refused or failed), `timeout`
   (no answer within timeout_s), `reset` (the server reset or closed a connection with a request
   outstanding), `http` (a non-2xx answer, or a response that cannot be framed: no HTTP/1.x status line,
-  a missing, non-numeric, negative or absurd Content-Length, a head over 64 KiB; its connection is
-  dropped), `client` (the generator itself failed, e.g. EMFILE);
+  a Transfer-Encoding, a non-numeric, negative or absurd Content-Length, a head over 64 KiB; its
+  connection is dropped), `client` (the generator itself failed, e.g. EMFILE). As in simkit, refused
+  and timeout errors count only for requests sent inside the window: a start-up storm's failed first
+  connects are the warm-up's, not the window's;
 - latencies go into realkit.histogram's log-bucketed histogram: fixed memory, bounded relative error,
   mergeable across processes.
+
+HTTP/1.0 servers (one request per connection) are spoken to as such: an answer that says the server
+closes (HTTP/1.0 without keep-alive, `Connection: close`) is complete, and the client reconnects for the
+next request; a body without Content-Length ends at the connection's end, which completes it. Answers
+are also counted by status code (LoadReport.status_codes).
 
 Speed matters (a slow generator measures itself): each connection is a raw asyncio Protocol that
 writes pre-built request bytes and frames responses by Content-Length alone, on uvloop when installed.
@@ -210,6 +217,9 @@ class LoadReport:
     loadgen_cpu_s: float  # CPU (user+sys) the generator's processes used in the window
     loadgen_rss_peak_bytes: int  # the largest generator process's peak RSS
     histogram: LatencyHistogram = field(repr=False, compare=False)
+    # Status code -> answers in the window (2xx ones are `completed`; the others are in errors_http, which
+    # also counts answers that could not be framed and so have no code).
+    status_codes: dict[int, int] = field(default_factory=dict)
 
     @property
     def duration_s(self) -> float:
@@ -236,8 +246,17 @@ class LoadReport:
     def latency_s(self, q: float) -> float:
         return self.histogram.percentile(q)
 
+    def status_classes(self) -> dict[str, int]:
+        """Answers by status class: {"2xx": n, "3xx": n, "4xx": n, "5xx": n}, plus "unframed": answers
+        counted in errors_http that had no status code to count (not HTTP, a bad Content-Length, ...)."""
+        out = {f"{c}xx": sum(v for k, v in self.status_codes.items() if k // 100 == c) for c in (2, 3, 4, 5)}
+        other = sum(v for k, v in self.status_codes.items() if not 200 <= k < 600)
+        out["unframed"] = max(0, self.errors_http - out["3xx"] - out["4xx"] - out["5xx"] - other)
+        return out
+
     def summary(self) -> dict[str, Any]:
-        """Flat, JSON-able summary (no histogram buckets)."""
+        """JSON-able summary (no histogram buckets): flat, but for `status_codes` {"200": n, ...}; the
+        status classes are flat columns `status_2xx` ... `status_5xx`, `status_unframed`."""
         p50, p90, p99, p999 = self.histogram.percentiles([50, 90, 99, 99.9])
         out: dict[str, Any] = {
             "url": self.spec.url,
@@ -254,9 +273,11 @@ class LoadReport:
             "latency_max_s": self.histogram.max_s if self.histogram.count else math.nan,
         }
         for f in dataclasses.fields(self):
-            if f.name not in ("spec", "histogram"):
+            if f.name not in ("spec", "histogram", "status_codes"):
                 out[f.name] = getattr(self, f.name)
         out["loadgen_cpu_util"] = self.loadgen_cpu_util
+        out.update({f"status_{k}": v for k, v in self.status_classes().items()})
+        out["status_codes"] = {str(k): v for k, v in sorted(self.status_codes.items())}
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
 
 
@@ -321,29 +342,65 @@ def _content_length(raw: bytes) -> int:
     return n
 
 
+def _head_framing(head: bytes) -> tuple[int | None, bool]:
+    """(Content-Length, or None when there is none; whether the server closes the connection after this
+    response) of one response head (status line and headers). HTTP/1.0 closes unless `Connection:
+    keep-alive` says otherwise; HTTP/1.1 keeps the connection unless `Connection: close`."""
+    lower = head.lower()
+    if b"\r\ntransfer-encoding:" in lower:
+        raise ValueError("response with a Transfer-Encoding (chunked): not read, serve a Content-Length")
+    length = None
+    i = lower.find(b"\r\ncontent-length:")
+    if i >= 0:
+        k = lower.find(b"\r\n", i + 2)
+        length = _content_length(head[i + 17 : k if k >= 0 else len(head)])
+    tokens: set[bytes] = set()
+    j = lower.find(b"\r\nconnection:")
+    if j >= 0:
+        k = lower.find(b"\r\n", j + 2)
+        tokens = {t.strip(b" \t") for t in lower[j + 13 : k if k >= 0 else len(lower)].split(b",")}
+    if head[5:8] == b"1.0":
+        return length, b"keep-alive" not in tokens
+    return length, b"close" in tokens
+
+
 class _Framer:
-    """Frames HTTP/1.1 responses by Content-Length and counts them (with how many were not 2xx).
+    """Frames HTTP/1.x responses and counts them (with how many were not 2xx).
+
+    A body ends after its Content-Length; without one (an HTTP/1.0 server's way), at the end of the
+    connection: eof() completes it. 1xx, 204 and 304 responses have no body. After each complete
+    response `code` is its status code (3 ASCII digits) and `close` whether the server closes the
+    connection after it (HTTP/1.0 without keep-alive, or `Connection: close`): the client must not send
+    on it again.
 
     A response that cannot be framed raises ValueError: a head that does not start with an HTTP/1.x
-    status line, a missing, non-numeric, negative or absurd Content-Length, or a head still unfinished
-    after MAX_RESPONSE_HEAD bytes. Every response moves the parse position forwards, so no input can
-    make it loop. A body longer than what arrived is skipped by count as its bytes come, not buffered.
+    status line, a Transfer-Encoding (chunked is not read), a non-numeric, negative or absurd
+    Content-Length, or a head still unfinished after MAX_RESPONSE_HEAD bytes. Every response moves the
+    parse position forwards, so no input can make it loop. A body longer than what arrived is skipped by
+    count as its bytes come, not buffered.
 
     Fast path: a server answers one URL with responses of one shape (same header length, same
-    Content-Length line at the same offset). Once a whole response arrived alone, its shape is kept; a
-    later chunk of the same length with the blank line and the Content-Length line at the same offsets
-    is exactly one complete response, checked with three slice compares instead of a parse."""
+    Content-Length line at the same offset). Once a whole keep-alive response arrived alone, its shape is
+    kept; a later chunk of the same length with the blank line and the Content-Length line at the same
+    offsets is exactly one complete response, checked with three slice compares instead of a parse."""
 
-    __slots__ = ("buf", "shape", "skip", "skip_bad")
+    __slots__ = ("buf", "shape", "skip", "skip_bad", "skip_code", "skip_close", "until_eof", "code", "close")
 
     def __init__(self) -> None:
         self.buf = b""
         self.shape: tuple[int, int, int, int, bytes] | None = None
         self.skip = 0  # body bytes of the current response still to come
         self.skip_bad = 0  # whether that response is a non-2xx one
+        self.skip_code = b""
+        self.skip_close = False
+        self.until_eof: tuple[int, bytes] | None = None  # (bad, code) of a response whose body ends at EOF
+        self.code = b""
+        self.close = False
 
     def feed(self, data: bytes) -> tuple[int, int]:
         """-> (responses completed, of which non-2xx). Raises ValueError on a response it cannot frame."""
+        if self.until_eof is not None:
+            return 0, 0  # body bytes of a response that ends with the connection
         done = bad = 0
         if self.skip:
             if len(data) < self.skip:
@@ -352,12 +409,14 @@ class _Framer:
             data = data[self.skip :]
             self.skip = 0
             done, bad = 1, self.skip_bad
+            self.code, self.close = self.skip_code, self.skip_close
             if not data:
                 return done, bad
         shape = self.shape
         if shape is not None and not done and not self.buf and len(data) == shape[0]:
             _, hend, i, k, cl = shape
             if data[i:k] == cl and data[hend : hend + 4] == b"\r\n\r\n":
+                self.code = data[9:12]
                 return 1, (0 if data[9] == 50 else 1)
         buf = self.buf + data if self.buf else data
         pos = 0
@@ -372,26 +431,42 @@ class _Framer:
                 break
             if buf[pos : pos + 7] != b"HTTP/1." or buf[pos + 8] != 32 or not buf[pos + 9 : pos + 12].isdigit():
                 raise ValueError(f"not an HTTP/1.x status line: {buf[pos : pos + 16]!r}")
-            i = buf.find(b"Content-Length:", pos, hend)
-            if i < 0:
-                j = buf[pos:hend].lower().find(b"content-length:")
-                if j < 0:
-                    raise ValueError("response without Content-Length")
-                i = pos + j
-            k = buf.find(b"\r\n", i, hend + 2)
-            end = hend + 4 + _content_length(buf[i + 15 : k])
-            is_bad = 0 if buf[pos + 9] == 50 else 1  # b"2": the status class
+            code = buf[pos + 9 : pos + 12]
+            is_bad = 0 if code[0] == 50 else 1  # b"2": the status class
+            length, close = _head_framing(buf[pos:hend])
+            if length is None:
+                if code[0] != 49 and code not in (b"204", b"304"):  # the body runs to the connection's end
+                    self.until_eof = (is_bad, code)
+                    self.buf = b""
+                    return done, bad
+                length = 0
+            end = hend + 4 + length
             if end > n:  # the body is still coming: count its bytes off as they arrive
-                self.skip, self.skip_bad = end - n, is_bad
+                self.skip, self.skip_bad, self.skip_code, self.skip_close = end - n, is_bad, code, close
                 pos = n
                 break
             bad += is_bad
             done += 1
-            if pos == 0 and end == n:
-                self.shape = (n, hend, i, k, buf[i:k])
+            self.code, self.close = code, close
+            if pos == 0 and end == n and not close:
+                i = buf.find(b"Content-Length:", pos, hend)
+                if i < 0:
+                    i = buf[pos:hend].lower().find(b"content-length:")
+                if i >= 0:
+                    k = buf.find(b"\r\n", i, hend + 2)
+                    self.shape = (n, hend, i, k, buf[i:k])
             pos = end
         self.buf = buf[pos:] if pos < n else b""
         return done, bad
+
+    def eof(self) -> tuple[int, int]:
+        """The connection ended cleanly: completes a response whose body runs to the end -> (1, bad),
+        else (0, 0)."""
+        if self.until_eof is None:
+            return 0, 0
+        bad, self.code = self.until_eof
+        self.until_eof, self.close = None, True
+        return 1, bad
 
 
 class _Generator:
@@ -415,6 +490,7 @@ class _Generator:
         self.lat: list[float] = []  # latencies of completed 2xx answers in the window, flushed every 0.1 s
         self.plain = w.mode == "closed" and not w.think_s and w.requests_per_conn is None
         self.c = dict.fromkeys(_COUNTERS, 0)
+        self.codes: dict[bytes, int] = {}  # status code -> responses in the window, all but 200
         self.max_lag = 0.0
         self.lag_sum = 0.0  # open loop: total send lag over lag_n sends (the generator's own delay)
         self.lag_n = 0
@@ -457,6 +533,11 @@ class _Generator:
         task = self.loop.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def count_code(self, code: bytes) -> None:
+        """A response in the window with status `code` (200s are not counted here: completed minus the
+        other 2xx codes gives them, so the hot path pays nothing)."""
+        self.codes[code] = self.codes.get(code, 0) + 1
 
     def flush(self) -> None:
         if self.lat:
@@ -698,6 +779,10 @@ class _Generator:
         cpu1 = _cpu_s(self.spec.processes == 0)
         self.flush()
         self.c["completed"] = self.hist.count  # every 2xx answer in the window left one latency
+        codes = {int(k): v for k, v in self.codes.items()}
+        ok = self.c["completed"] - sum(v for k, v in codes.items() if 200 <= k < 300)
+        if ok > 0:
+            codes[200] = ok
         # Outstanding: on a connection, queued for a connect (in `active` too), waiting (open loop), or
         # not yet started (closed loop).
         self.c["in_flight"] = (
@@ -714,6 +799,7 @@ class _Generator:
             send_lag_n=self.lag_n,
             loadgen_cpu_s=cpu1 - cpu0,
             histogram=self.hist.to_dict(),
+            status_codes=codes,
         )
         return out
 
@@ -775,37 +861,36 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         g = self.g
+        framer = self.framer
         try:
-            done, bad = self.framer.feed(data)
-            if g.plain and done == 1 and not bad and self.t_req is not None:
-                # Hot path (closed loop, no think time, keep-alive): record, send the next at once.
-                now = time.monotonic()
-                if g.recording:
-                    g.lat.append(now - self.t_req)
-                    g.c["issued"] += 1
-                self.t_req = now
-                self.transport.write(g.request)
-                return
+            done, bad = framer.feed(data)
         except ValueError:
             g.error("http")
             self.t_req = None
             self.transport.abort()
             return
+        if g.plain and done == 1 and not bad and self.t_req is not None and not framer.close:
+            # Hot path (closed loop, no think time, keep-alive): record, send the next at once.
+            now = time.monotonic()
+            if g.recording:
+                g.lat.append(now - self.t_req)
+                g.c["issued"] += 1
+                if framer.code != b"200":
+                    g.count_code(framer.code)
+            self.t_req = now
+            self.transport.write(g.request)
+            return
         if not done:
             return
         if self.t_req is None:  # an answer to a request already counted as timed out, or unsolicited
+            if framer.close:
+                self.transport.close()
             return
         now = time.monotonic()
-        if g.recording:
-            if bad:
-                g.c["errors_http"] += 1
-            else:
-                g.lat.append(now - self.t_req)
-        self.t_req = None
-        self.n_done += 1
+        self.answered(bad, now)
         w = g.w
-        if w.requests_per_conn is not None and self.n_done >= w.requests_per_conn:
-            self.transport.close()
+        if framer.close or (w.requests_per_conn is not None and self.n_done >= w.requests_per_conn):
+            self.transport.close()  # connection_lost opens its replacement
             return
         if w.mode == "closed":
             if w.think_s:
@@ -818,12 +903,30 @@ class _Conn(asyncio.Protocol):
         elif not g.stopping:
             g.conn_free(self)
 
+    def answered(self, bad: int, now: float) -> None:
+        """The outstanding request has its complete answer: count it (2xx: a latency; else an http error)
+        and its status code."""
+        g = self.g
+        if g.recording:
+            if bad:
+                g.c["errors_http"] += 1
+            else:
+                g.lat.append(now - self.t_req)
+            if bad or self.framer.code != b"200":
+                g.count_code(self.framer.code)
+        self.t_req = None
+        self.n_done += 1
+
     def eof_received(self):
         return False  # close our side too
 
     def connection_lost(self, exc) -> None:
         g = self.g
         self.transport = None
+        if exc is None and self.t_req is not None and not self.timed_out and not g.stopping:
+            done, bad = self.framer.eof()  # an answer whose body ran to the end (HTTP/1.0) is complete
+            if done:
+                self.answered(bad, time.monotonic())
         if self.t_req is not None and not self.timed_out and not g.stopping:
             g.error(_classify(exc))
             self.t_req = None
@@ -917,6 +1020,10 @@ def _merge(spec: LoadSpec, parts: list[dict[str, Any]]) -> LoadReport:
     for part in parts[1:]:
         hist.merge(LatencyHistogram.from_dict(part["histogram"]))
     counters = {name: sum(int(p[name]) for p in parts) for name in _COUNTERS}
+    codes: dict[int, int] = {}
+    for part in parts:
+        for code, n in part.get("status_codes", {}).items():
+            codes[int(code)] = codes.get(int(code), 0) + int(n)
     return LoadReport(
         spec=spec,
         window_start_s=min(p["window_start_s"] for p in parts),
@@ -928,6 +1035,7 @@ def _merge(spec: LoadSpec, parts: list[dict[str, Any]]) -> LoadReport:
         loadgen_cpu_s=sum(p["loadgen_cpu_s"] for p in parts),
         loadgen_rss_peak_bytes=max(int(p.get("loadgen_rss_peak_bytes", 0)) for p in parts),
         histogram=hist,
+        status_codes=codes,
         **counters,
     )
 

@@ -2,13 +2,56 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import sys
+import threading
+import time
 
 import click
 
-from serverlab.options import print_result, scenario_options
+from serverlab.options import CPUS_HELP, output_options, print_result, scenario_options
+
+
+def show_progress(quiet: bool, stream=None) -> bool:
+    """A progress bar is for a person: only when stdout is a terminal and not carrying JSON/CSV."""
+    stream = sys.stdout if stream is None else stream
+    return not quiet and stream.isatty()
+
+
+@contextlib.contextmanager
+def run_progress(label: str, expected_s: float, quiet: bool = False):
+    """While a run lasts, a transient rich progress bar over its expected seconds (warm-up + window) on a
+    terminal; nothing otherwise. Yields `started(t0)`: the bar counts from monotonic time t0 (the load's
+    start, after the server and the generator are up); until called it counts from entry."""
+    if not show_progress(quiet):
+        yield lambda t0=None: None
+        return
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.completed:.1f}/{task.total:.1f} s"), TimeElapsedColumn(), transient=True)
+    task = progress.add_task(label, total=max(expected_s, 1e-3))
+    origin = [time.monotonic()]
+    done = threading.Event()
+
+    def started(t0: float | None = None) -> None:
+        origin[0] = time.monotonic() if t0 is None else t0
+
+    def tick() -> None:
+        while not done.wait(0.25):
+            progress.update(task, completed=min(expected_s, max(0.0, time.monotonic() - origin[0])))
+
+    thread = threading.Thread(target=tick, daemon=True)
+    with progress:
+        thread.start()
+        try:
+            yield started
+        finally:
+            done.set()
+            thread.join(1.0)
 
 
 def _fmt_s(value) -> str:
@@ -19,6 +62,16 @@ def _fmt_s(value) -> str:
     if value < 1:
         return f"{value * 1e3:.2f} ms"
     return f"{value:.3f} s"
+
+
+def status_text(summary: dict) -> str:
+    """Answers by status class, then by code: "2xx 950, 4xx 0, 5xx 50 (200: 950, 503: 50)"."""
+    classes = ", ".join(f"{c} {summary['status_' + c]:,}" for c in ("2xx", "3xx", "4xx", "5xx")
+                        if summary["status_" + c] or c in ("2xx", "4xx", "5xx"))
+    if summary["status_unframed"]:
+        classes += f", unframed {summary['status_unframed']:,}"
+    codes = ", ".join(f"{k}: {v:,}" for k, v in summary["status_codes"].items())
+    return classes + (f" ({codes})" if codes else "")
 
 
 def _print_report(summary: dict) -> None:
@@ -33,6 +86,7 @@ def _print_report(summary: dict) -> None:
         table.add_row(key.removeprefix("latency_").removesuffix("_s"), _fmt_s(summary[key]))
     table.add_row("errors", ", ".join(f"{k}={summary['errors_' + k]}"
                                       for k in ("refused", "timeout", "reset", "http", "client")))
+    table.add_row("status", status_text(summary))
     table.add_row("in flight at end", str(summary["in_flight"]))
     if summary["mode"] == "open":
         table.add_row("late sends", f"{summary['late_sends']} (mean lag {_fmt_s(summary['send_lag_mean_s'])}, "
@@ -65,7 +119,7 @@ def _print_report(summary: dict) -> None:
               help="connects in flight at once, over all worker processes")
 @click.option("--processes", type=int, default=1, show_default=True,
               help="generator worker processes (0: run in this process)")
-@click.option("--cpus", default=None, help="pin the generator to these CPUs, e.g. 1 or 2-3")
+@click.option("--cpus", default=None, help=f"generator: {CPUS_HELP}")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--timer-resolution", "timer_resolution_s", type=float, default=0.0, show_default=True,
               help="open loop: wake at most this often, s (0: for every arrival; busy, but sends on time)")
@@ -73,12 +127,15 @@ def _print_report(summary: dict) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="append the summary as a CSV row to FILE")
+@click.option("--hdr", "hdr_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="write the latency histogram to FILE in HdrHistogram's percentile-distribution format "
+                   "(.hgrm, values in ms)")
 def load(url, connections, duration_s, warmup_s, rate_rps, arrival, think_s, requests_per_conn,
          idle_connections, timeout_s, connect_concurrency, processes, cpus, seed, timer_resolution_s, allow_remote,
-         as_json, csv_path):
+         as_json, csv_path, hdr_path):
     """Load a server with the serverlab wire protocol and print what was observed."""
     from realkit.loadgen import LoadGenError, LoadSpec, run_load
-    from serverlab.options import parse_cores
+    from serverlab.options import parse_cpus
     from simkit.scenario import Workload
 
     try:
@@ -89,21 +146,27 @@ def load(url, connections, duration_s, warmup_s, rate_rps, arrival, think_s, req
             timeout_s=timeout_s, connect_concurrency=connect_concurrency,
         )
         spec = LoadSpec(
-            url=url, workload=workload, processes=processes, cpus=tuple(parse_cores(cpus, "cpus")) if cpus else None,
+            url=url, workload=workload, processes=processes, cpus=tuple(parse_cpus(cpus, "cpus")) if cpus else None,
             seed=seed, timer_resolution_s=timer_resolution_s, allow_remote=allow_remote,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    if csv_path:  # checked before the run, not after it
-        try:
-            with open(csv_path, "a"):
-                pass
-        except OSError as exc:
-            raise click.BadParameter(f"csv: cannot write {csv_path} ({exc.strerror})", param_hint="--csv") from None
+    for name, path in (("csv", csv_path), ("hdr", hdr_path)):  # checked before the run, not after it
+        if path:
+            try:
+                with open(path, "a"):
+                    pass
+            except OSError as exc:
+                raise click.BadParameter(f"{name}: cannot write {path} ({exc.strerror})",
+                                         param_hint=f"--{name}") from None
     try:
-        report = run_load(spec)
+        with run_progress(f"load {url}", warmup_s + duration_s, quiet=as_json) as started:
+            report = run_load(spec, on_ready=started)
     except LoadGenError as exc:
         raise click.ClickException(str(exc)) from None
+    if hdr_path:
+        with open(hdr_path, "w") as fh:
+            fh.write(report.histogram.to_hgrm())
     summary = report.summary()
     summary["spec_idle_connections"] = workload.idle_connections
     summary["spec_processes"] = spec.processes
@@ -112,10 +175,11 @@ def load(url, connections, duration_s, warmup_s, rate_rps, arrival, think_s, req
 
         new = not os.path.exists(csv_path) or os.path.getsize(csv_path) == 0
         with open(csv_path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(summary))
+            row = dict(summary, status_codes=" ".join(f"{k}:{v}" for k, v in summary["status_codes"].items()))
+            writer = csv.DictWriter(fh, fieldnames=list(row))
             if new:
                 writer.writeheader()
-            writer.writerow(summary)
+            writer.writerow(row)
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -124,16 +188,20 @@ def load(url, connections, duration_s, warmup_s, rate_rps, arrival, think_s, req
 
 @click.command()
 @scenario_options
-@click.option("--json", "as_json", is_flag=True, help="print the Result as JSON")
-def measure(scenario, as_json):
-    """Run one scenario for real on this box (server pinned, load generator on the other CPUs)."""
+@output_options
+def measure(scenario, as_json, csv_path):
+    """Run one scenario for real on this box (server pinned to the first --cores CPUs, load generator on
+    the other CPUs)."""
     import warnings
 
     from realkit.loadgen import LoadGenError
     from realkit.runner import ServerStartError
     from realkit.runner import measure as run_measure
 
-    with warnings.catch_warnings(record=True) as caught:
+    w = scenario.workload
+    with warnings.catch_warnings(record=True) as caught, run_progress(
+        f"measuring {scenario.model.name}", w.warmup_s + w.duration_s, quiet=as_json or csv_path == "-"
+    ):
         warnings.simplefilter("always")
         try:
             result = run_measure(scenario)
@@ -143,4 +211,4 @@ def measure(scenario, as_json):
             raise click.ClickException(str(exc)) from None
     for w in caught:
         click.echo(f"note: {w.message}", err=True)
-    print_result(result, as_json)
+    print_result(result, as_json, csv_path)

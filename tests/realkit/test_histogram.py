@@ -92,3 +92,44 @@ def test_empty_and_invalid():
         HistogramConfig(relative_error=0.0)
     with pytest.raises(ValueError, match="config"):
         hist.merge(LatencyHistogram(HistogramConfig(relative_error=0.01)))
+
+
+def _parse_hgrm(text: str) -> tuple[list[tuple[float, float, int]], dict[str, float]]:
+    """HdrHistogram's percentile-distribution text as its plotter reads it: a header, rows of
+    value / percentile / total count (/ 1/(1-p)), then `#[Name = value, ...]` footer lines."""
+    lines = text.splitlines()
+    assert lines[0].split() == ["Value", "Percentile", "TotalCount", "1/(1-Percentile)"] and lines[1] == ""
+    rows, footer = [], {}
+    for line in lines[2:]:
+        if line.startswith("#["):
+            for item in line[2:-1].split(","):
+                key, value = item.split("=")
+                footer[key.strip()] = float(value)
+        else:
+            fields = line.split()
+            assert len(fields) in (3, 4), line
+            rows.append((float(fields[0]), float(fields[1]), int(fields[2])))
+    return rows, footer
+
+
+def test_hgrm_export_is_hdrhistograms_percentile_distribution():
+    rng = np.random.default_rng(3)
+    values = rng.lognormal(mean=-7.0, sigma=1.0, size=50_000)
+    hist = LatencyHistogram()
+    hist.record_many(values)
+    rows, footer = _parse_hgrm(hist.to_hgrm())
+    levels = [p for _, p, _ in rows]
+    assert levels[:7] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.55])  # HdrHistogram's ticks
+    assert levels[-1] == 1.0 and rows[-1][2] == values.size and rows[-1][0] == pytest.approx(values.max() * 1e3, abs=1e-3)
+    assert all(a <= b for a, b in zip(levels, levels[1:], strict=False))
+    assert all(a[0] <= b[0] and a[2] <= b[2] for a, b in zip(rows, rows[1:], strict=False))
+    for value, level, _ in rows[:-1]:  # milliseconds, the percentiles the summary prints
+        assert value == pytest.approx(hist.percentile(level * 100) * 1e3, abs=1e-3)
+    assert footer["Total count"] == values.size
+    assert footer["Mean"] == pytest.approx(values.mean() * 1e3, rel=1e-3)
+    assert footer["StdDeviation"] == pytest.approx(values.std() * 1e3, rel=0.02)
+
+
+def test_hgrm_of_an_empty_histogram_is_header_and_footer():
+    rows, footer = _parse_hgrm(LatencyHistogram().to_hgrm())
+    assert rows == [] and footer["Total count"] == 0
