@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from serverlab.options import print_result, scenario_options
+from serverlab.options import output_options, print_result, scenario_options
 
 
 @click.command()
@@ -15,8 +15,8 @@ from serverlab.options import print_result, scenario_options
 @click.option("--loadgen-on-server-cores", is_flag=True, help="model the load generator's CPU on the server's cores")
 @click.option("--force", is_flag=True, help="run even when the estimated cost is over the simulator's bound "
               "(simkit.sim.MAX_SIM_REQUESTS requests, MAX_SIM_CONNECTIONS connections)")
-@click.option("--json", "as_json", is_flag=True, help="print the Result as one JSON object")
-def simulate(scenario, profile_path, loadgen_on_server_cores, force, as_json):
+@output_options
+def simulate(scenario, profile_path, loadgen_on_server_cores, force, as_json, csv_path):
     """Simulate one scenario with a cost profile and print its Result."""
     from simkit.sim import simulate as run
 
@@ -25,7 +25,7 @@ def simulate(scenario, profile_path, loadgen_on_server_cores, force, as_json):
         result = run(scenario, profile, loadgen_on_server_cores=loadgen_on_server_cores, force=force)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    print_result(result, as_json)
+    print_result(result, as_json, csv_path)
 
 
 def choose_profile(path: str | None):
