@@ -84,7 +84,8 @@ def inputs_line(scenario) -> str:
         load += f", +{w.idle_connections:,} idle"
     work = f"work cpu {w.cpu_us:g} us, gil {w.gil_us:g} us, io {w.io_us:g} us, {w.resp_bytes:,} B response"
     window = f"{w.duration_s:g} s after {w.warmup_s:g} s warm-up, seed {scenario.seed}"
-    return f"{model} | {h.cores} cores | {load} | {work} | {window}"
+    cores = f"{h.cores} core" + ("s" if h.cores != 1 else "")
+    return f"{model} | {cores} | {load} | {work} | {window}"
 
 
 def errors_text(result) -> str:
