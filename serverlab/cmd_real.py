@@ -12,7 +12,8 @@ import time
 
 import click
 
-from serverlab.options import CPUS_HELP, output_options, print_result, scenario_options
+from serverlab.options import CPUS_HELP, connect_rate_option, output_options, print_result, scenario_options
+from simkit.scenario import Workload
 
 
 def show_progress(quiet: bool, stream=None) -> bool:
@@ -117,6 +118,7 @@ def _print_report(summary: dict) -> None:
 @click.option("--timeout", "timeout_s", type=float, default=10.0, show_default=True, help="per request, s")
 @click.option("--connect-concurrency", type=int, default=256, show_default=True,
               help="connects in flight at once, over all worker processes")
+@connect_rate_option(Workload().connect_rate_cps)
 @click.option("--processes", type=int, default=1, show_default=True,
               help="generator worker processes (0: run in this process)")
 @click.option("--cpus", default=None, help=f"generator: {CPUS_HELP}")
@@ -131,19 +133,18 @@ def _print_report(summary: dict) -> None:
               help="write the latency histogram to FILE in HdrHistogram's percentile-distribution format "
                    "(.hgrm, values in ms)")
 def load(url, connections, duration_s, warmup_s, rate_rps, arrival, think_s, requests_per_conn,
-         idle_connections, timeout_s, connect_concurrency, processes, cpus, seed, timer_resolution_s, allow_remote,
-         as_json, csv_path, hdr_path):
+         idle_connections, timeout_s, connect_concurrency, connect_rate_cps, processes, cpus, seed,
+         timer_resolution_s, allow_remote, as_json, csv_path, hdr_path):
     """Load a server with the serverlab wire protocol and print what was observed."""
     from realkit.loadgen import LoadGenError, LoadSpec, run_load
     from serverlab.options import parse_cpus
-    from simkit.scenario import Workload
 
     try:
         workload = Workload(
             connections=connections, duration_s=duration_s, warmup_s=warmup_s,
             mode="open" if rate_rps is not None else "closed", rate_rps=rate_rps, arrival=arrival,
             think_s=think_s, requests_per_conn=requests_per_conn, idle_connections=idle_connections,
-            timeout_s=timeout_s, connect_concurrency=connect_concurrency,
+            timeout_s=timeout_s, connect_concurrency=connect_concurrency, connect_rate_cps=connect_rate_cps or None,
         )
         spec = LoadSpec(
             url=url, workload=workload, processes=processes, cpus=tuple(parse_cpus(cpus, "cpus")) if cpus else None,

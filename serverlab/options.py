@@ -81,6 +81,15 @@ class CoreCount(click.ParamType):
         self.fail(f"cores: expected a count of cores >= 1 (e.g. --cores 2), got {text!r}{pin}", param, ctx)
 
 
+def connect_rate_option(default: float | None):
+    """--connect-rate CPS: closed-loop clients first connect evenly at this rate (Workload.connect_rate_cps);
+    0 connects them all at once, a start-up storm."""
+    return click.option("--connect-rate", "connect_rate_cps", type=click.FloatRange(min=0.0),
+                        default=default or 0.0, show_default=True,
+                        help="closed loop: clients first connect evenly at this many per second "
+                             "(0: all at once, a start-up storm)")
+
+
 def scenario_options(func):
     """Add every Scenario flag to a click command; the command receives `scenario=`."""
     d_model, d_hw, d_wl = ModelSpec(), Hardware(), Workload()
@@ -108,6 +117,7 @@ def scenario_options(func):
         click.option("--idle", "idle_connections", type=int, default=0, show_default=True),
         click.option("--connect-concurrency", type=int, default=d_wl.connect_concurrency, show_default=True,
                      help="connects the clients have in flight at once"),
+        connect_rate_option(d_wl.connect_rate_cps),
         click.option("--cpu-us", type=float, default=0.0, show_default=True),
         click.option("--gil-us", type=float, default=0.0, show_default=True),
         click.option("--io-us", type=float, default=0.0, show_default=True),
@@ -147,6 +157,7 @@ def scenario_options(func):
                 requests_per_conn=kw.pop("requests_per_conn"),
                 idle_connections=kw.pop("idle_connections"),
                 connect_concurrency=kw.pop("connect_concurrency"),
+                connect_rate_cps=kw.pop("connect_rate_cps") or None,
                 cpu_us=kw.pop("cpu_us"),
                 gil_us=kw.pop("gil_us"),
                 io_us=kw.pop("io_us"),

@@ -90,6 +90,13 @@ def test_simulate_cores_is_the_scenarios_core_count(profile_file):
     assert json.loads(out.stdout)["cores"] == 3
 
 
+@pytest.mark.parametrize(("value", "expected"), [("500", 500.0), ("0", None)])
+def test_connect_rate_reaches_the_workload_and_0_is_a_storm(profile_file, value, expected):
+    out = CliRunner().invoke(main, [*SIM, "--connect-rate", value, "--profile", profile_file, "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["connect_rate_cps"] == expected
+
+
 def test_serve_cores_count_pins_to_the_first_cpus(monkeypatch):
     from serverlab import cmd_serve
 
