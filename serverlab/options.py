@@ -188,11 +188,18 @@ def _check_csv(ctx, param, value):
 
 def output_options(func):
     """--json and --csv FILE for a command that prints one Result; the command receives `as_json`
-    and `csv_path`."""
-    func = click.option("--csv", "csv_path", default=None, callback=_check_csv, metavar="FILE",
-                        help="append the Result as a CSV row to FILE (a header when FILE is new; - prints "
-                             "it to stdout instead of the table)")(func)
-    return click.option("--json", "as_json", is_flag=True, help="print the Result as one JSON object")(func)
+    and `csv_path` (never both on stdout: `--json --csv -` is refused before any run)."""
+
+    @functools.wraps(func)
+    def checked(*args, **kw):
+        if kw.get("as_json") and kw.get("csv_path") == "-":
+            raise click.UsageError("csv: --csv - and --json both print to stdout; choose one (or --csv FILE)")
+        return func(*args, **kw)
+
+    command = click.option("--csv", "csv_path", default=None, callback=_check_csv, metavar="FILE",
+                           help="append the Result as a CSV row to FILE (a header when FILE is new; - prints "
+                                "it to stdout instead of the table)")(checked)
+    return click.option("--json", "as_json", is_flag=True, help="print the Result as one JSON object")(command)
 
 
 def print_result(result, as_json: bool = False, csv_path: str | None = None, bands=None) -> None:

@@ -160,6 +160,11 @@ def test_simulate_prints_a_table_json_or_csv(profile_file, tmp_path):
     assert [r["source"] for r in csv.DictReader(path.open())] == ["sim", "sim"]
 
 
+def test_json_and_csv_on_stdout_together_are_refused():
+    out = CliRunner().invoke(main, [*SIM, "--json", "--csv", "-"])
+    assert out.exit_code == 2 and "csv" in out.output and "--json" in out.output
+
+
 def test_a_csv_path_that_cannot_be_written_is_refused_before_the_run(tmp_path):
     out = CliRunner().invoke(main, [*SIM, "--csv", str(tmp_path / "no" / "dir" / "x.csv")])
     assert out.exit_code == 2 and "csv" in out.output and "cannot write" in out.output
