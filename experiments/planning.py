@@ -189,30 +189,64 @@ def _row_spec(row: pd.Series, arch: registry.Architecture) -> ModelSpec:
     return ModelSpec.for_model(arch.name, **knobs)
 
 
-def _stalled(row: pd.Series, p99: float) -> bool:
-    """More requests unanswered at the end than Little's law allows for the measured latency.
+# A closed loop's issued requests fall short of "every client cycling" by more than this many
+# standard deviations of counting noise (plus EDGE_SHARE of the expectation, for the window's edges)
+# only when some clients are not being served.
+STALL_SIGMAS = 4.0
+EDGE_SHARE = 0.05
 
-    The p99 is over COMPLETED requests only; requests still waiting at the end are censored. In a
-    healthy run, in flight ~= throughput x mean latency <= throughput x p99. Far more than that, and
-    more than 5% of the cohort (a server that serves one connection at a time, with keep-alive
-    clients: one served, the rest waiting), means the p99 hides the waiters.
-    Under 20 closed-loop clients the Little's-law check is skipped (window edges dominate).
+
+def closed_loop_count(row: pd.Series | dict) -> tuple[float, float, float]:
+    """(issued, expected, allowed shortfall) for a closed-loop row's window.
+
+    issued = completed + errors + in_flight: the requests the clients sent inside the window.
+    expected = N x duration_s / cycle, cycle = think_s + mean latency: what N clients send when every
+    one of them cycles. Counting noise: a client with a steady cycle sends floor or ceil of
+    duration / cycle requests depending on its phase (variance <= 1/4 each), and latency jitter adds
+    (duration / cycle) x cv^2, cv = latency spread ((p99 - p50) / 2.33) / cycle. The allowed
+    shortfall is STALL_SIGMAS standard deviations + EDGE_SHARE of the expectation + 1, valid at any N.
+    """
+    row = pd.Series(row) if isinstance(row, dict) else row
+    n = float(row["connections"])
+    duration = float(row.get("duration_s", 0.0) or 0.0)
+    mean = _num(row.get("latency_mean_s"))
+    p50, p99 = _num(row.get("latency_p50_s")), _num(row.get("latency_p99_s"))
+    cycle = float(row.get("think_s", 0.0) or 0.0) + (0.0 if math.isnan(mean) else mean)
+    issued = float(row["completed"]) + _errors(row) + float(row.get("in_flight", 0) or 0)
+    if cycle <= 0 or duration <= 0:
+        return issued, issued, 0.0
+    per_client = duration / cycle
+    spread = 0.0 if math.isnan(p99) or math.isnan(p50) else max(p99 - p50, 0.0) / 2.33
+    variance = n * (0.25 + per_client * (spread / cycle) ** 2)
+    expected = n * per_client
+    return issued, expected, STALL_SIGMAS * math.sqrt(variance) + EDGE_SHARE * expected + 1.0
+
+
+def _num(v: Any) -> float:
+    try:
+        return math.nan if v is None or pd.isna(v) else float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _stalled(row: pd.Series, p99: float) -> bool:
+    """Clients left unserved: the p99 is over COMPLETED requests only, so it hides them.
+
+    Two checks. Requests still unanswered at the end, far more than Little's law allows for the
+    measured latency (in flight ~= throughput x latency <= throughput x p99) and more than 5% of the
+    cohort. And, in a closed loop, fewer requests issued in the window than N clients cycling would
+    send, beyond counting noise (closed_loop_count): clients queued since before the window (behind a
+    server that serves one connection at a time, or retrying a dropped SYN) send nothing, and are in
+    no count at all. Both hold at any client count.
     """
     x = float(row["throughput_rps"])
     in_flight = float(row.get("in_flight", 0) or 0)
     cohort = float(row["completed"]) + in_flight
     if in_flight > max(2.0 * x * (0.0 if math.isnan(p99) else p99) + 10, 0.05 * cohort):
         return True
-    # Closed loop: every client is either thinking or waiting, so N ~= X x (think + mean latency).
-    # Requests issued before the window (e.g. clients queued since the ramp behind a server that
-    # serves one connection at a time, or still retrying a dropped SYN) are not in the cohort at
-    # all; fewer than 80% of the N clients accounted for exposes them (window edges cost a few %,
-    # not 20%).
     if str(row.get("mode", "closed")) == "closed":
-        n = float(row["connections"])
-        mean = float(row["latency_mean_s"]) if row["latency_mean_s"] is not None else math.nan
-        cycle = float(row.get("think_s", 0.0) or 0.0) + (0.0 if math.isnan(mean) else mean)
-        if n >= 20 and x * cycle < 0.8 * n:
+        issued, expected, allowed = closed_loop_count(row)
+        if expected - issued > allowed:
             return True
     return False
 
@@ -228,16 +262,21 @@ def _detail(row: pd.Series, reason: str, slo_p99_s: float, memory_bytes: float) 
         return f"{at}: {REASONS[reason]} (threads {int(row['threads_peak']):,}, fds {int(row['fds_peak']):,})"
     if reason == "stalled":
         x = float(row["throughput_rps"])
-        mean = float(row["latency_mean_s"])
-        busy = x * (float(row.get("think_s", 0.0) or 0.0) + (0.0 if math.isnan(mean) else mean))
         if float(row["completed"]) == 0:
             return f"{at}: no request completed in the window ({int(row['in_flight']):,} still waiting at its end)"
         waiting = f"{int(row['in_flight']):,} requests still unanswered at the end; " if row["in_flight"] else ""
-        return (f"{at}: only {x:,.0f} req/s completed, which accounts for ~{busy:,.0f} of {n:,} clients; "
-                f"{waiting}the others wait unseen (the completed ones' {p99_txt} hides them)")
+        if str(row.get("mode", "closed")) == "closed":
+            issued, expected, _ = closed_loop_count(row)
+            served = n * issued / expected if expected > 0 else 0.0
+            return (f"{at}: clients sent {issued:,.0f} requests in the window where {n:,} cycling clients send "
+                    f"~{expected:,.0f}: only ~{served:,.1f} of {n:,} clients are served ({x:,.3g} req/s); "
+                    f"{waiting}the others wait unseen (the completed ones' {p99_txt} hides them)")
+        return f"{at}: {waiting}only {x:,.3g} req/s completed (the completed ones' {p99_txt} hides the rest)"
     if reason == "backlog" and _error_rate(row) <= 0:
         return f"{at}: the listen backlog overflowed (SYNs dropped, clients retried after 1 s or more)"
     if reason in ("backlog", "errors"):
+        if _errors(row) == 0:
+            return f"{at}: no request failed, and none completed either"
         return (f"{at}: {_error_rate(row):.1%} of requests failed (refused {int(row['errors_refused']):,}, "
                 f"timeout {int(row['errors_timeout']):,}, reset {int(row['errors_reset']):,})")
     if reason in ("cpu", "gil", "single_thread", "latency"):
