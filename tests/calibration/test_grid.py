@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from calibration.grid import build_grid, latency_estimate_s, make_scenario
+from calibration.grid import CALIBRATION_BACKLOG, build_grid, latency_estimate_s, make_scenario
 from simkit import registry
 from simkit.registry import CalibrationSpec
 from simkit.scenario import ModelSpec
@@ -17,7 +17,7 @@ def test_grid_uses_each_entrys_calibration_knobs_and_quick_extrapolation(quick):
     assert {p.scenario.model.name for p in points} == set(registry.names())
     for arch in registry.architectures():
         mine = [p for p in points if p.scenario.model.name == arch.name]
-        want = ModelSpec.for_model(arch.name, **arch.calibration.knobs)
+        want = ModelSpec.for_model(arch.name, **{"backlog": CALIBRATION_BACKLOG, **arch.calibration.knobs})
         assert {p.scenario.model for p in mine} == {want}, arch.name
         for field, value in arch.calibration.knobs.items():
             assert getattr(mine[0].scenario.model, field) == value
@@ -36,7 +36,7 @@ def test_a_new_registry_entry_gets_its_own_grid_configuration():
     registry.register(extra)
     try:
         points = build_grid(quick=True, models=("9",))
-        assert {p.scenario.model for p in points} == {ModelSpec(name="m9_grid_probe", threads=3)}
+        assert {p.scenario.model for p in points} == {ModelSpec(name="m9_grid_probe", threads=3, backlog=CALIBRATION_BACKLOG)}
         assert any(p.role == "connections" for p in points)
         # its run lengths follow its own executors (3 loops), not another model's
         three = latency_estimate_s("m9_grid_probe", "io", 1000, 1)
