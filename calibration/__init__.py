@@ -4,8 +4,10 @@
 rates need the probed profile) -> real runs of the grid and the off-grid points, shuffled together ->
 parameters measured from the runs -> least-squares fit on the training points -> held-out validation
 against the USL baseline -> the refit -> the off-grid validation with the final profile -> profile JSON
-(fingerprint, calibrated=True, validation table, failed runs, the off-grid seed and summary in its
-notes) and both tables in one CSV (its "set" column: grid | offgrid).
+(fingerprint, calibrated=True, validation table, failed runs, the off-grid seed, summary and rows in
+its notes) and both tables in one CSV (its "set" column: grid | offgrid). Then the prediction bands'
+coverage of the held-out points (calibration.coverage: experiments.intervals' rule, leave-one-out), in
+the notes and in .coverage.csv.
 
 Only "train" runs reach the fit, only "train" and "cores" runs apply_measured and the refit: the
 off-grid runs are predicted, never fitted to.
@@ -28,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from calibration.compare import SimBatch
+from calibration.coverage import coverage as band_coverage
+from calibration.coverage import format_coverage
+from calibration.coverage import write_csv as write_coverage_csv
 from calibration.fit import FIT_PARAMS, FitResult, apply_measured, probe_floors
 from calibration.fit import fit as fit_params  # not `fit`: that would hide the calibration.fit module
 from calibration.grid import ROLES, GridPoint, build_grid
@@ -73,6 +78,9 @@ class CalibrationReport:
     offgrid_rows: list[dict[str, Any]] = field(default_factory=list)
     offgrid_summary: dict[str, Any] | None = None
     mechanism_rows: list[dict[str, Any]] = field(default_factory=list)
+    coverage_rows: list[dict[str, Any]] = field(default_factory=list)  # calibration.coverage, per point x metric
+    coverage: dict[str, Any] | None = None  # its summary (per model, per set, overall)
+    coverage_path: Path | None = None
 
 
 def _default_measure():
@@ -272,6 +280,9 @@ def calibrate(
             off_summary = summarize_offgrid(off_rows)
             say("off-grid", "done", 1, 1)
 
+    # 6b. do the prediction bands hold on the held-out points (leave-one-out, experiments.intervals' rule)?
+    cov_rows, cov_summary = band_coverage(rows, heldout, fitted.profile, off_rows, off_ok, final)
+
     # 7. each mechanism alone: a small real experiment beside the same simulated, with the final profile
     mech_rows: list[dict[str, Any]] = []
     if mechanisms if mechanisms is not None else (grid is None and runs_from is None):
@@ -297,21 +308,26 @@ def calibrate(
                     "ok": sum(r.ok for r in off_runs), "failed": sum(not r.ok for r in off_runs),
                     "real_run_s": real_run_s([r.point for r in off_runs]), "summary": off_summary},
         "mechanisms": mech_rows,
+        "offgrid_validation": off_rows,  # experiments.intervals draws its bands' validation part from these
+        "coverage": cov_summary,
         "usl_baseline": {"/".join(map(str, k)): {"lambda": f.lambda_, "sigma": f.sigma, "kappa": f.kappa}
                          for k, f in baseline.fits.items()},
     })
     final = replace(final, calibrated=True, fingerprint=host_fingerprint(), validation=json_safe(rows),
                     failed_runs=failed, notes=json_safe(notes))
-    written = csv_path = None
+    written = csv_path = coverage_path = None
     if write:
         written = final.save(path)
         csv_path = path.with_suffix(".csv")
         write_csv(rows, csv_path, off_rows)
+        coverage_path = path.with_suffix(".coverage.csv")
+        write_coverage_csv(cov_rows, coverage_path)
         save_runs(runs, path.with_suffix(".runs.csv"))
         if mech_rows:
             write_mechanisms_csv(mech_rows, path.with_suffix(".mechanisms.csv"))
     return CalibrationReport(final, written, csv_path, summary, runs, fitted, refit, rows,
-                             time.monotonic() - t_start, off_rows, off_summary, mech_rows)
+                             time.monotonic() - t_start, off_rows, off_summary, mech_rows, cov_rows, cov_summary,
+                             coverage_path)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -332,4 +348,5 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CalibrationReport", "calibrate", "check_out", "format_offgrid", "format_summary", "raise_nofile"]
+__all__ = ["CalibrationReport", "calibrate", "check_out", "format_coverage", "format_offgrid", "format_summary",
+           "raise_nofile"]

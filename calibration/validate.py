@@ -108,13 +108,14 @@ class USLBaseline:
 def validate(heldout: Sequence[Run], profile: CostProfile, batch: SimBatch, baseline: USLBaseline | None,
              *, target_requests: int | None = None,
              extra: Callable[[Scenario], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """The held-out table: one row per (held-out run, metric). extra(scenario): more columns for each
-    of that run's rows (the off-grid set's settings)."""
+    """The held-out table: one row per (held-out run, metric); `point` numbers the runs (their order in
+    `heldout` among the ok ones). extra(scenario): more columns for each of that run's rows (the
+    off-grid set's settings)."""
     ok = [run for run in heldout if run.ok]
     scen = [sim_scenario(run.result, target_requests) for run in ok]
     sims = batch.run(scen, [profile] * len(scen))
     rows: list[dict[str, Any]] = []
-    for run, sim in zip(ok, sims, strict=True):
+    for point, (run, sim) in enumerate(zip(ok, sims, strict=True)):
         real = run.result
         s = real.scenario
         usl = baseline.predict(s) if baseline else None
@@ -123,7 +124,7 @@ def validate(heldout: Sequence[Run], profile: CostProfile, batch: SimBatch, base
             meas = float(getattr(real, field))
             pred = float(getattr(sim, field)) if isinstance(sim, Result) else math.nan
             row = {
-                "model": s.model.name, "role": run.point.role, "mix": run.point.mix,
+                "point": point, "model": s.model.name, "role": run.point.role, "mix": run.point.mix,
                 "cores": s.hardware.cores, "connections": s.workload.connections, "metric": short,
                 "measured": meas, "predicted": pred, "rel_err": rel_err(pred, meas),
                 "usl_predicted": math.nan, "usl_rel_err": math.nan,

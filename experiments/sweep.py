@@ -7,19 +7,29 @@ when a worker dies or a simulation raises, `SweepIncomplete` lists the missing s
 handing back a partial frame that a report would present as complete.
 
 Points above `analytic_above` connections can be answered by simkit.analytic (a fast queueing
-approximation) instead of the simulator; the `source` column says which ("sim" or "analytic").
+approximation) instead of the simulator; the `source` column says which ("sim" or "analytic"), and an
+AnalyticPointsWarning says how many when the window policy or a threshold sent points there.
+
+Every point carries a band (experiments.intervals: the rule is in its docstring): a simulated point is
+replicated over seeds derived from its own (the `seeds` column; its value is the MEAN over the
+`replications`), and the frame gains `<metric>_lo` / `<metric>_hi` columns (intervals.band_columns()).
+bands=False gives the bare contract frame of one seed per point.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
+from functools import partial
 from typing import Any
 
 import pandas as pd
 
+from experiments import intervals
+from experiments.intervals import BandPolicy, PointParts
 from experiments.planning import Sizing, build_grid
 from experiments.windows import WindowPolicy, plan_windows
 from simkit import registry
@@ -30,6 +40,10 @@ from simkit.scenario import ModelSpec, Scenario, available_cores
 SimulateFn = Callable[..., Result]
 # How long to wait for a Dask scheduler given by address before giving up (it retries meanwhile).
 DASK_CONNECT_TIMEOUT_S = 20.0
+
+
+class AnalyticPointsWarning(UserWarning):
+    """Some points of a sweep come from simkit.analytic, not the simulator."""
 
 
 class SweepIncomplete(RuntimeError):
@@ -77,6 +91,16 @@ def run_point(fn: SimulateFn, scenario: Scenario, profile: CostProfile) -> Resul
     return result
 
 
+def run_banded(fn: SimulateFn, scenario: Scenario, profile: CostProfile,
+               policy: BandPolicy | None) -> tuple[Result, PointParts | None]:
+    """One point replicated over seeds as `policy` says (once without a policy), in whichever process
+    runs it: the mean Result and its band's noise and parameter parts (experiments.intervals)."""
+    if policy is None:
+        return run_point(fn, scenario, profile), None
+    runs = intervals.replicate(partial(run_point, fn), scenario, profile, policy)
+    return intervals.combine(runs), intervals.point_parts(runs, scenario, profile, policy.level)
+
+
 def sweep(
     base_scenario: Scenario,
     models: Sequence[str | int | ModelSpec] | None = None,
@@ -95,6 +119,7 @@ def sweep(
     use_analytic: Sequence[bool] | None = None,
     window: WindowPolicy | None = None,
     description: str = "simulating",
+    bands: BandPolicy | bool = True,
 ) -> pd.DataFrame:
     """Simulate models x cores x connections around `base_scenario`; return the contract frame.
 
@@ -108,12 +133,15 @@ def sweep(
     e.g. from experiments.windows.plan_windows). scenarios: an explicit list that replaces the grid.
     window: size each point's simulated window with this policy (experiments.windows.WindowPolicy)
     instead of the base scenario's fixed duration_s/warmup_s; points it prices above
-    max_sim_requests go to the analytic model.
+    max_sim_requests go to the analytic model. Points sent to the analytic model by `window`,
+    `analytic_above` or `use_analytic` raise an AnalyticPointsWarning naming how many.
+    bands: True (BandPolicy()), a BandPolicy, or False (one seed per point, no band columns).
     profile: chosen by simkit.profile.resolve_profile (a CostProfile, a path, or None: the one rule).
     Arguments of the wrong type or out of range raise ValueError naming the argument.
     """
     _check_arguments(base_scenario, models, cores, connections, engine, simulate, progress, sizing, workers,
-                     analytic_above, analytic, scenarios, use_analytic, window, description)
+                     analytic_above, analytic, scenarios, use_analytic, window, description, bands)
+    policy = BandPolicy() if bands is True else (bands or None)
     if scenarios is None:
         scenarios = build_grid(base_scenario, models, cores, connections, sizing)
     scenarios = list(scenarios)
@@ -136,22 +164,34 @@ def sweep(
             fns.append(ana_fn)
         else:
             fns.append(sim_fn)
+    n_analytic = sum(fn is ana_fn for fn in fns) if ana_fn is not None else 0
+    if n_analytic:
+        why = ", ".join(w for w, on in (("the window policy's cost bound", window is not None),
+                                        (f"analytic_above={analytic_above}", analytic_above is not None),
+                                        ("use_analytic", use_analytic is not None and window is None)) if on)
+        warnings.warn(f"{n_analytic} of {len(scenarios)} points come from simkit.analytic (a queueing "
+                      f"approximation), not the simulator ({why}); the frame's `source` column says which",
+                      AnalyticPointsWarning, stacklevel=2)
     if engine == "serial":
         runner = _run_serial
     elif engine == "local" or engine is None:
         runner = _run_local
     else:
         runner = _run_dask
-    results, missing = runner(engine, fns, scenarios, prof, workers, progress, description)
+    results, missing = runner(engine, fns, scenarios, prof, workers, progress, description, policy)
     done = [results[i] for i in range(len(scenarios)) if i in results]
-    frame = to_frame(done)
+    frame = to_frame([r for r, _parts in done])
+    if policy is not None:
+        errors = intervals.ValidationErrors.of(prof)
+        band_rows = [intervals.bands(r, parts, errors, policy.level) for r, parts in done]
+        frame = pd.concat([frame, pd.DataFrame(band_rows, index=frame.index)], axis=1)
     if missing:
         raise SweepIncomplete(sorted(missing, key=lambda m: m[0]), len(scenarios), frame)
     return frame
 
 
 def _check_arguments(base_scenario, models, cores, connections, engine, simulate, progress, sizing, workers,
-                     analytic_above, analytic, scenarios, use_analytic, window, description) -> None:
+                     analytic_above, analytic, scenarios, use_analytic, window, description, bands) -> None:
     """sweep()'s arguments, checked before anything runs: ValueError naming the argument."""
     if scenarios is None and not isinstance(base_scenario, Scenario):
         raise ValueError(f"base_scenario: expected a Scenario, got {type(base_scenario).__name__}")
@@ -188,9 +228,11 @@ def _check_arguments(base_scenario, models, cores, connections, engine, simulate
         raise ValueError(f"progress: expected true or false, got {progress!r}")
     if not isinstance(description, str):
         raise ValueError(f"description: expected a string, got {description!r}")
+    if not isinstance(bands, (bool, BandPolicy)):
+        raise ValueError(f"bands: expected true, false or an experiments.intervals.BandPolicy, got {bands!r}")
 
 
-# -- engines: each returns ({index: Result}, [(index, scenario, why), ...]) ---------------------
+# -- engines: each returns ({index: (Result, PointParts | None)}, [(index, scenario, why), ...]) --
 
 def _progress(enabled: bool, total: int, description: str):
     from rich.progress import (
@@ -213,20 +255,20 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _run_serial(_engine, fns, scenarios, profile, _workers, progress, description):
+def _run_serial(_engine, fns, scenarios, profile, _workers, progress, description, policy):
     results, missing = {}, []
     bar, task = _progress(progress, len(scenarios), description)
     with bar:
         for i, (fn, sc) in enumerate(zip(fns, scenarios, strict=True)):
             try:
-                results[i] = run_point(fn, sc, profile)
+                results[i] = run_banded(fn, sc, profile, policy)
             except Exception as exc:  # noqa: BLE001 - reported per scenario, never swallowed
                 missing.append((i, sc, _why(exc)))
             bar.advance(task)
     return results, missing
 
 
-def _run_local(_engine, fns, scenarios, profile, workers, progress, description):
+def _run_local(_engine, fns, scenarios, profile, workers, progress, description, policy):
     n_workers = max(1, min(workers or available_cores(), len(scenarios)))
     results, missing = {}, []
     bar, task = _progress(progress, len(scenarios), description)
@@ -234,7 +276,7 @@ def _run_local(_engine, fns, scenarios, profile, workers, progress, description)
         # Largest loads first (a proxy for the longest simulations): the pool's tail is then made of
         # short points, so both workers finish together. Rows still come back in grid order.
         order = sorted(range(len(scenarios)), key=lambda i: -scenarios[i].workload.connections)
-        futures = {pool.submit(run_point, fns[i], scenarios[i], profile): i for i in order}
+        futures = {pool.submit(run_banded, fns[i], scenarios[i], profile, policy): i for i in order}
         for fut in cf.as_completed(futures):
             i = futures[fut]
             try:
@@ -247,7 +289,7 @@ def _run_local(_engine, fns, scenarios, profile, workers, progress, description)
     return results, missing
 
 
-def _run_dask(engine, fns, scenarios, profile, _workers, progress, description):
+def _run_dask(engine, fns, scenarios, profile, _workers, progress, description, policy):
     from distributed import Client, as_completed
 
     own = isinstance(engine, str)
@@ -266,7 +308,7 @@ def _run_dask(engine, fns, scenarios, profile, _workers, progress, description):
     try:
         # One scattered copy of the profile instead of one per task.
         [prof_future] = client.scatter([profile], broadcast=True)
-        futures = [client.submit(run_point, fn, sc, prof_future, pure=False, key=f"serverlab-point-{i}-{os.getpid()}-"
+        futures = [client.submit(run_banded, fn, sc, prof_future, policy, pure=False, key=f"serverlab-point-{i}-{os.getpid()}-"
                                  f"{id(scenarios)}") for i, (fn, sc) in enumerate(zip(fns, scenarios, strict=True))]
         index = {f.key: i for i, f in enumerate(futures)}
         bar, task = _progress(progress, len(scenarios), f"{description} (dask)")

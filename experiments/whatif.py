@@ -14,14 +14,16 @@ import math
 import os
 import time
 import tomllib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from experiments.intervals import BandPolicy
 from experiments.planning import Sizing, build_grid
 from experiments.report import ReportFiles, ReportInputs, write_report
-from experiments.sweep import sweep
+from experiments.sweep import AnalyticPointsWarning, sweep
 from experiments.windows import WindowPolicy, plan_windows
 from simkit import registry
 from simkit.profile import CostProfile, default_profile_path, host_name, resolve_profile
@@ -45,6 +47,7 @@ class WhatIf:
     window: WindowPolicy | None = None  # None: every point simulates base.workload's fixed window
     workers: int | None = None
     source: str = "(built in)"
+    bands: BandPolicy = dataclasses.field(default_factory=BandPolicy)  # replications and band level per point
 
     def scenarios(self) -> list[Scenario]:
         return build_grid(self.base, self.models, self.cores, self.connections, self.sizing)
@@ -80,6 +83,10 @@ class WhatIf:
              f"simulated requests come from simkit.analytic; seed {self.base.seed}. Each row's window is in "
              "results.csv (warmup_s, duration_s)."),
             f"Sizing: {self.sizing.text(self.models) or 'no model in the grid has a knob to size'}.",
+            (f"Bands: each point carries a {100 * self.bands.level:g}% band (results.csv `<metric>_lo` / `_hi`, "
+             f"shaded in the plots): simulation noise over {self.bands.min_replications}-"
+             f"{self.bands.max_replications} seeds per simulated point (its value is their mean), the profile's "
+             "parameter uncertainty and its measured validation error, combined as experiments.intervals says."),
         ]
         if self.analytic_above is not None:
             lines.append(f"Points above {self.analytic_above:,} connections come from simkit.analytic (a queueing "
@@ -123,7 +130,10 @@ def schema() -> dict[str, dict[str, tuple[str, Any]]]:
                 "min_duration_s": ("float", (1e-3, 3600.0)), "max_duration_s": ("float", (1e-3, 3600.0)),
                 "min_warmup_s": ("float", (1e-3, 3600.0)), "max_warmup_s": ("float", (1e-3, 3600.0)),
                 "seed": ("int", (0, 2**31 - 1)), "analytic_above_connections": ("int", (0, 10_000_000)),
-                "workers": ("int", (1, 1024))},
+                "workers": ("int", (1, 1024)),
+                # experiments.intervals.BandPolicy: the band's level and the replications (seeds) per point
+                "band_level": ("float", (0.5, 0.999)), "min_replications": ("int", (1, 100)),
+                "max_replications": ("int", (1, 100)), "target_half_width": ("float", (1e-4, 10.0))},
     }
 
 
@@ -231,11 +241,18 @@ def parse_whatif(data: dict[str, Any], source: str = "(dict)") -> WhatIf:
         if adaptive_only:
             raise ValueError(f"sim.{adaptive_only[0]}: only with window = \"adaptive\"; a fixed window uses "
                              "duration_s and warmup_s")
+    band_keys = {"band_level": "level", "min_replications": "min_replications",
+                 "max_replications": "max_replications", "target_half_width": "target_half_width"}
+    try:
+        bands = BandPolicy(**{field: sim[key] for key, field in band_keys.items() if key in sim})
+    except ValueError as exc:
+        key = next((k for k, f in band_keys.items() if str(exc).startswith(f"{f}:")), "")
+        raise ValueError(f"sim.{key}: {str(exc).partition(': ')[2]}" if key else f"sim.{exc}") from None
     return WhatIf(
         base=base, models=grid["models"], connections=grid["connections"], cores=grid["cores"],
         slo_p99_s=slo["p99_ms"] / 1e3, memory_bytes=memory_bytes, max_error_rate=slo.get("max_error_rate", 1e-3),
         sizing=sizing, analytic_above=above if above else None, window=window, workers=sim.get("workers"),
-        source=source,
+        source=source, bands=bands,
     )
 
 
@@ -285,9 +302,11 @@ def run_whatif(
         prof.warn_if_foreign()
     t0 = time.perf_counter()
     scenarios, use_analytic = spec.planned(prof)
-    frame = sweep(spec.base, profile=prof, engine=engine, simulate=simulate, progress=progress,
-                  workers=spec.workers, analytic=analytic, scenarios=scenarios, use_analytic=use_analytic,
-                  description="what-if sweep")
+    with warnings.catch_warnings():  # the report says which points are analytic (describe(), `source`)
+        warnings.simplefilter("ignore", AnalyticPointsWarning)
+        frame = sweep(spec.base, profile=prof, engine=engine, simulate=simulate, progress=progress,
+                      workers=spec.workers, analytic=analytic, scenarios=scenarios, use_analytic=use_analytic,
+                      description="what-if sweep", bands=spec.bands)
     elapsed = time.perf_counter() - t0
     now = dt.datetime.now(dt.UTC)
     target = Path(out_dir) if out_dir is not None else report_dir(out_root, now)

@@ -33,7 +33,7 @@ def calibrate(quick: bool, out: str | None, models: tuple[str, ...], workers: in
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from calibration import calibrate as run_calibration
-    from calibration import check_out, format_offgrid, format_summary
+    from calibration import check_out, format_coverage, format_offgrid, format_summary
     from calibration.mechanisms import format_table
     from calibration.offgrid import OFFGRID_SEED
     from simkit import registry
@@ -82,6 +82,9 @@ def calibrate(quick: bool, out: str | None, models: tuple[str, ...], workers: in
                       f"{off.get('real_run_s', 0):.0f} s of real runs; predicted by the profile written above",
                       markup=False, highlight=False, soft_wrap=True)
         console.print(format_offgrid(report.offgrid_summary), markup=False, highlight=False, soft_wrap=True)
+    if report.coverage is not None:
+        where = f" ({report.coverage_path})" if report.coverage_path else ""
+        console.print(f"\n{format_coverage(report.coverage)}{where}", markup=False, highlight=False, soft_wrap=True)
     if report.mechanism_rows:
         console.print(f"\nmechanisms, each alone, real beside simulated ({report.path.with_suffix('.mechanisms.csv')}):",
                       markup=False, highlight=False, soft_wrap=True)

@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 from fakesim import crashing_simulate, fake_analytic, fake_simulate, raising_simulate
 
-from experiments.sweep import SweepIncomplete, sweep
+from experiments.intervals import band_columns
+from experiments.sweep import AnalyticPointsWarning, SweepIncomplete, sweep
 from simkit.profile import CostProfile
 from simkit.result import columns
 from simkit.scenario import Scenario, Workload
@@ -31,7 +32,7 @@ def dask_cluster():
 
 @pytest.mark.timeout(60)
 def test_local_pool_returns_the_contract_frame_in_grid_order(local_frame):
-    assert list(local_frame.columns) == columns()
+    assert list(local_frame.columns) == columns() + band_columns()
     assert len(local_frame) == 4 * 2 * 3
     assert list(local_frame["model"].iloc[:6]) == ["m1_iterative"] * 6
     assert list(local_frame["connections"].iloc[:3]) == [10, 500, 5000]
@@ -77,9 +78,10 @@ def test_simulator_exception_is_a_missing_scenario(engine):
 
 
 def test_analytic_above_threshold_labels_the_source():
-    frame = sweep(BASE, models=["m6"], cores=[2], connections=[100, 1000, 50_000], profile=PROFILE,
-                  engine="serial", simulate=fake_simulate, analytic=fake_analytic, analytic_above=1000,
-                  progress=False)
+    with pytest.warns(AnalyticPointsWarning, match="1 of 3 points come from simkit.analytic.*analytic_above=1000"):
+        frame = sweep(BASE, models=["m6"], cores=[2], connections=[100, 1000, 50_000], profile=PROFILE,
+                      engine="serial", simulate=fake_simulate, analytic=fake_analytic, analytic_above=1000,
+                      progress=False)
     assert list(frame["source"]) == ["sim", "sim", "analytic"]
 
 
@@ -92,9 +94,10 @@ def test_bad_engine_is_named():
 def test_window_policy_sizes_windows_and_prices_out_costly_points():
     from experiments.windows import WindowPolicy
 
-    frame = sweep(BASE, models=["m6"], cores=[2], connections=[100, 200_000], profile=PROFILE, engine="serial",
-                  simulate=fake_simulate, analytic=fake_analytic, progress=False,
-                  window=WindowPolicy(max_sim_requests=50_000))
+    with pytest.warns(AnalyticPointsWarning, match="1 of 2 points.*window policy"):
+        frame = sweep(BASE, models=["m6"], cores=[2], connections=[100, 200_000], profile=PROFILE, engine="serial",
+                      simulate=fake_simulate, analytic=fake_analytic, progress=False,
+                      window=WindowPolicy(max_sim_requests=50_000))
     assert list(frame["source"]) == ["sim", "analytic"]
     assert frame["warmup_s"].iloc[1] >= 200_000 * PROFILE["client_cpu_per_request_s"]
     assert (frame["duration_s"] != BASE.workload.duration_s).all()
