@@ -147,6 +147,12 @@ def _per_model_lines(ax, sub: pd.DataFrame, x: str, y: str, scale: float = 1.0, 
         if logy:  # a zero (nothing completed) cannot sit on a log axis: leave a gap, not a cliff
             vals = vals.where(vals > 0)
         ax.plot(d[x], vals, marker="o", ms=3, lw=1.3, color=_colour(model), label=_short(model))
+        lo, hi = f"{y}_lo", f"{y}_hi"
+        if lo in d and hi in d:  # the prediction band (experiments.intervals), where the frame has one
+            lows, highs = d[lo].astype(float) * scale, d[hi].astype(float) * scale
+            if logy:
+                lows, highs = lows.where(lows > 0), highs.where(highs > 0)
+            ax.fill_between(d[x], lows, highs, color=_colour(model), alpha=0.12, lw=0)
         analytic = d["source"] == "analytic"
         if analytic.any():  # hollow markers: answered by the queueing approximation, not simulated
             ax.plot(d[x][analytic], vals[analytic], "o", ms=7, mfc="white", color=_colour(model))
@@ -171,7 +177,8 @@ def plot_vs_connections(frame: pd.DataFrame, y: str, ylabel: str, path: Path, *,
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"{ylabel} vs connections (x = failure reported, hollow = simkit.analytic, not simulated)")
+    fig.suptitle(f"{ylabel} vs connections (shaded = prediction band, x = failure reported, "
+                 "hollow = simkit.analytic, not simulated)", fontsize=9)
     fig.savefig(path, dpi=90)
     return path
 
@@ -191,7 +198,8 @@ def plot_scaling(frame: pd.DataFrame, path: Path) -> Path:
         ax.set_ylabel("throughput (req/s)")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
-    fig.suptitle("Scaling: throughput vs cores (x = failure reported, hollow = simkit.analytic)")
+    fig.suptitle("Scaling: throughput vs cores (shaded = prediction band, x = failure reported, "
+                 "hollow = simkit.analytic)", fontsize=9)
     fig.savefig(path, dpi=90)
     return path
 
