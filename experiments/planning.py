@@ -129,6 +129,9 @@ def classify(row: pd.Series | dict, slo_p99_s: float, memory_bytes: float, max_e
              gil_overhead_s: float = 0.0) -> str:
     """Why one sweep row misses the SLO/budget: a key of REASONS, or "" when it meets both.
 
+    A row meets only when its band does: the p99 (and RSS) compared with the SLO (and budget) is
+    the band's upper end, `latency_p99_s_hi` (`rss_peak_bytes_hi`), where the frame has bands
+    (experiments.intervals), else the point value.
     CPU vs GIL vs single thread is read from cpu_util: "cpu" when cpu_util reaches ~85% of the
     cores; "gil" when a multi-threaded one-process Python model with gil_us work is stuck near one
     core while more are available, or its GIL-held time (throughput x (gil_us + gil_overhead_s), the
@@ -141,7 +144,7 @@ def classify(row: pd.Series | dict, slo_p99_s: float, memory_bytes: float, max_e
     failure = str(row.get("failure") or "")
     if failure == "nan":
         failure = ""
-    if failure == "memory" or float(row["rss_peak_bytes"]) > memory_bytes:
+    if failure == "memory" or upper(row, "rss_peak_bytes") > memory_bytes:
         return "memory"
     if failure in ("threads_max", "fd_limit", "backlog"):
         return failure
@@ -156,7 +159,7 @@ def classify(row: pd.Series | dict, slo_p99_s: float, memory_bytes: float, max_e
     p99 = float(row["latency_p99_s"]) if row["latency_p99_s"] is not None else math.nan
     if _stalled(row, p99):
         return "stalled"
-    if not math.isnan(p99) and p99 <= slo_p99_s and float(row["completed"]) > 0:
+    if not math.isnan(p99) and upper(row, "latency_p99_s") <= slo_p99_s and float(row["completed"]) > 0:
         return ""
     cores = float(row["cores"])
     util = float(row["cpu_util"])
@@ -176,6 +179,37 @@ def classify(row: pd.Series | dict, slo_p99_s: float, memory_bytes: float, max_e
             if one_core or gil_busy >= 0.4:
                 return "gil"
     return "latency"
+
+
+def upper(row: pd.Series | Mapping[str, Any], metric: str) -> float:
+    """The band's upper end of `metric` (column `<metric>_hi`) where the row has a finite one, else
+    the point value: what an SLO or budget is checked against."""
+    hi = _num(row.get(f"{metric}_hi"))
+    return hi if not math.isnan(hi) else float(row[metric])
+
+
+def p99_text(row: pd.Series | Mapping[str, Any]) -> str:
+    """"p99 31 ms [24, 38]" (the band, where the row has one), or "p99 31 ms"."""
+    p99 = _num(row.get("latency_p99_s"))
+    if math.isnan(p99):
+        return "no completed requests"
+    lo, hi = _num(row.get("latency_p99_s_lo")), _num(row.get("latency_p99_s_hi"))
+    band = "" if math.isnan(lo) or math.isnan(hi) else f" [{lo * 1e3:.3g}, {hi * 1e3:.3g}]"
+    return f"p99 {p99 * 1e3:.3g} ms{band}"
+
+
+def margin(row: pd.Series | Mapping[str, Any], slo_p99_s: float) -> float:
+    """(SLO - the p99 band's upper end) / SLO: the share of the SLO left unused; < 0 misses it."""
+    return (slo_p99_s - upper(row, "latency_p99_s")) / slo_p99_s
+
+
+def verdict(row: pd.Series | Mapping[str, Any], slo_p99_s: float) -> str:
+    """"p99 31 ms [24, 38] vs SLO 50 ms: 24% margin" (the margin is measured from the band's top)."""
+    m = margin(row, slo_p99_s)
+    tail = f"{m:.0%} margin" if m >= 0 else f"over by {-m:.0%}"
+    if math.isnan(m):
+        tail = "no p99"
+    return f"{p99_text(row)} vs SLO {slo_p99_s * 1e3:.3g} ms: {tail}"
 
 
 def _row_spec(row: pd.Series, arch: registry.Architecture) -> ModelSpec:
@@ -253,8 +287,7 @@ def _stalled(row: pd.Series, p99: float) -> bool:
 
 def _detail(row: pd.Series, reason: str, slo_p99_s: float, memory_bytes: float) -> str:
     n, c = int(row["connections"]), int(row["cores"])
-    p99 = float(row["latency_p99_s"])
-    p99_txt = "no completed requests" if math.isnan(p99) else f"p99 {p99 * 1e3:.3g} ms"
+    p99_txt = p99_text(row)
     at = f"at {n:,} connections on {c} cores"
     if reason == "memory":
         return f"{at}: RSS {row['rss_peak_bytes'] / 2**30:.3g} GiB vs budget {memory_bytes / 2**30:.3g} GiB"
@@ -280,13 +313,16 @@ def _detail(row: pd.Series, reason: str, slo_p99_s: float, memory_bytes: float) 
         return (f"{at}: {_error_rate(row):.1%} of requests failed (refused {int(row['errors_refused']):,}, "
                 f"timeout {int(row['errors_timeout']):,}, reset {int(row['errors_reset']):,})")
     if reason in ("cpu", "gil", "single_thread", "latency"):
-        return f"{at}: {p99_txt} > SLO {slo_p99_s * 1e3:.3g} ms, CPU {float(row['cpu_util']):.2f} of {c} cores"
+        over = "" if float(row["latency_p99_s"]) > slo_p99_s else " (the band's top)"
+        return (f"{at}: {p99_txt} > SLO {slo_p99_s * 1e3:.3g} ms{over}, CPU {float(row['cpu_util']):.2f} "
+                f"of {c} cores")
     return f"{at}: simulator reported failure {reason!r}"
 
 
 CAPACITY_COLUMNS = [
-    "model", "meets_slo", "max_connections", "cores", "throughput_rps", "latency_p99_s", "rss_peak_bytes",
-    "breaks_at_connections", "breaks_at_cores", "reason", "why",
+    "model", "meets_slo", "max_connections", "cores", "throughput_rps", "latency_p99_s", "latency_p99_s_lo",
+    "latency_p99_s_hi", "margin", "verdict", "source", "rss_peak_bytes", "breaks_at_connections",
+    "breaks_at_cores", "reason", "why",
 ]
 
 
@@ -307,7 +343,12 @@ def capacity(
     classifies the next load up on the largest core count in the sweep (the limit that more cores
     do not lift) or, for a model that meets nowhere, its smallest load on the most cores; "" when
     nothing in the frame breaks it.
-    One row per model, in registry order.
+    One row per model, in registry order. Columns (CAPACITY_COLUMNS): model; meets_slo (bool: some
+    row meets, its p99 band's top under the SLO); max_connections (0 when none), cores (fewest that
+    reach it), throughput_rps, latency_p99_s and its band latency_p99_s_lo / _hi (NaN without bands),
+    margin ((SLO - p99 band top) / SLO), verdict ("p99 31 ms [24, 38] vs SLO 50 ms: 24% margin"),
+    source ("sim" or "analytic") and rss_peak_bytes at that point; breaks_at_connections /
+    breaks_at_cores, reason (a REASONS key) and why (the figures, in words) for the next load up.
     """
     _check_positive("slo_p99_s", slo_p99_s)
     _check_positive("memory_bytes", memory_bytes)
@@ -328,14 +369,18 @@ def capacity(
             best = ok.sort_values(["connections", "cores"], ascending=[False, True]).iloc[0]
             record.update(max_connections=int(best["connections"]), cores=int(best["cores"]),
                           throughput_rps=float(best["throughput_rps"]), latency_p99_s=float(best["latency_p99_s"]),
-                          rss_peak_bytes=int(best["rss_peak_bytes"]))
+                          latency_p99_s_lo=_num(best.get("latency_p99_s_lo")),
+                          latency_p99_s_hi=_num(best.get("latency_p99_s_hi")),
+                          margin=margin(best, slo_p99_s), verdict=verdict(best, slo_p99_s),
+                          source=str(best.get("source", "") or ""), rss_peak_bytes=int(best["rss_peak_bytes"]))
             # The next load up breaks on every core count (else it would be the capacity); explain it
             # on the largest machine in the sweep: that is the limit more cores do not lift.
             above = rows[(rows["connections"] > best["connections"]) & (rows["_reason"] != "")]
             broken = above.sort_values(["connections", "cores"], ascending=[True, False])
         else:
             record.update(max_connections=0, cores=None, throughput_rps=math.nan, latency_p99_s=math.nan,
-                          rss_peak_bytes=None)
+                          latency_p99_s_lo=math.nan, latency_p99_s_hi=math.nan, margin=math.nan,
+                          verdict="never meets the SLO in this sweep", source="", rss_peak_bytes=None)
             broken = rows.sort_values(["connections", "cores"], ascending=[True, False])
         if broken.empty:
             record.update(breaks_at_connections=None, breaks_at_cores=None, reason="",
@@ -361,11 +406,46 @@ def meets(frame: pd.DataFrame, slo_p99_s: float, memory_bytes: float, max_error_
     return frame.apply(lambda r: classify(r, slo_p99_s, memory_bytes, max_error_rate) == "", axis=1)
 
 
-def winner_map(frame: pd.DataFrame, slo_p99_s: float, memory_bytes: float, max_error_rate: float = 1e-3) -> pd.DataFrame:
+# Calibration error bars: a model whose median held-out |error| (the profile's validation rows) is
+# above these gets a warning wherever it is recommended or wins a cell of the winner map.
+ERROR_BARS: dict[str, float] = {"throughput": 0.10, "p99": 0.25}
+EXTRAPOLATION_FLAG_X = 10.0  # a figure this far past the calibrated range is flagged
+
+
+def model_errors(validation: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Median |rel_err| per model and metric (ERROR_BARS' metrics) over a profile's validation rows
+    in calibration's long format (model, metric, rel_err); models keyed by their full name. Rows of
+    another shape are ignored; {} when there are none."""
+    values: dict[str, dict[str, list[float]]] = {}
+    for r in validation:
+        if not isinstance(r, Mapping) or r.get("metric") not in ERROR_BARS:
+            continue
+        err = _num(r.get("rel_err"))
+        try:
+            model = registry.resolve(r.get("model"))
+        except (ValueError, TypeError):
+            continue
+        if not math.isnan(err):
+            values.setdefault(model, {}).setdefault(r["metric"], []).append(abs(err))
+    return {m: {k: float(pd.Series(v).median()) for k, v in per.items()} for m, per in values.items()}
+
+
+def error_warning(model: str, errors: Mapping[str, Mapping[str, float]] | None) -> str:
+    """"calibration error above the bars: p99 90% (bar 25%)" for a model past ERROR_BARS; "" else."""
+    per = (errors or {}).get(model, {})
+    over = [f"{k} {per[k]:.0%} (bar {bar:.0%})" for k, bar in ERROR_BARS.items() if per.get(k, 0.0) > bar]
+    return "calibration error above the bars: " + ", ".join(over) if over else ""
+
+
+def winner_map(frame: pd.DataFrame, slo_p99_s: float, memory_bytes: float, max_error_rate: float = 1e-3, *,
+               errors: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
     """One row per (connections, cores) cell: the model with the highest throughput among those
     that meet the SLO and budget there ("" when none does), with its throughput and p99.
 
     Ties (within 2% throughput: simulation noise) go to the lower p99, then the lower RSS.
+    Columns: connections, cores, winner, throughput_rps, latency_p99_s, candidates (how many models
+    meet there), source (the winner's: "sim" or "analytic") and warning (error_warning of the
+    winner from `errors`, model_errors of the profile's validation rows: "" when within the bars).
     """
     ok = frame[meets(frame, slo_p99_s, memory_bytes, max_error_rate)] if not frame.empty else frame
     cells = frame[["connections", "cores"]].drop_duplicates().sort_values(["connections", "cores"])
@@ -374,38 +454,56 @@ def winner_map(frame: pd.DataFrame, slo_p99_s: float, memory_bytes: float, max_e
         cand = ok[(ok["connections"] == n) & (ok["cores"] == c)]
         if cand.empty:
             rows.append({"connections": int(n), "cores": int(c), "winner": "", "throughput_rps": math.nan,
-                         "latency_p99_s": math.nan, "candidates": 0})
+                         "latency_p99_s": math.nan, "candidates": 0, "source": "", "warning": ""})
             continue
         top = cand["throughput_rps"].max()
         near = cand[cand["throughput_rps"] >= 0.98 * top].sort_values(["latency_p99_s", "rss_peak_bytes"])
         w = near.iloc[0]
         rows.append({"connections": int(n), "cores": int(c), "winner": w["model"],
                      "throughput_rps": float(w["throughput_rps"]), "latency_p99_s": float(w["latency_p99_s"]),
-                     "candidates": len(cand)})
+                     "candidates": len(cand), "source": str(w.get("source", "") or ""),
+                     "warning": error_warning(w["model"], errors)})
     return pd.DataFrame(rows, columns=["connections", "cores", "winner", "throughput_rps", "latency_p99_s",
-                                       "candidates"])
+                                       "candidates", "source", "warning"])
 
 
 @dataclass(frozen=True)
 class Recommendation:
-    model: str  # "" when no model meets the SLO anywhere in the sweep
-    reasons: tuple[str, ...]  # plain-word sentences
-    ranking: tuple[str, ...]  # every model, best first
+    """recommend()'s answer. model: the model to build ("" when no model meets the SLO anywhere in
+    the sweep); reasons: plain-word sentences, the first with the capacity point's verdict and margin,
+    then where its figures come from (simulated, analytic, extrapolated); ranking: every model, best
+    first; warnings: what should make a reader doubt the figures (calibration error above the bars,
+    analytic or extrapolated figures, winner-map cells won by a poorly calibrated model)."""
+
+    model: str
+    reasons: tuple[str, ...]
+    ranking: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+
+
+_SOURCE_WORDS = {"sim": "simulated", "analytic": "from simkit.analytic (a queueing approximation, not simulated)",
+                 "real": "measured"}
 
 
 def recommend(frame: pd.DataFrame, slo_p99_s: float, memory_bytes: float, max_error_rate: float = 1e-3,
               gil_overhead_s: float = 0.0, *, cap: pd.DataFrame | None = None,
-              wins: pd.DataFrame | None = None) -> Recommendation:
+              wins: pd.DataFrame | None = None, calibrated: tuple[int, int] | None = None,
+              errors: Mapping[str, Mapping[str, float]] | None = None) -> Recommendation:
     """The model to build: the one that holds the SLO at the largest load (capacity is what the
     user is buying), then the one that wins the most cells of the winner map, then the one that
     meets the SLO most often, then on the fewest cores. Reasons are sentences a person can act on,
     including why the runners-up lost and where the recommended model itself breaks.
     cap / wins: capacity() and winner_map() of this frame with these arguments, when the caller
-    already has them (they are computed here otherwise)."""
+    already has them (they are computed here otherwise).
+    calibrated: (max cores, max connections) of the profile's calibrated range (calibrated_range);
+    a figure past it is called extrapolated, with its factor. errors: model_errors of the profile's
+    validation rows; the recommended model, and any model winning winner-map cells, above
+    ERROR_BARS gets a warning. Without them the recommendation says the range and error are unknown.
+    Returns a Recommendation (model, reasons, ranking, warnings)."""
     if cap is None:
         cap = capacity(frame, slo_p99_s, memory_bytes, max_error_rate=max_error_rate, gil_overhead_s=gil_overhead_s)
     if wins is None:
-        wins = winner_map(frame, slo_p99_s, memory_bytes, max_error_rate)
+        wins = winner_map(frame, slo_p99_s, memory_bytes, max_error_rate, errors=errors)
     n_cells = len(wins)
     win_counts = wins["winner"].value_counts()
     meet_counts = frame[meets(frame, slo_p99_s, memory_bytes, max_error_rate)]["model"].value_counts()
@@ -417,18 +515,23 @@ def recommend(frame: pd.DataFrame, slo_p99_s: float, memory_bytes: float, max_er
     ranked = sorted((r for _, r in cap.iterrows()), key=key, reverse=True)
     ranking = tuple(r["model"] for r in ranked)
     slo_txt = f"p99 <= {slo_p99_s * 1e3:.3g} ms within {memory_bytes / 2**30:.3g} GiB"
+    warnings = _map_warnings(wins, errors)
     if not ranked or not ranked[0]["meets_slo"]:
         reasons = [f"No model meets {slo_txt} anywhere in this sweep."]
         reasons += [f"{r['model']}: {REASONS.get(r['reason'], r['reason'])} ({r['why']})." for r in ranked]
-        return Recommendation("", tuple(reasons), ranking)
+        return Recommendation("", tuple(reasons), ranking, tuple(warnings))
     best = ranked[0]
+    verdict_txt = best.get("verdict") or f"p99 {best['latency_p99_s'] * 1e3:.3g} ms"
     reasons = [
         f"{best['model']} meets {slo_txt} at up to {int(best['max_connections']):,} connections "
-        f"({int(best['cores'])} cores: {best['throughput_rps']:,.0f} req/s, p99 {best['latency_p99_s'] * 1e3:.3g} ms, "
+        f"({int(best['cores'])} cores: {best['throughput_rps']:,.0f} req/s, {verdict_txt}, "
         f"RSS {best['rss_peak_bytes'] / 2**20:,.0f} MiB).",
         f"It is the best choice in {int(win_counts.get(best['model'], 0))} of {n_cells} (connections x cores) "
         f"cells of the winner map, and meets the SLO in {int(meet_counts.get(best['model'], 0))} of them.",
     ]
+    figures, doubts = _provenance(best, calibrated, errors)
+    reasons.append(figures)
+    warnings = doubts + warnings
     if best["reason"]:
         reasons.append(f"Where it stops: {REASONS.get(best['reason'], best['reason'])} ({best['why']}).")
     else:
@@ -442,7 +545,57 @@ def recommend(frame: pd.DataFrame, slo_p99_s: float, memory_bytes: float, max_er
         tail = f"; it breaks because {REASONS.get(other['reason'], other['reason'])} ({other['why']})" \
             if other["reason"] else ""
         reasons.append(lead + tail + ".")
-    return Recommendation(best["model"], tuple(reasons), ranking)
+    return Recommendation(best["model"], tuple(reasons), ranking, tuple(dict.fromkeys(warnings)))
+
+
+def _provenance(best: pd.Series, calibrated: tuple[int, int] | None,
+                errors: Mapping[str, Mapping[str, float]] | None) -> tuple[str, list[str]]:
+    """The sentence saying where the recommended capacity point's figures come from, and warnings."""
+    doubts = []
+    source = str(best.get("source", "") or "")
+    where = f"{int(best['max_connections']):,} connections on {int(best['cores'])} cores"
+    words = _SOURCE_WORDS.get(source, f"from source {source!r}" if source else "of unknown source")
+    if source == "analytic":
+        doubts.append(f"{best['model']}'s capacity point ({where}) comes from the analytic model, not the "
+                      "simulator: it leaves out the GIL convoy and scheduling detail.")
+    if calibrated is None:
+        span = "the calibrated range is unknown (no profile given)"
+    else:
+        cores, conns = calibrated
+        x = max(int(best["cores"]) / cores, int(best["max_connections"]) / conns, 1.0)
+        if x > 1.0:
+            span = f"extrapolated {x:.3g}x past the calibrated range (up to {cores} cores, {conns:,} connections)"
+            if x > EXTRAPOLATION_FLAG_X:
+                doubts.append(f"{best['model']}'s capacity point ({where}) is {x:.3g}x past the calibrated "
+                              f"range (up to {cores} cores, {conns:,} connections): the model's mechanisms "
+                              "speaking, not a measurement.")
+        else:
+            span = f"inside the calibrated range (up to {cores} cores, {conns:,} connections)"
+    if errors is None:
+        err_txt = "its calibration error is unknown (no validation rows given)"
+    elif best["model"] not in errors:
+        err_txt = "the profile has no validation rows for it"
+        doubts.append(f"{best['model']} has no measured calibration error in this profile.")
+    else:
+        per = errors[best["model"]]
+        err_txt = "calibration error (median held-out) " + ", ".join(
+            f"{k} {per[k]:.0%}" for k in ERROR_BARS if k in per)
+        warn = error_warning(best["model"], errors)
+        if warn:
+            doubts.append(f"{best['model']}: {warn}; its figures may be off by that much.")
+    return f"Its figures at {where} are {words}, {span}; {err_txt}.", doubts
+
+
+def _map_warnings(wins: pd.DataFrame, errors: Mapping[str, Mapping[str, float]] | None) -> list[str]:
+    """One warning per model that wins winner-map cells with a calibration error above the bars."""
+    if "warning" not in wins:
+        return []
+    flagged = wins[(wins["winner"] != "") & (wins["warning"] != "")]
+    out = []
+    for model, cells in flagged.groupby("winner", sort=False):
+        out.append(f"{model} wins {_cells(len(cells))} of the winner map with "
+                   f"{error_warning(model, errors)}: treat those cells as unverified.")
+    return out
 
 
 def _cells(k: int) -> str:

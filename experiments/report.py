@@ -25,11 +25,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from experiments.planning import (
+    EXTRAPOLATION_FLAG_X,
     REASONS,
     Recommendation,
     calibrated_range,
     capacity,
     extrapolation,
+    model_errors,
     recommend,
     winner_map,
 )
@@ -37,7 +39,6 @@ from simkit import registry
 from simkit.profile import CostProfile
 from simkit.scenario import available_cores
 
-EXTRAPOLATION_FLAG_X = 10.0
 MD_VALIDATION_ROWS = 60  # report.md lists this many held-out rows when they are not in calibration's long format
 
 
@@ -333,14 +334,19 @@ def report_data(inputs: ReportInputs) -> ReportData:
 
     # Request parsing holds the GIL too: charge it when telling a GIL limit from other latency.
     gil_overhead_s = profile["parse_s"]
+    # The calibrated range and each model's held-out error: the recommendation says which of its
+    # figures lie past the range, and warns about models whose calibration error is above the bars.
+    cal_cores, cal_conns = calibrated_range(profile.validation, available_cores(), _box_connections(profile))
+    errors = model_errors(validation_rows(profile)) if validation_rows(profile) else None
     cap = capacity(frame, slo, mem, max_error_rate=inputs.max_error_rate, gil_overhead_s=gil_overhead_s)
-    wins = winner_map(frame, slo, mem, inputs.max_error_rate)
-    rec = recommend(frame, slo, mem, inputs.max_error_rate, gil_overhead_s, cap=cap, wins=wins)
+    wins = winner_map(frame, slo, mem, inputs.max_error_rate, errors=errors)
+    rec = recommend(frame, slo, mem, inputs.max_error_rate, gil_overhead_s, cap=cap, wins=wins,
+                    calibrated=(cal_cores, cal_conns), errors=errors)
 
     cap_table = Table(
-        ("model", "meets SLO", "max connections", "on cores", "req/s there", "p99 there (ms)",
+        ("model", "meets SLO", "max connections", "on cores", "req/s there", "p99 there vs SLO", "source",
          "breaks at connections", "on cores", "reason", "why"),
-        tuple((r.model, r.meets_slo, r.max_connections, r.cores, r.throughput_rps, r.latency_p99_s * 1e3,
+        tuple((r.model, r.meets_slo, r.max_connections, r.cores, r.throughput_rps, r.verdict, r.source,
                r.breaks_at_connections, r.breaks_at_cores, r.reason, r.why) for r in cap.itertuples()),
     )
     captions = (
@@ -355,7 +361,6 @@ def report_data(inputs: ReportInputs) -> ReportData:
     plots = tuple(Plot(name, caption) for name, caption in zip(PLOT_FILES, captions, strict=True))
 
     # Extrapolation: the factor depends only on (cores, connections): show that grid.
-    cal_cores, cal_conns = calibrated_range(profile.validation, available_cores(), _box_connections(profile))
     range_from = "the profile's validation rows" if any(
         isinstance(r, dict) and ("cores" in r or "connections" in r) for r in profile.validation
     ) else "this box (the profile lists no calibrated points)"
@@ -429,7 +434,8 @@ def render_markdown(data: ReportData) -> str:
         md.extend([f"## {title}", "", body, ""])
 
     head = f"**Recommended: {rec.model}**\n\n" if rec.model else "**No model meets the SLO in this sweep.**\n\n"
-    section("Recommendation", head + "\n".join(f"- {r}" for r in rec.reasons))
+    doubts = "".join(f"\n- **Warning:** {w}" for w in rec.warnings)
+    section("Recommendation", head + "\n".join(f"- {r}" for r in rec.reasons) + doubts)
     legend = "\n".join(f"- `{k}`: {v}" for k, v in data.reasons)
     section(f"Capacity per model ({data.slo_text})", _md_table(data.capacity_table) + "\n\nReasons:\n" + legend)
     section("Plots", "\n\n".join(f"![{p.stem}]({p.filename})\n\n{p.caption}" for p in data.plots))
@@ -462,7 +468,8 @@ def render_html(data: ReportData, images: Mapping[str, bytes]) -> str:
 
     head = (f"<p class='rec'>Recommended: <b>{esc(rec.model)}</b></p>" if rec.model
             else "<p class='rec'>No model meets the SLO in this sweep.</p>")
-    section("Recommendation", head + _html_list(rec.reasons))
+    doubts = "".join(f"<li class='warn'>Warning: {esc(w)}</li>" for w in rec.warnings)
+    section("Recommendation", head + _html_list(rec.reasons) + (f"<ul>{doubts}</ul>" if doubts else ""))
     section(f"Capacity per model ({data.slo_text})", _html_table(data.capacity_table) + "<ul>" + "".join(
         f"<li><code>{k}</code>: {esc(v)}</li>" for k, v in data.reasons) + "</ul>")
     section("Plots", "".join(

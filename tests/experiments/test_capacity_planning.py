@@ -204,3 +204,65 @@ def test_adaptive_window_covers_the_ramp_and_prices_points():
     assert 1 / 200e-6 < throughput_bound(m6, profile) < 8 / 200e-6
     with pytest.raises(ValueError, match="min_duration_s"):
         WindowPolicy(min_duration_s=10, max_duration_s=1)
+
+
+def _banded(row: Result, lo: float, hi: float, source: str = "sim") -> dict:
+    out = dict(row.to_row())
+    out.update(latency_p99_s_lo=lo, latency_p99_s_hi=hi, source=source)
+    return out
+
+
+def test_meets_the_slo_only_when_the_band_does_and_states_the_margin():
+    inside = _banded(_row("m3_reactor", 2, 100, latency_p99_s=0.031), 0.024, 0.038)
+    straddles = _banded(_row("m3_reactor", 2, 1000, latency_p99_s=0.045), 0.035, 0.060)
+    frame = pd.DataFrame([inside, straddles])
+    assert classify(straddles, SLO, BUDGET) == "latency"  # point under the SLO, band's top over it
+    cap = capacity(frame, SLO, BUDGET).set_index("model").loc["m3_reactor"]
+    assert cap["max_connections"] == 100
+    assert cap["verdict"] == "p99 31 ms [24, 38] vs SLO 50 ms: 24% margin"
+    assert cap["margin"] == pytest.approx(0.24)
+    assert "p99 45 ms [35, 60] > SLO 50 ms (the band's top)" in cap["why"]
+    # Without band columns the point value decides (and the verdict says so by showing no band).
+    plain = capacity(to_frame([_row("m3_reactor", 2, 100, latency_p99_s=0.031)]), SLO, BUDGET)
+    assert plain.loc[0, "verdict"] == "p99 31 ms vs SLO 50 ms: 38% margin"
+
+
+def test_recommendation_says_where_its_figures_come_from_and_warns_on_calibration_error():
+    from experiments.planning import model_errors
+
+    rows = []
+    for n, c in ((10, 1), (100, 1), (10, 8), (100, 8), (100_000, 32)):
+        # m2 is fastest where it meets (it would win cells), m6 holds the largest load, analytically.
+        rows.append(_banded(_row("m2_thread_per_conn", c, n, throughput_rps=2000.0 * c), 0.005, 0.012))
+        src = "analytic" if n == 100_000 else "sim"
+        rows.append(_banded(_row("m6_prefork", c, n, throughput_rps=1000.0 * c), 0.005, 0.012, src))
+    rows[-2] = _banded(_row("m2_thread_per_conn", 32, 100_000, failure="threads_max"), 0.005, 0.012)
+    frame = pd.DataFrame(rows)
+    validation = [{"model": "m2_thread_per_conn", "metric": "p99", "rel_err": 0.9},
+                  {"model": "m2_thread_per_conn", "metric": "throughput", "rel_err": -0.05},
+                  {"model": "m6", "metric": "p99", "rel_err": 0.1}, {"model": "m6", "metric": "throughput",
+                                                                     "rel_err": 0.02}]
+    errors = model_errors(validation)
+    assert errors["m2_thread_per_conn"] == {"p99": 0.9, "throughput": 0.05}
+    wins = winner_map(frame, SLO, BUDGET, errors=errors)
+    m2_cells = wins[wins["winner"] == "m2_thread_per_conn"]
+    assert len(m2_cells) == 4 and all("p99 90% (bar 25%)" in w for w in m2_cells["warning"])
+    rec = recommend(frame, SLO, BUDGET, calibrated=(2, 10_000), errors=errors)
+    assert rec.model == "m6_prefork"
+    figures = next(r for r in rec.reasons if r.startswith("Its figures"))
+    assert "from simkit.analytic" in figures and "extrapolated 16x past the calibrated range" in figures
+    text = " ".join(rec.warnings)
+    assert "m2_thread_per_conn wins 4 cells of the winner map with calibration error above the bars" in text
+    assert "comes from the analytic model" in text and "16x past the calibrated range" in text
+    assert "vs SLO 50 ms: 76% margin" in rec.reasons[0]
+    # Without a profile's range and errors it says they are unknown rather than staying silent.
+    bare = recommend(frame, SLO, BUDGET)
+    assert "calibrated range is unknown" in next(r for r in bare.reasons if r.startswith("Its figures"))
+
+
+def test_a_row_where_nothing_failed_and_nothing_completed_says_so():
+    from experiments.planning import _detail
+
+    row = _row("m3_reactor", 2, 100, throughput_rps=0.0, completed=0, latency_p99_s=math.nan).to_row()
+    text = _detail(pd.Series(row), "backlog", SLO, BUDGET)
+    assert "100.0%" not in text and "no request failed, and none completed either" in text
