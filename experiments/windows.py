@@ -20,6 +20,10 @@ from simkit.costs import demands
 from simkit.profile import CostProfile
 from simkit.scenario import Scenario
 
+# Past this many clients the steady-state estimate uses the analytic model's large-population fixed
+# point instead of the MVA recursion (O(clients) steps): a window needs R to a few %, not exactly.
+ESTIMATE_MVA_LIMIT = 2000
+
 
 @dataclass(frozen=True)
 class WindowPolicy:
@@ -91,7 +95,7 @@ def steady_state(scenario: Scenario, profile: Any) -> tuple[float, float]:
     response = d.cpu_s + d.io_s + d.rtt_s
     if isinstance(profile, CostProfile):
         try:
-            r = analytic(scenario, profile)
+            r = analytic(scenario, profile, mva_limit=ESTIMATE_MVA_LIMIT)
         except ValueError:  # nothing to queue for (every cost 0): the bound is the answer
             return max(x, 1e-3), response
         if math.isfinite(r.latency_mean_s) and r.throughput_rps > 0:

@@ -109,19 +109,24 @@ def _failure(scenario: Scenario, profile: CostProfile, peaks: dict[str, int]) ->
     return ""
 
 
-def analytic(scenario: Scenario, profile: CostProfile | None = None) -> Result:
+def analytic(scenario: Scenario, profile: CostProfile | None = None, *,
+             mva_limit: int = LARGE_POPULATION) -> Result:
     """A coarse Result for one scenario from the station network of `model_stations`.
 
-    Closed loop: Seidmann's MVA (mva_recursive) up to LARGE_POPULATION clients, the large-population
-    fixed point beyond; mean latency is N/X - think (Little). Open loop: a Jackson network of M/M/c
-    stations. Open-loop quantiles are the busiest station's exact M/M/c quantile plus the other
-    stations' means (exact for one station); closed-loop quantiles treat the queueing delay as
-    exponential on top of the no-wait latency (a rough guide). An open loop at or past capacity
-    returns the capacity as throughput, NaN latencies and failure "saturated": a sweep wants a row,
-    not an exception. A server that serves one connection at a time, under keep-alive-forever
-    clients, serves one of them and reports the others as timeouts; in an open loop it ignores that
-    a connection holds the thread between requests. The GIL convoy is out of reach of any
-    product-form network: thread-per-connection models with io work on many cores come out fast.
+    Closed loop: Seidmann's MVA (mva_recursive) up to `mva_limit` clients (LARGE_POPULATION), the large-
+    population fixed point beyond (microseconds instead of O(clients) steps: a caller that only sizes
+    something from the answer may lower the limit); mean latency is N/X - think (Little). Open loop: a
+    Jackson network of M/M/c stations. Open-loop quantiles are the busiest station's exact M/M/c
+    quantile plus the other stations' means (exact for one station); closed-loop quantiles treat the
+    queueing delay as exponential on top of the no-wait latency (a rough guide). An open loop at or past
+    capacity returns the capacity as throughput, NaN latencies and failure "saturated": a sweep wants a
+    row, not an exception. A closed loop past its knee (more clients than capacity x (think + unqueued
+    latency)) keeps the surplus standing in the bottleneck's queue: that part of the wait is the same
+    for every request, so it shifts the quantiles rather than stretching an exponential tail. A server
+    that serves one connection at a time, under keep-alive-forever clients, serves one of them and
+    reports the others as timeouts; in an open loop it ignores that a connection holds the thread
+    between requests. The GIL convoy is out of reach of any product-form network: thread-per-connection
+    models with io work on many cores come out fast.
     """
     if not isinstance(scenario, Scenario):
         raise ValueError(f"scenario: expected a Scenario, got {type(scenario).__name__}")
@@ -134,6 +139,7 @@ def analytic(scenario: Scenario, profile: CostProfile | None = None) -> Result:
     stations = model_stations(scenario, profile)
     base = d.cpu_s + d.io_s + d.rtt_s  # latency with no queueing anywhere
     timeouts = 0
+    standing = 0.0  # closed loop: the wait every request spends behind the clients queued past the knee
     failure = ""
     open_quantiles: dict[float, float] = {}
     arch = registry.get(scenario.model.name)
@@ -151,13 +157,19 @@ def analytic(scenario: Scenario, profile: CostProfile | None = None) -> Result:
                 stations = [s if s.name != "network" else Station("network", d.rtt_s / k, None) for s in stations]
         if think == 0 and all(s.demand_s == 0 for s in stations):
             raise ValueError("cpu_us: every cost and the work are 0; throughput would be infinite")
-        if clients <= LARGE_POPULATION:
+        if clients <= mva_limit:
             x = mva_recursive(clients, think, stations).throughput_rps
         else:
             x = closed_large_population(clients, think, stations)
         mean = clients / x - w.think_s
         util = max((x * s.demand_s / s.servers for s in stations if s.servers is not None), default=0.0)
         wait_prob = min(1.0, util)
+        # Past the knee N* = capacity x (think + unqueued latency) the extra clients stand in the
+        # bottleneck's queue for good: a constant wait, not a random one.
+        capacity = min((s.servers / s.demand_s for s in stations if s.servers is not None and s.demand_s > 0),
+                       default=math.inf)
+        if math.isfinite(capacity):
+            standing = max(0.0, (clients - capacity * (think + base)) / x)
     else:
         lam = w.rate_rps
         capacity = min((s.servers / s.demand_s for s in stations if s.servers is not None and s.demand_s > 0),
@@ -180,16 +192,16 @@ def analytic(scenario: Scenario, profile: CostProfile | None = None) -> Result:
 
     quantiles = {}
     for label, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)):
-        excess = mean - base
+        excess = mean - base - standing
         if open_quantiles:
             quantiles[label] = max(open_quantiles[q], 0.0)
         elif math.isnan(mean):
             quantiles[label] = math.nan
         elif excess <= 0 or wait_prob <= 0 or 1.0 - q >= wait_prob:
-            quantiles[label] = max(base, 0.0) if excess > 0 else mean
+            quantiles[label] = max(base + standing, 0.0) if excess > 0 else mean
         else:
-            # Closed loop: wait = 0 w.p. 1 - pw, else exponential with mean excess / pw.
-            quantiles[label] = base + (excess / wait_prob) * math.log(wait_prob / (1.0 - q))
+            # Closed loop: the standing wait, then 0 w.p. 1 - pw, else exponential with mean excess / pw.
+            quantiles[label] = base + standing + (excess / wait_prob) * math.log(wait_prob / (1.0 - q))
 
     busy = x * (mean if not math.isnan(mean) else 0.0)
     peaks = _peaks(scenario, profile, busy)
