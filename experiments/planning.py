@@ -30,6 +30,9 @@ REASONS: dict[str, str] = {
     "threads_max": "hits the thread/process limit (threads_max)",
     "fd_limit": "runs out of file descriptors (fd_limit)",
     "backlog": "the listen backlog overflows: connections refused or timed out",
+    "startup": "the clients' start-up connect storm overflowed the backlog: the window opened before the connect "
+               "ramp ended, so this is a start-up effect, not a capacity limit (open the window after the ramp, "
+               "or connect more slowly: connect_rate_cps)",
     "errors": "clients see errors (resets) above the tolerated rate",
     "stalled": "requests pile up unanswered: many connected clients are not being served (the p99 of the "
                "completed requests hides them)",
@@ -146,7 +149,9 @@ def classify(row: pd.Series | dict, slo_p99_s: float, memory_bytes: float, max_e
         failure = ""
     if failure == "memory" or upper(row, "rss_peak_bytes") > memory_bytes:
         return "memory"
-    if failure in ("threads_max", "fd_limit", "backlog"):
+    if failure == "backlog":
+        return "startup" if _in_ramp(row) else failure
+    if failure in ("threads_max", "fd_limit"):
         return failure
     if failure:
         return failure  # e.g. "server_died": passed through, named as the simulator named it
@@ -155,7 +160,9 @@ def classify(row: pd.Series | dict, slo_p99_s: float, memory_bytes: float, max_e
     err = _error_rate(row)
     refused_or_timeout = float(row["errors_refused"]) + float(row["errors_timeout"])
     if err > max_error_rate:
-        return "backlog" if refused_or_timeout > 0 else "errors"
+        if refused_or_timeout > 0:
+            return "startup" if _in_ramp(row) else "backlog"
+        return "errors"
     p99 = float(row["latency_p99_s"]) if row["latency_p99_s"] is not None else math.nan
     if _stalled(row, p99):
         return "stalled"
@@ -210,6 +217,15 @@ def verdict(row: pd.Series | Mapping[str, Any], slo_p99_s: float) -> str:
     if math.isnan(m):
         tail = "no p99"
     return f"{p99_text(row)} vs SLO {slo_p99_s * 1e3:.3g} ms: {tail}"
+
+
+def _in_ramp(row: pd.Series) -> bool:
+    """The row's window opened before its clients finished their first connects (connections /
+    connect_rate_cps, a closed loop's start-up ramp): a backlog overflow there may be the storm."""
+    rate = _num(row.get("connect_rate_cps"))
+    if str(row.get("mode", "closed")) != "closed" or math.isnan(rate) or rate <= 0:
+        return False
+    return _num(row.get("warmup_s")) < float(row["connections"]) / rate
 
 
 def _row_spec(row: pd.Series, arch: registry.Architecture) -> ModelSpec:
@@ -305,6 +321,10 @@ def _detail(row: pd.Series, reason: str, slo_p99_s: float, memory_bytes: float) 
                     f"~{expected:,.0f}: only ~{served:,.1f} of {n:,} clients are served ({x:,.3g} req/s); "
                     f"{waiting}the others wait unseen (the completed ones' {p99_txt} hides them)")
         return f"{at}: {waiting}only {x:,.3g} req/s completed (the completed ones' {p99_txt} hides the rest)"
+    if reason == "startup":
+        ramp = float(row["connections"]) / float(row["connect_rate_cps"])
+        return (f"{at}: the backlog overflowed while the clients were still connecting (ramp {ramp:.3g} s at "
+                f"{float(row['connect_rate_cps']):,.0f} connects/s, window opened at {float(row['warmup_s']):.3g} s)")
     if reason == "backlog" and _error_rate(row) <= 0:
         return f"{at}: the listen backlog overflowed (SYNs dropped, clients retried after 1 s or more)"
     if reason in ("backlog", "errors"):

@@ -266,3 +266,17 @@ def test_a_row_where_nothing_failed_and_nothing_completed_says_so():
     row = _row("m3_reactor", 2, 100, throughput_rps=0.0, completed=0, latency_p99_s=math.nan).to_row()
     text = _detail(pd.Series(row), "backlog", SLO, BUDGET)
     assert "100.0%" not in text and "no request failed, and none completed either" in text
+
+
+def test_a_backlog_overflow_during_the_connect_ramp_is_not_a_capacity_limit():
+    def row(warmup_s):
+        sc = Scenario(model=ModelSpec(name="m3_reactor"), hardware=Hardware(cores=2),
+                      workload=Workload(connections=10_000, connect_rate_cps=10_000.0, warmup_s=warmup_s))
+        return Result(scenario=sc, source="real", throughput_rps=1000.0, completed=5000, errors_refused=500,
+                      latency_mean_s=0.01, latency_p99_s=0.02, failure="backlog").to_row()
+
+    storm = row(0.5)  # the window opened half-way through the 1 s connect ramp
+    assert classify(storm, SLO, BUDGET) == "startup"
+    assert "while the clients were still connecting (ramp 1 s" in capacity(pd.DataFrame([storm]), SLO, BUDGET)["why"][0]
+    assert classify(row(2.0), SLO, BUDGET) == "backlog"  # after the ramp: the backlog is the limit
+    assert classify({**row(0.5), "failure": ""}, SLO, BUDGET) == "startup"  # refusals alone, same reading
