@@ -304,7 +304,7 @@ def _stalled(row: pd.Series, p99: float) -> bool:
 def _detail(row: pd.Series, reason: str, slo_p99_s: float, memory_bytes: float) -> str:
     n, c = int(row["connections"]), int(row["cores"])
     p99_txt = p99_text(row)
-    at = f"at {n:,} connections on {c} cores"
+    at = f"at {n:,} connections on {_cores(c)}"
     if reason == "memory":
         return f"{at}: RSS {row['rss_peak_bytes'] / 2**30:.3g} GiB vs budget {memory_bytes / 2**30:.3g} GiB"
     if reason in ("threads_max", "fd_limit"):
@@ -453,7 +453,7 @@ def model_errors(validation: Iterable[Mapping[str, Any]]) -> dict[str, dict[str,
 def error_warning(model: str, errors: Mapping[str, Mapping[str, float]] | None) -> str:
     """"calibration error above the bars: p99 90% (bar 25%)" for a model past ERROR_BARS; "" else."""
     per = (errors or {}).get(model, {})
-    over = [f"{k} {per[k]:.0%} (bar {bar:.0%})" for k, bar in ERROR_BARS.items() if per.get(k, 0.0) > bar]
+    over = [f"{k} {per[k]:.1%} (bar {bar:.0%})" for k, bar in ERROR_BARS.items() if per.get(k, 0.0) > bar]
     return "calibration error above the bars: " + ", ".join(over) if over else ""
 
 
@@ -544,14 +544,16 @@ def recommend(frame: pd.DataFrame, slo_p99_s: float, memory_bytes: float, max_er
     verdict_txt = best.get("verdict") or f"p99 {best['latency_p99_s'] * 1e3:.3g} ms"
     reasons = [
         f"{best['model']} meets {slo_txt} at up to {int(best['max_connections']):,} connections "
-        f"({int(best['cores'])} cores: {best['throughput_rps']:,.0f} req/s, {verdict_txt}, "
+        f"({_cores(int(best['cores']))}: {best['throughput_rps']:,.0f} req/s, {verdict_txt}, "
         f"RSS {best['rss_peak_bytes'] / 2**20:,.0f} MiB).",
         f"It is the best choice in {int(win_counts.get(best['model'], 0))} of {n_cells} (connections x cores) "
         f"cells of the winner map, and meets the SLO in {int(meet_counts.get(best['model'], 0))} of them.",
     ]
     figures, doubts = _provenance(best, calibrated, errors)
     reasons.append(figures)
-    warnings = doubts + warnings
+    # The recommended model's own error warning already covers the cells it wins.
+    own = f"{best['model']} wins "
+    warnings = doubts + [w for w in warnings if not (w.startswith(own) and error_warning(best["model"], errors))]
     if best["reason"]:
         reasons.append(f"Where it stops: {REASONS.get(best['reason'], best['reason'])} ({best['why']}).")
     else:
@@ -573,7 +575,7 @@ def _provenance(best: pd.Series, calibrated: tuple[int, int] | None,
     """The sentence saying where the recommended capacity point's figures come from, and warnings."""
     doubts = []
     source = str(best.get("source", "") or "")
-    where = f"{int(best['max_connections']):,} connections on {int(best['cores'])} cores"
+    where = f"{int(best['max_connections']):,} connections on {_cores(int(best['cores']))}"
     words = _SOURCE_WORDS.get(source, f"from source {source!r}" if source else "of unknown source")
     if source == "analytic":
         doubts.append(f"{best['model']}'s capacity point ({where}) comes from the analytic model, not the "
@@ -599,7 +601,7 @@ def _provenance(best: pd.Series, calibrated: tuple[int, int] | None,
     else:
         per = errors[best["model"]]
         err_txt = "calibration error (median held-out) " + ", ".join(
-            f"{k} {per[k]:.0%}" for k in ERROR_BARS if k in per)
+            f"{k} {per[k]:.1%}" for k in ERROR_BARS if k in per)
         warn = error_warning(best["model"], errors)
         if warn:
             doubts.append(f"{best['model']}: {warn}; its figures may be off by that much.")
@@ -616,6 +618,10 @@ def _map_warnings(wins: pd.DataFrame, errors: Mapping[str, Mapping[str, float]] 
         out.append(f"{model} wins {_cells(len(cells))} of the winner map with "
                    f"{error_warning(model, errors)}: treat those cells as unverified.")
     return out
+
+
+def _cores(c: int) -> str:
+    return f"{c} core" if c == 1 else f"{c} cores"
 
 
 def _cells(k: int) -> str:

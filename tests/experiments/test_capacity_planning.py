@@ -246,7 +246,7 @@ def test_recommendation_says_where_its_figures_come_from_and_warns_on_calibratio
     assert errors["m2_thread_per_conn"] == {"p99": 0.9, "throughput": 0.05}
     wins = winner_map(frame, SLO, BUDGET, errors=errors)
     m2_cells = wins[wins["winner"] == "m2_thread_per_conn"]
-    assert len(m2_cells) == 4 and all("p99 90% (bar 25%)" in w for w in m2_cells["warning"])
+    assert len(m2_cells) == 4 and all("p99 90.0% (bar 25%)" in w for w in m2_cells["warning"])
     rec = recommend(frame, SLO, BUDGET, calibrated=(2, 10_000), errors=errors)
     assert rec.model == "m6_prefork"
     figures = next(r for r in rec.reasons if r.startswith("Its figures"))
