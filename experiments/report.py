@@ -517,6 +517,7 @@ def write_report(inputs: ReportInputs, out_dir: str | Path) -> ReportFiles:
     data = report_data(inputs)
     csv_path = out / "results.csv"
     data.results.to_csv(csv_path, index=False)
+    data.results.to_parquet(out / "results.parquet", index=False)  # typed columns, for pandas / DuckDB / Arrow
     if data.validation_rows:
         pd.DataFrame(list(data.validation_rows)).to_csv(out / "calibration_validation.csv", index=False)
     plots = write_plots(data, out)
