@@ -39,6 +39,7 @@ Pure functions except `predict`, which runs the simulator (the entry for scripts
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -134,8 +135,12 @@ def noise_half_width(values: Sequence[float], level: float) -> float:
         return 0.0
     mean = float(np.mean(vals))
     sd = float(np.std(vals, ddof=1))
-    t = float(stats.t.ppf((1 + level) / 2, len(vals) - 1))
-    return t * sd / (math.sqrt(len(vals)) * mean)
+    return _t_value(level, len(vals) - 1) * sd / (math.sqrt(len(vals)) * mean)
+
+
+@functools.lru_cache(maxsize=256)
+def _t_value(level: float, df: int) -> float:
+    return float(stats.t.ppf((1 + level) / 2, df))
 
 
 def enough(results: Sequence[Result], policy: BandPolicy) -> bool:
@@ -191,7 +196,20 @@ def _metric_value(result: Result, metric: str) -> float:
 def param_draws(profile: CostProfile, n: int = 8, seed: int = PARAM_SEED) -> list[CostProfile]:
     """n copies of the profile with every parameter that has an sd drawn at once from N(value, sd)
     (clipped at 0). A fixed seed: every point sees the same draws (common random numbers), so the
-    parameter part of neighbouring points' bands does not jitter."""
+    parameter part of neighbouring points' bands does not jitter. Remembered per parameter set (a
+    sweep's worker prices many points with one profile)."""
+    key = (n, seed, tuple((name, p.value, p.sd) for name, p in profile.params.items()))
+    if key not in _DRAWS:
+        if len(_DRAWS) >= 8:
+            _DRAWS.clear()
+        _DRAWS[key] = _param_draws(profile, n, seed)
+    return _DRAWS[key]
+
+
+_DRAWS: dict[tuple, list[CostProfile]] = {}
+
+
+def _param_draws(profile: CostProfile, n: int, seed: int) -> list[CostProfile]:
     rng = np.random.default_rng(seed)
     uncertain = [(name, p) for name, p in profile.params.items() if p.sd > 0 and math.isfinite(p.sd)]
     out = []
@@ -235,6 +253,7 @@ def param_sensitivities(scenario: Scenario, profile: CostProfile,
     return {m: math.sqrt(v / count) if count else 0.0 for m, v in sq.items()}
 
 
+@functools.lru_cache(maxsize=64)
 def z_value(level: float) -> float:
     return float(stats.norm.ppf((1 + level) / 2))
 

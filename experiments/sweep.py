@@ -92,13 +92,15 @@ def run_point(fn: SimulateFn, scenario: Scenario, profile: CostProfile) -> Resul
 
 
 def run_banded(fn: SimulateFn, scenario: Scenario, profile: CostProfile,
-               policy: BandPolicy | None) -> tuple[Result, PointParts | None]:
-    """One point replicated over seeds as `policy` says (once without a policy), in whichever process
-    runs it: the mean Result and its band's noise and parameter parts (experiments.intervals)."""
-    if policy is None:
+               banding: tuple[BandPolicy, SimulateFn] | None) -> tuple[Result, PointParts | None]:
+    """One point replicated over seeds as the BandPolicy says (once without one), in whichever process
+    runs it: the mean Result and its band's noise and parameter parts (experiments.intervals), the
+    parameter part priced by the sweep's analytic model (banding's second item)."""
+    if banding is None:
         return run_point(fn, scenario, profile), None
+    policy, analytic = banding
     runs = intervals.replicate(partial(run_point, fn), scenario, profile, policy)
-    return intervals.combine(runs), intervals.point_parts(runs, scenario, profile, policy.level)
+    return intervals.combine(runs), intervals.point_parts(runs, scenario, profile, policy.level, analytic)
 
 
 def sweep(
@@ -135,7 +137,8 @@ def sweep(
     instead of the base scenario's fixed duration_s/warmup_s; points it prices above
     max_sim_requests go to the analytic model. Points sent to the analytic model by `window`,
     `analytic_above` or `use_analytic` raise an AnalyticPointsWarning naming how many.
-    bands: True (BandPolicy()), a BandPolicy, or False (one seed per point, no band columns).
+    bands: True (BandPolicy()), a BandPolicy, or False (one seed per point, no band columns); the
+    bands' parameter part is priced by `analytic` too.
     profile: chosen by simkit.profile.resolve_profile (a CostProfile, a path, or None: the one rule).
     Arguments of the wrong type or out of range raise ValueError naming the argument.
     """
@@ -178,7 +181,8 @@ def sweep(
         runner = _run_local
     else:
         runner = _run_dask
-    results, missing = runner(engine, fns, scenarios, prof, workers, progress, description, policy)
+    banding = (policy, analytic or _default_analytic()) if policy is not None else None
+    results, missing = runner(engine, fns, scenarios, prof, workers, progress, description, banding)
     done = [results[i] for i in range(len(scenarios)) if i in results]
     frame = to_frame([r for r, _parts in done])
     if policy is not None:
@@ -255,20 +259,20 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _run_serial(_engine, fns, scenarios, profile, _workers, progress, description, policy):
+def _run_serial(_engine, fns, scenarios, profile, _workers, progress, description, banding):
     results, missing = {}, []
     bar, task = _progress(progress, len(scenarios), description)
     with bar:
         for i, (fn, sc) in enumerate(zip(fns, scenarios, strict=True)):
             try:
-                results[i] = run_banded(fn, sc, profile, policy)
+                results[i] = run_banded(fn, sc, profile, banding)
             except Exception as exc:  # noqa: BLE001 - reported per scenario, never swallowed
                 missing.append((i, sc, _why(exc)))
             bar.advance(task)
     return results, missing
 
 
-def _run_local(_engine, fns, scenarios, profile, workers, progress, description, policy):
+def _run_local(_engine, fns, scenarios, profile, workers, progress, description, banding):
     n_workers = max(1, min(workers or available_cores(), len(scenarios)))
     results, missing = {}, []
     bar, task = _progress(progress, len(scenarios), description)
@@ -276,7 +280,7 @@ def _run_local(_engine, fns, scenarios, profile, workers, progress, description,
         # Largest loads first (a proxy for the longest simulations): the pool's tail is then made of
         # short points, so both workers finish together. Rows still come back in grid order.
         order = sorted(range(len(scenarios)), key=lambda i: -scenarios[i].workload.connections)
-        futures = {pool.submit(run_banded, fns[i], scenarios[i], profile, policy): i for i in order}
+        futures = {pool.submit(run_banded, fns[i], scenarios[i], profile, banding): i for i in order}
         for fut in cf.as_completed(futures):
             i = futures[fut]
             try:
@@ -289,7 +293,7 @@ def _run_local(_engine, fns, scenarios, profile, workers, progress, description,
     return results, missing
 
 
-def _run_dask(engine, fns, scenarios, profile, _workers, progress, description, policy):
+def _run_dask(engine, fns, scenarios, profile, _workers, progress, description, banding):
     from distributed import Client, as_completed
 
     own = isinstance(engine, str)
@@ -308,7 +312,7 @@ def _run_dask(engine, fns, scenarios, profile, _workers, progress, description, 
     try:
         # One scattered copy of the profile instead of one per task.
         [prof_future] = client.scatter([profile], broadcast=True)
-        futures = [client.submit(run_banded, fn, sc, prof_future, policy, pure=False, key=f"serverlab-point-{i}-{os.getpid()}-"
+        futures = [client.submit(run_banded, fn, sc, prof_future, banding, pure=False, key=f"serverlab-point-{i}-{os.getpid()}-"
                                  f"{id(scenarios)}") for i, (fn, sc) in enumerate(zip(fns, scenarios, strict=True))]
         index = {f.key: i for i, f in enumerate(futures)}
         bar, task = _progress(progress, len(scenarios), f"{description} (dask)")
