@@ -43,6 +43,7 @@ import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -283,10 +284,29 @@ def conformal_quantile(scores: Sequence[float], level: float) -> float | None:
 
 def profile_validation_rows(profile: CostProfile) -> list[dict[str, Any]]:
     """The profile's validation rows, each with `set` (grid | offgrid) and `point` (which run: rows of
-    one run share it). Off-grid rows live in notes["offgrid_validation"] (calibration writes them)."""
+    one run share it). Off-grid rows live in notes["offgrid_validation"] (calibration writes them);
+    a profile written before that takes them from the validation CSV beside its file, if there is one."""
     grid = [r for r in profile.validation if isinstance(r, dict)]
     off = [r for r in (profile.notes.get("offgrid_validation") or ()) if isinstance(r, dict)]
+    if not off and getattr(profile, "path", ""):
+        off = _offgrid_rows_beside(Path(profile.path).with_suffix(".csv"))
     return number_points([{"set": "grid", **r} for r in grid] + [{"set": "offgrid", **r} for r in off])
+
+
+def _offgrid_rows_beside(csv_path: Path) -> list[dict[str, Any]]:
+    """The off-grid rows of calibration's validation CSV (its "set" column), [] when it is not there."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(csv_path)
+    except (OSError, ValueError):
+        return []
+    if "set" not in table.columns:
+        return []
+    rows = table[table["set"] == "offgrid"].drop(columns="set").to_dict(orient="records")
+    return [{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v)) or k in ("measured",
+                                                                                               "predicted")}
+            for r in rows]
 
 
 def number_points(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

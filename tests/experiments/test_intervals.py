@@ -131,3 +131,18 @@ def test_whatif_sim_section_sets_the_band_policy():
     doc["sim"] = {"min_replications": 5, "max_replications": 3}
     with pytest.raises(ValueError, match="sim.min_replications"):
         parse_whatif(doc)
+
+
+def test_offgrid_rows_come_from_the_profile_notes_or_the_csv_beside_an_older_profile(tmp_path):
+    import pandas as pd
+
+    off = [{**r, "set": "offgrid"} for r in _rows([0.3] * 10, role="offgrid", mode="open")]
+    noted = dataclasses.replace(PROFILE, notes={"offgrid_validation": [{k: v for k, v in r.items() if k != "set"}
+                                                                       for r in off]})
+    assert ValidationErrors.of(noted).kinds_for(POINT.replace(mode="open", rate_rps=100.0), "throughput") == \
+        ("offgrid/open",)
+    path = tmp_path / "old.json"
+    PROFILE.save(path)
+    pd.DataFrame(off + _rows([0.1] * 3)).to_csv(path.with_suffix(".csv"), index=False)
+    rows = intervals.profile_validation_rows(CostProfile.load(path))
+    assert {r["set"] for r in rows} == {"offgrid"} and len(rows) == 10
