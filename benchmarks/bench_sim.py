@@ -97,7 +97,7 @@ def bench_models(n_requests: int) -> list[dict]:
     for name in registry.names():
         scenario, rate = model_scenario(name, n_requests)
         t0 = time.perf_counter()
-        result, stats = simulate(scenario, detail=True)
+        result, stats = simulate(scenario, CostProfile.default(), detail=True)
         wall = time.perf_counter() - t0
         simulated = stats.requests_simulated
         # Same request count in the reference, at the same utilisation of c = cores servers.
@@ -132,7 +132,7 @@ def run_big(connections: int, n_requests: int) -> dict:
     """Runs in a child process: its peak RSS (VmHWM) is then the simulation's alone."""
     scenario = big_scenario(connections, n_requests)
     t0 = time.perf_counter()
-    result, stats = simulate(scenario, detail=True)
+    result, stats = simulate(scenario, CostProfile.default(), detail=True)
     wall = time.perf_counter() - t0
     return {
         "wall_s": wall, "requests": stats.requests_simulated, "events": stats.events,
