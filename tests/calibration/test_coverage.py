@@ -2,6 +2,7 @@
 
 import math
 
+import pandas as pd
 import pytest
 
 from calibration.coverage import format_coverage, heldout_bands, summarize_coverage
@@ -55,3 +56,23 @@ def test_a_failed_prediction_is_outside_and_an_unmeasured_point_is_left_out():
     rows[1]["measured"] = float("nan")
     cov = {c["point"]: c for c in heldout_bands(rows, {}, 0.9, metrics=("p99",))}
     assert cov[0]["inside"] is False and cov[1]["inside"] is None
+
+
+@pytest.mark.timeout(60)
+def test_calibrate_reports_and_writes_the_coverage_of_its_held_out_points(tmp_path):
+    from calfakes import FakeMeasure, fake_simulate
+
+    from calibration import calibrate
+    from calibration.grid import build_grid
+    from simkit.profile import CostProfile
+
+    truth = CostProfile.default().with_params("probe", parse_s=40e-6)
+    out = tmp_path / "box.json"
+    report = calibrate(out, quick=True, measure=FakeMeasure(truth, noise=0.02), simulate=fake_simulate, probes=False,
+                       grid=build_grid(quick=True, models=("m3_reactor",)))
+    held = {(r["role"], r["connections"], r["cores"]) for r in report.rows}
+    assert report.coverage["overall"]["throughput"]["n"] == len(held)
+    table = pd.read_csv(report.coverage_path)
+    assert report.coverage_path == out.with_suffix(".coverage.csv")
+    assert set(table["metric"]) == {"throughput", "p99"} and table["lo"].le(table["predicted"]).all()
+    assert CostProfile.load(out).notes["coverage"]["overall"]["p99"]["n"] == report.coverage["overall"]["p99"]["n"]
