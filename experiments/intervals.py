@@ -20,11 +20,14 @@ three sources of error combined in quadrature as if independent:
 (c) h_val, the model's measured error for this kind of point: the split-conformal quantile of
     |log(predicted / measured)| over the profile's validation rows for this model and metric, i.e. the
     ceil((n+1) L)-th smallest of n scores. Which rows: the off-grid rows (random knobs, predicted by
-    the final profile) where the profile has them, else the in-grid held-out rows (role "interp").
+    the final profile) of the point's load mode (closed or open: open-loop latency errors are several
+    times the closed loop's) where the profile has them, else the in-grid held-out rows ("interp").
     A point past the calibrated range (more cores, or more connections, than any validation row) takes
     the larger of that and the quantile of the matching extrapolation rows (role "cores" or
     "connections"): a floor measured one step out, not a measurement at the point. When a model has
-    too few rows for the quantile (ceil((n+1) L) > n) every model's rows of that kind count; when
+    too few rows for the quantile (ceil((n+1) L) > n) every model's rows of that kind count, but never
+    below this model's own worst error of that kind (a model whose errors are larger than the others'
+    must not borrow their narrower band); when
     there are none (an uncalibrated profile), h_val = log(DEFAULT_FACTOR): a stated guess, not a
     measurement, and `band_basis` says so.
 
@@ -378,8 +381,8 @@ class ValidationErrors:
     def half_width(self, model: str, metric: str, kinds: Sequence[str], level: float,
                    exclude: tuple[Any, Any] | None = None) -> tuple[float, str]:
         """h_val and where it came from: the largest conformal quantile over `kinds` (this model's rows,
-        else every model's), leaving out the rows of point `exclude` ((set, point)); the default band
-        when no kind has enough rows."""
+        else every model's but at least this model's worst), leaving out the rows of point `exclude`
+        ((set, point)); the default band when no kind has enough rows."""
         best: tuple[float, str] | None = None
         for kind in kinds:
             own = [s for s, pt in self.groups.get((model, metric, kind), ()) if pt != exclude]
@@ -390,6 +393,8 @@ class ValidationErrors:
                           for s, pt in rows if pt != exclude]
                 q = conformal_quantile(pooled, level)
                 where = f"{kind} all models n={len(pooled)}"
+                if q is not None and own and max(own) > q:
+                    q, where = max(own), f"{kind} {model} worst of n={len(own)}"
             if q is not None and (best is None or q > best[0]):
                 best = (q, where)
         if best is None:

@@ -146,3 +146,12 @@ def test_offgrid_rows_come_from_the_profile_notes_or_the_csv_beside_an_older_pro
     pd.DataFrame(off + _rows([0.1] * 3)).to_csv(path.with_suffix(".csv"), index=False)
     rows = intervals.profile_validation_rows(CostProfile.load(path))
     assert {r["set"] for r in rows} == {"offgrid"} and len(rows) == 10
+
+
+def test_a_model_with_few_rows_never_borrows_a_band_narrower_than_its_own_worst_error():
+    rows = _rows([0.1] * 30, model="m3_reactor") + [{**r, "point": 100 + r["point"]}
+                                                    for r in _rows([0.9, 0.2], model="m2_thread_per_conn")]
+    errors = ValidationErrors.from_rows(rows)
+    h, where = errors.half_width("m2_thread_per_conn", "throughput", ("interp",), 0.9)
+    assert h == pytest.approx(0.9) and "worst" in where
+    assert errors.half_width("m6_prefork", "throughput", ("interp",), 0.9)[0] == pytest.approx(0.1)  # pooled
