@@ -1,5 +1,5 @@
 """Conformance suite of issue 2, part 3: the command-line face of the servers (deliverable 5):
-`serverlab serve`, models named by number, SIGINT, --cores pinning, and a bad model name."""
+`serverlab serve`, models named by number, SIGINT, --cpus pinning, and a bad model name."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import realkit_conformance_helpers as h
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("number", range(1, 8))
 def test_serverlab_serve_model_by_number_pinned_and_sigint(number, server_factory):
-    """`serverlab serve --model N --cores 0` prints its port, serves, is pinned to CPU 0, and
+    """`serverlab serve --model N --cpus 0` prints its port, serves, is pinned to CPU 0, and
     exits 0 on SIGINT."""
     config = h.ServerConfig(f"m{number}-by-number", str(number))
-    server = server_factory(config, ("--cores", "0"))
+    server = server_factory(config, ("--cpus", "0"))
     h.check_served(server.port, f"num{number}", n=2)
     for p in server.tree():
         assert p.cpu_affinity() == [0], f"{p.pid} not pinned: {p.cpu_affinity()}"
