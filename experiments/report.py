@@ -216,7 +216,8 @@ def plot_winner_map(wins: pd.DataFrame, path: Path, slo_text: str) -> Path:
         i, j = conns.index(r.connections), cores.index(r.cores)
         if r.winner:
             grid[i, j] = codes[r.winner]
-            labels[i][j] = _short(r.winner)
+            # "!": the winner's calibration error is above the bars (planning.error_warning)
+            labels[i][j] = _short(r.winner) + ("!" if getattr(r, "warning", "") else "")
         else:
             labels[i][j] = "none"
     from matplotlib.colors import ListedColormap
@@ -356,7 +357,8 @@ def report_data(inputs: ReportInputs) -> ReportData:
         f"Peak RSS vs connections; dashed line: the budget ({mem / 2**30:.3g} GiB).",
         "Throughput vs cores at a few connection counts.",
         "Which model serves each (connections, cores) cell best under the SLO and budget "
-        "('none': no model meets it).",
+        "('none': no model meets it; '!': the winner's calibration error is above the bars, see the "
+        "recommendation's warnings).",
     )
     plots = tuple(Plot(name, caption) for name, caption in zip(PLOT_FILES, captions, strict=True))
 
