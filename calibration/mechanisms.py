@@ -28,12 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from calibration.compare import SimBatch, loadgen_shares_cores
-from calibration.grid import WORK_MIXES
+from calibration.grid import (
+    CALIBRATION_BACKLOG,
+    CALIBRATION_CONNECT_RATE_CPS,
+    WORK_MIXES,
+    calibration_hardware,
+)
 from calibration.runs import run_failed
 from simkit import registry
 from simkit.profile import CostProfile
 from simkit.result import Result
-from simkit.scenario import Hardware, ModelSpec, Scenario, Workload
+from simkit.scenario import ModelSpec, Scenario, Workload
 
 TOLERANCE = 0.15  # |simulated / real - 1| a figure may miss by and still count as conforming
 COLUMNS = ("mechanism", "figure", "unit", "real", "sim", "rel_err", "within", "note", "why", "real_s", "sim_s",
@@ -87,8 +92,16 @@ def reactor_pool() -> str:
 
 
 def _spec(model: str, **knobs: Any) -> ModelSpec:
-    """The model in its calibration configuration (registry), with `knobs` on top."""
-    return ModelSpec.for_model(model, **{**registry.get(model).calibration.knobs, **knobs})
+    """The model in its calibration configuration (registry, the grid's backlog), with `knobs` on top."""
+    return ModelSpec.for_model(model, **{"backlog": CALIBRATION_BACKLOG, **registry.get(model).calibration.knobs,
+                                         **knobs})
+
+
+def _scenario(model: ModelSpec, cores: int, fds_needed: int = 0, **workload: Any) -> Scenario:
+    """A mechanism experiment on the calibration grid's machine and clients (its fd limit, clients
+    connecting as fast as the generator can), so its real runs measure what they always measured."""
+    return Scenario(model=model, hardware=calibration_hardware(cores, fds_needed),
+                    workload=Workload(connect_rate_cps=CALIBRATION_CONNECT_RATE_CPS, **workload))
 
 
 # -- running the experiments -----------------------------------------------------------------------------
@@ -223,9 +236,8 @@ def _mib(b: float) -> str:
 # -- 1. RSS slopes ------------------------------------------------------------------------------------
 def _idle(lab: Lab, model: ModelSpec, idle: int) -> Scenario:
     """One active client (tiny work, 10 ms think: the server mostly idle) beside `idle` connections."""
-    return Scenario(model=model, hardware=Hardware(cores=1, fd_limit=max(Hardware().fd_limit, 2 * idle + 1024)),
-                    workload=Workload(connections=1, idle_connections=idle, think_s=0.01, gil_us=10.0,
-                                      **lab.window(1.0, 0.5)))
+    return _scenario(model, 1, 2 * idle + 1024, connections=1, idle_connections=idle, think_s=0.01, gil_us=10.0,
+                     **lab.window(1.0, 0.5))
 
 
 def rss_per_connection(lab: Lab) -> tuple[float, float, str]:
@@ -282,9 +294,8 @@ def rss_per_process(lab: Lab) -> tuple[float, float, str]:
 
 # -- 2. wake-up from idle ------------------------------------------------------------------------------
 def _wakeup(lab: Lab, clients: int) -> Scenario:
-    return Scenario(model=_spec(single_reactor()), hardware=Hardware(cores=1),
-                    workload=Workload(connections=clients, think_s=0.02, gil_us=10.0,
-                                      duration_s=1.0 if lab.quick else 2.0, warmup_s=0.3 if lab.quick else 0.5))
+    return _scenario(_spec(single_reactor()), 1, connections=clients, think_s=0.02, gil_us=10.0,
+                     duration_s=1.0 if lab.quick else 2.0, warmup_s=0.3 if lab.quick else 0.5)
 
 
 def _wakeup_figure(clients: int, field: str) -> Callable[[Lab], tuple[float, float, str]]:
@@ -304,8 +315,7 @@ def _accept(lab: Lab, which: str) -> Scenario:
         model, cores = _spec(single_reactor()), 1
     else:
         model, cores = _spec(prefork(), processes=2, dispatch=which), 2
-    return Scenario(model=model, hardware=Hardware(cores=cores),
-                    workload=Workload(connections=100, requests_per_conn=1, gil_us=20.0, **lab.window()))
+    return _scenario(model, cores, connections=100, requests_per_conn=1, gil_us=20.0, **lab.window())
 
 
 def _accept_figure(which: str) -> Callable[[Lab], tuple[float, float, str]]:
@@ -332,8 +342,7 @@ def _open_model(which: str) -> ModelSpec:
 
 def _capacity(lab: Lab, which: str) -> Scenario:
     cores, conns = _OPEN[which]
-    return Scenario(model=_open_model(which), hardware=Hardware(cores=cores),
-                    workload=Workload(connections=conns, **WORK_MIXES["cpu"], **lab.window(1.0, 0.5)))
+    return _scenario(_open_model(which), cores, connections=conns, **WORK_MIXES["cpu"], **lab.window(1.0, 0.5))
 
 
 def _open(lab: Lab, which: str) -> Scenario | None:
@@ -342,10 +351,9 @@ def _open(lab: Lab, which: str) -> Scenario | None:
     if cap is None or cap.throughput_rps <= 0:
         return None
     cores, conns = _OPEN[which]
-    return Scenario(model=_open_model(which), hardware=Hardware(cores=cores),
-                    workload=Workload(connections=conns, mode="open", rate_rps=round(0.5 * cap.throughput_rps, 1),
-                                      arrival="poisson", **WORK_MIXES["cpu"],
-                                      duration_s=1.0 if lab.quick else 2.0, warmup_s=0.4 if lab.quick else 0.7))
+    return _scenario(_open_model(which), cores, connections=conns, mode="open",
+                     rate_rps=round(0.5 * cap.throughput_rps, 1), arrival="poisson", **WORK_MIXES["cpu"],
+                     duration_s=1.0 if lab.quick else 2.0, warmup_s=0.4 if lab.quick else 0.7)
 
 
 def _open_figure(which: str, field: str) -> Callable[[Lab], tuple[float, float, str]]:
@@ -385,10 +393,8 @@ def loadgen_cpu_per_request(lab: Lab) -> tuple[float, float, str]:
 # -- 5. thread start-up -------------------------------------------------------------------------------------
 def _spawn(lab: Lab) -> Scenario:
     n = 1000 if lab.quick else 2000
-    return Scenario(model=_spec(thread_per_connection()),
-                    hardware=Hardware(cores=1, fd_limit=max(Hardware().fd_limit, 2 * n + 1024)),
-                    workload=Workload(connections=n, **WORK_MIXES["cpu"], duration_s=1.0 if lab.quick else 1.5,
-                                      warmup_s=0.5, timeout_s=20.0))
+    return _scenario(_spec(thread_per_connection()), 1, 2 * n + 1024, connections=n, **WORK_MIXES["cpu"],
+                     duration_s=1.0 if lab.quick else 1.5, warmup_s=0.5, timeout_s=20.0)
 
 
 def _spawn_figure(field: str) -> Callable[[Lab], tuple[float, float, str]]:
@@ -411,8 +417,7 @@ def _gil(lab: Lab, which: str, cores: int) -> Scenario:
         model, conns, work = _spec(reactor_pool()), 10, {"gil_us": 200.0}
     else:
         model, conns, work = _spec(thread_per_connection()), 50, dict(WORK_MIXES["io"])
-    return Scenario(model=model, hardware=Hardware(cores=cores),
-                    workload=Workload(connections=conns, **work, **lab.window()))
+    return _scenario(model, cores, connections=conns, **work, **lab.window())
 
 
 def _gil_figure(which: str, cores: int, field: str, scale: float) -> Callable[[Lab], tuple[float, float, str]]:
