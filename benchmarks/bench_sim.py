@@ -120,10 +120,11 @@ def big_scenario(connections: int, n_requests: int) -> Scenario:
         model=ModelSpec.for_model(BIG_MODEL, **registry.get(BIG_MODEL).sized(64)),
         hardware=Hardware(cores=64, fd_limit=connections + 1024, somaxconn=65535, memory_bytes=256 * 2**30,
                           threads_max=200_000),
-        workload=Workload(connections=connections, mode="closed", think_s=1.0, cpu_us=CPU_US, timeout_s=30.0),
+        workload=Workload(connections=connections, mode="closed", think_s=1.0, cpu_us=CPU_US, timeout_s=30.0,
+                          connect_rate_cps=None),  # every client at once: the case as first benchmarked
     )
     backlog = base.replace(backlog=65535)
-    x = analytic(backlog).throughput_rps  # expected request rate: sizes the run to n_requests
+    x = analytic(backlog, CostProfile.default()).throughput_rps  # expected request rate: sizes the run to n_requests
     total_s = n_requests / x
     return backlog.replace(duration_s=0.8 * total_s, warmup_s=0.2 * total_s)
 
