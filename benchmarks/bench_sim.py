@@ -85,7 +85,7 @@ def model_scenario(name: str, n_requests: int) -> tuple[Scenario, float]:
                           rate_rps=1.0, cpu_us=CPU_US, requests_per_conn=None, timeout_s=30.0),
     )
     # Capacity from the closed-loop analytic model with many clients (its saturation throughput).
-    capacity = analytic(base.replace(mode="closed", rate_rps=None, connections=2000)).throughput_rps
+    capacity = analytic(base.replace(mode="closed", rate_rps=None, connections=2000), CostProfile.default()).throughput_rps
     rate = LOAD * capacity
     total_s = n_requests / rate
     scenario = base.replace(rate_rps=rate, duration_s=0.9 * total_s, warmup_s=0.1 * total_s)
