@@ -865,7 +865,7 @@ class _Conn(asyncio.Protocol):
         try:
             done, bad = framer.feed(data)
         except ValueError:
-            g.error("http")
+            g.error("http", t_req=self.t_req)
             self.t_req = None
             self.transport.abort()
             return
@@ -928,7 +928,7 @@ class _Conn(asyncio.Protocol):
             if done:
                 self.answered(bad, time.monotonic())
         if self.t_req is not None and not self.timed_out and not g.stopping:
-            g.error(_classify(exc))
+            g.error(_classify(exc), t_req=self.t_req)
             self.t_req = None
         g.lost(self)
 
