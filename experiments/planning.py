@@ -549,7 +549,7 @@ def recommend(frame: pd.DataFrame, slo_p99_s: float, memory_bytes: float, max_er
         f"It is the best choice in {int(win_counts.get(best['model'], 0))} of {n_cells} (connections x cores) "
         f"cells of the winner map, and meets the SLO in {int(meet_counts.get(best['model'], 0))} of them.",
     ]
-    figures, doubts = _provenance(best, calibrated, errors)
+    figures, doubts = provenance(best, calibrated, errors)
     reasons.append(figures)
     # The recommended model's own error warning already covers the cells it wins.
     own = f"{best['model']} wins "
@@ -570,9 +570,11 @@ def recommend(frame: pd.DataFrame, slo_p99_s: float, memory_bytes: float, max_er
     return Recommendation(best["model"], tuple(reasons), ranking, tuple(dict.fromkeys(warnings)))
 
 
-def _provenance(best: pd.Series, calibrated: tuple[int, int] | None,
+def provenance(best: pd.Series, calibrated: tuple[int, int] | None,
                 errors: Mapping[str, Mapping[str, float]] | None) -> tuple[str, list[str]]:
-    """The sentence saying where the recommended capacity point's figures come from, and warnings."""
+    """Where a capacity() record's figures come from, as a sentence ("Its figures at ... are simulated,
+    inside the calibrated range ...; calibration error ..."), and the warnings they deserve (analytic,
+    more than EXTRAPOLATION_FLAG_X past the range, calibration error above ERROR_BARS)."""
     doubts = []
     source = str(best.get("source", "") or "")
     where = f"{int(best['max_connections']):,} connections on {_cores(int(best['cores']))}"
@@ -586,13 +588,13 @@ def _provenance(best: pd.Series, calibrated: tuple[int, int] | None,
         cores, conns = calibrated
         x = max(int(best["cores"]) / cores, int(best["max_connections"]) / conns, 1.0)
         if x > 1.0:
-            span = f"extrapolated {x:.3g}x past the calibrated range (up to {cores} cores, {conns:,} connections)"
+            span = f"extrapolated {x:.3g}x past the calibrated range (up to {_cores(cores)}, {conns:,} connections)"
             if x > EXTRAPOLATION_FLAG_X:
                 doubts.append(f"{best['model']}'s capacity point ({where}) is {x:.3g}x past the calibrated "
-                              f"range (up to {cores} cores, {conns:,} connections): the model's mechanisms "
+                              f"range (up to {_cores(cores)}, {conns:,} connections): the model's mechanisms "
                               "speaking, not a measurement.")
         else:
-            span = f"inside the calibrated range (up to {cores} cores, {conns:,} connections)"
+            span = f"inside the calibrated range (up to {_cores(cores)}, {conns:,} connections)"
     if errors is None:
         err_txt = "its calibration error is unknown (no validation rows given)"
     elif best["model"] not in errors:

@@ -17,12 +17,12 @@ from typing import Any
 
 import pandas as pd
 
-from experiments.planning import Sizing, capacity, classify
+from experiments.planning import Sizing, calibrated_range, capacity, classify, model_errors, provenance
 from experiments.sweep import sweep
 from experiments.whatif import load_whatif
 from experiments.windows import WindowPolicy
-from simkit.profile import CostProfile
-from simkit.scenario import ModelSpec, Scenario
+from simkit.profile import CostProfile, resolve_profile
+from simkit.scenario import ModelSpec, Scenario, available_cores
 
 DEFAULT_CORES = (1, 2, 4, 8, 16, 32, 64, 128)
 _DEFAULT = object()
@@ -39,7 +39,10 @@ class SizeAnswer:
     point was answered). per_model: capacity() of the sweep, one row per model (meets_slo, cores
     = the fewest it needs, throughput_rps, latency_p99_s and band, margin, verdict, source, and for a
     model that never meets, reason and why on the most cores tried). frame: the sweep itself (the
-    contract frame, with band columns). text: the answer in one sentence.
+    contract frame, with band columns). text: the answer, then where its figures come from
+    (simulated or analytic, inside or past the calibrated range, the model's calibration error).
+    warnings: what should make a reader doubt it (analytic or far-extrapolated figures, calibration
+    error above planning.ERROR_BARS).
     """
 
     clients: int
@@ -50,6 +53,7 @@ class SizeAnswer:
     per_model: pd.DataFrame
     frame: pd.DataFrame
     text: str
+    warnings: tuple[str, ...] = ()
 
 
 def size(
@@ -90,8 +94,9 @@ def size(
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise ValueError(f"{name}: must be a number > 0, got {value!r}")
     errors_ok = spec.max_error_rate if max_error_rate is None else max_error_rate
+    prof = resolve_profile(profile)
     if frame is None:
-        frame = sweep(base or spec.base, list(models or spec.models), list(cores), [clients], profile=profile,
+        frame = sweep(base or spec.base, list(models or spec.models), list(cores), [clients], profile=prof,
                       engine=engine, simulate=simulate, progress=progress, sizing=sizing or spec.sizing,
                       workers=workers, window=spec.window if window is _DEFAULT else window, bands=bands,
                       description=f"sizing for {clients:,} clients")
@@ -110,12 +115,11 @@ def size(
     best = meeting.sort_values(["cores", "margin"], ascending=[True, False]).iloc[0]
     point = frame[(frame["model"] == best["model"]) & (frame["cores"] == best["cores"])].iloc[0]
     assert classify(point, slo, budget, errors_ok) == ""  # capacity's answer is a meeting row
+    rows = [r for r in prof.validation if isinstance(r, dict)]
+    calibrated = calibrated_range(rows, available_cores(), clients) if rows else None
+    figures, doubts = provenance(best, calibrated, model_errors(rows) if rows else None)
     text = (f"{int(best['cores'])} cores: {best['model']} serves {clients:,} clients with {best['verdict']} "
-            f"({best['throughput_rps']:,.0f} req/s, {_source_words(best['source'])}).")
+            f"({best['throughput_rps']:,.0f} req/s). {figures}")
     return SizeAnswer(clients, int(best["cores"]), str(best["model"]), str(best["verdict"]), str(best["source"]),
-                      per_model, frame, text)
+                      per_model, frame, text, tuple(doubts))
 
-
-def _source_words(source: str) -> str:
-    return {"sim": "simulated", "analytic": "from the analytic model, not simulated",
-            "real": "measured"}.get(source, f"source {source!r}")

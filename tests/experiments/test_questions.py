@@ -1,5 +1,7 @@
 """size(): the fewest cores for N clients, with the what-if file's defaults; the package exports."""
 
+import dataclasses
+
 import pytest
 
 import experiments
@@ -42,3 +44,16 @@ def test_the_package_exports_the_three_questions():
     assert experiments.capacity is capacity and experiments.recommend is recommend
     with pytest.raises(AttributeError):
         experiments.nothing_here  # noqa: B018
+
+
+def test_size_says_where_its_figures_come_from():
+    from simkit.profile import CostProfile
+
+    profile = dataclasses.replace(CostProfile.default(), validation=[
+        {"model": "m6_prefork", "metric": "p99", "rel_err": 0.5, "cores": 1, "connections": 50},
+        {"model": "m6_prefork", "metric": "throughput", "rel_err": 0.02, "cores": 1, "connections": 50}])
+    answer = size(100, models=["m6"], cores=[1, 2, 4], simulate=fake_simulate, engine="serial", bands=False,
+                  window=None, profile=profile)
+    assert answer.cores == 2
+    assert "simulated, extrapolated 2x past the calibrated range (up to 1 core, 50 connections)" in answer.text
+    assert any("p99 50.0% (bar 25%)" in w for w in answer.warnings)
