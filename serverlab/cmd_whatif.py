@@ -40,6 +40,8 @@ def _run(workload: str | None, profile: str | None, dask_address: str | None, ou
     except ValueError as exc:  # a corrupt profile, a bad engine address
         raise click.ClickException(str(exc)) from None
     click.echo(f"recommended: {files.recommendation.model or 'no model meets the SLO'}")
+    for warning in files.recommendation.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
     click.echo(f"report written in {time.perf_counter() - t0:.1f} s: {files.html}")
     return files.html
 
