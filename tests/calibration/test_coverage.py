@@ -76,3 +76,29 @@ def test_calibrate_reports_and_writes_the_coverage_of_its_held_out_points(tmp_pa
     assert report.coverage_path == out.with_suffix(".coverage.csv")
     assert set(table["metric"]) == {"throughput", "p99"} and table["lo"].le(table["predicted"]).all()
     assert CostProfile.load(out).notes["coverage"]["overall"]["p99"]["n"] == report.coverage["overall"]["p99"]["n"]
+
+
+@pytest.mark.timeout(60)
+def test_serverlab_calibrate_prints_the_coverage_table(tmp_path, monkeypatch):
+    from calfakes import FakeMeasure, fake_simulate
+    from click.testing import CliRunner
+
+    import calibration
+    from calibration.grid import build_grid
+    from serverlab.cli import main
+    from simkit.profile import CostProfile
+
+    real = calibration.calibrate
+    truth = CostProfile.default().with_params("probe", parse_s=40e-6)
+
+    def small(out, **kw):  # the real pipeline on a one-model grid with stand-ins for both halves
+        kw.update(measure=FakeMeasure(truth, noise=0.02), simulate=fake_simulate, probes=False, mechanisms=False,
+                  grid=build_grid(quick=True, models=("m3_reactor",)), offgrid=0)
+        return real(out, **kw)
+
+    monkeypatch.setattr(calibration, "calibrate", small)
+    out = tmp_path / "box.json"
+    result = CliRunner().invoke(main, ["calibrate", "--quick", "--out", str(out), "--model", "3"])
+    assert result.exit_code == 0, result.output
+    assert "band coverage of held-out points" in result.output
+    assert "all held-out points" in result.output and str(out.with_suffix(".coverage.csv")) in result.output
