@@ -90,6 +90,18 @@ def test_simulate_cores_is_the_scenarios_core_count(profile_file):
     assert json.loads(out.stdout)["cores"] == 3
 
 
+def test_simulate_prints_each_figure_with_its_band_unless_told_not_to(profile_file):
+    out = CliRunner().invoke(main, [*SIM, "--profile", profile_file, "--json"])
+    assert out.exit_code == 0, out.output
+    row = json.loads(out.stdout)
+    for metric in ("throughput_rps", "latency_p99_s", "rss_peak_bytes"):
+        assert row[f"{metric}_lo"] <= row[metric] <= row[f"{metric}_hi"], metric
+        assert row[f"{metric}_lo"] < row[f"{metric}_hi"], metric
+    bare = CliRunner().invoke(main, [*SIM, "--profile", profile_file, "--json", "--no-band"])
+    assert bare.exit_code == 0, bare.output
+    assert "throughput_rps_lo" not in json.loads(bare.stdout)
+
+
 @pytest.mark.parametrize(("value", "expected"), [("500", 500.0), ("0", None)])
 def test_connect_rate_reaches_the_workload_and_0_is_a_storm(profile_file, value, expected):
     out = CliRunner().invoke(main, [*SIM, "--connect-rate", value, "--profile", profile_file, "--json"])
