@@ -19,6 +19,7 @@ values) and `origin` (where the rule found it); every simulated Result records t
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import math
@@ -163,7 +164,7 @@ class CostProfile:
         return {n: p.value for n, p in self.params.items()}
 
     # -- provenance ----------------------------------------------------------------------------
-    @property
+    @functools.cached_property  # a frozen profile's values never change; the simulator stamps it per run
     def short_id(self) -> str:
         """First 8 hex of a sha256 over the parameter values: two profiles with one id cost the same."""
         text = json.dumps([[n, self.params[n].value] for n in PARAM_NAMES])
@@ -194,7 +195,7 @@ class CostProfile:
             return stamp[:10]
         return self.file_date or ("" if self.is_builtin else "undated")
 
-    @property
+    @functools.cached_property
     def label(self) -> str:
         """Host, date and id, e.g. "vm-2c 2026-12-01 #1a2b3c4d"; "uncalibrated" when it is."""
         parts = [self.host, self.date, "" if self.calibrated else "uncalibrated", f"#{self.short_id}"]

@@ -436,7 +436,9 @@ def resolve(name_or_number: str | int) -> str:
 
 
 def get(name_or_number: str | int) -> Architecture:
-    return _TABLE[resolve(name_or_number)]
+    _load_plugins()
+    found = _TABLE.get(name_or_number)  # type: ignore[arg-type]  # the full name: the hot path, no search
+    return found if found is not None else _TABLE[resolve(name_or_number)]
 
 
 def sizing_keys() -> dict[str, float]:
