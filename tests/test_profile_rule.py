@@ -137,7 +137,6 @@ def _run_block_as_script(block: str, tmp_path: Path) -> tuple[subprocess.Complet
     return out, prof
 
 
-@pytest.mark.xfail(strict=False, reason="README block pending")
 @pytest.mark.timeout(120)
 def test_readme_python_example_runs_as_a_script_from_any_folder(tmp_path):
     block = _python_block((ROOT / "README.md").read_text())
