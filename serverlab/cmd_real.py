@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import math
 import sys
 import threading
 import time
@@ -13,6 +12,7 @@ import time
 import click
 
 from serverlab.options import CPUS_HELP, connect_rate_option, output_options, print_result, scenario_options
+from serverlab.render import fmt_seconds
 from simkit.scenario import Workload
 
 
@@ -55,16 +55,6 @@ def run_progress(label: str, expected_s: float, quiet: bool = False):
             thread.join(1.0)
 
 
-def _fmt_s(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if value < 1e-3:
-        return f"{value * 1e6:.0f} us"
-    if value < 1:
-        return f"{value * 1e3:.2f} ms"
-    return f"{value:.3f} s"
-
-
 def status_text(summary: dict) -> str:
     """Answers by status class, then by code: "2xx 950, 4xx 0, 5xx 50 (200: 950, 503: 50)"."""
     classes = ", ".join(f"{c} {summary['status_' + c]:,}" for c in ("2xx", "3xx", "4xx", "5xx")
@@ -84,14 +74,14 @@ def _print_report(summary: dict) -> None:
     table.add_row("completed", f"{summary['completed']:,}")
     for key in ("latency_mean_s", "latency_p50_s", "latency_p90_s", "latency_p99_s", "latency_p999_s",
                 "latency_max_s"):
-        table.add_row(key.removeprefix("latency_").removesuffix("_s"), _fmt_s(summary[key]))
+        table.add_row(key.removeprefix("latency_").removesuffix("_s"), fmt_seconds(summary[key]))
     table.add_row("errors", ", ".join(f"{k}={summary['errors_' + k]}"
                                       for k in ("refused", "timeout", "reset", "http", "client")))
     table.add_row("status", status_text(summary))
     table.add_row("in flight at end", str(summary["in_flight"]))
     if summary["mode"] == "open":
-        table.add_row("late sends", f"{summary['late_sends']} (mean lag {_fmt_s(summary['send_lag_mean_s'])}, "
-                                    f"max {_fmt_s(summary['max_send_lag_s'])})")
+        table.add_row("late sends", f"{summary['late_sends']} (mean lag {fmt_seconds(summary['send_lag_mean_s'])}, "
+                                    f"max {fmt_seconds(summary['max_send_lag_s'])})")
     if summary["spec_idle_connections"]:
         table.add_row("idle held", f"{summary['idle_open']} of {summary['spec_idle_connections']} "
                                    f"({summary['idle_failed']} failed attempts)")
