@@ -165,9 +165,21 @@ def classify(row: pd.Series | dict, slo_p99_s: float, memory_bytes: float, max_e
         return "errors"
     p99 = float(row["latency_p99_s"]) if row["latency_p99_s"] is not None else math.nan
     if _stalled(row, p99):
-        return "stalled"
+        # Clients queued behind a saturated bottleneck are waiting their turn, not unserved: the
+        # window closed before the queue reached steady state (it is sized from simkit.analytic,
+        # which has no GIL convoy). Only a server that serves one connection at a time leaves the
+        # others unserved for good, whatever it saturates.
+        neck = _bottleneck(row, gil_overhead_s)
+        one_at_a_time = registry.get(str(row["model"])).one_connection_at_a_time
+        return neck if neck and not one_at_a_time else "stalled"
     if not math.isnan(p99) and upper(row, "latency_p99_s") <= slo_p99_s and float(row["completed"]) > 0:
         return ""
+    return _bottleneck(row, gil_overhead_s) or "latency"
+
+
+def _bottleneck(row: pd.Series, gil_overhead_s: float) -> str:
+    """The saturated resource of a row, read from cpu_util (classify's docstring): "cpu", "gil",
+    "single_thread", or "" when none is saturated."""
     cores = float(row["cores"])
     util = float(row["cpu_util"])
     if util >= 0.85 * cores:
@@ -185,7 +197,7 @@ def classify(row: pd.Series | dict, slo_p99_s: float, memory_bytes: float, max_e
             gil_busy = float(row["throughput_rps"]) * (gil_us * 1e-6 + gil_overhead_s)
             if one_core or gil_busy >= 0.4:
                 return "gil"
-    return "latency"
+    return ""
 
 
 def upper(row: pd.Series | Mapping[str, Any], metric: str) -> float:

@@ -96,3 +96,19 @@ def test_simulated_and_analytic_agree_at_the_default_switch_over():
     assert ana_next.latency_p99_s >= sim.latency_p99_s * (1 - SWITCH_TOL_P99)  # p99 keeps growing
     frame = to_frame([sim, ana])
     assert pd.Series(frame["source"]).tolist() == ["sim", "analytic"]
+
+
+def test_a_saturated_gil_bound_loop_gets_the_gil_label_and_a_one_at_a_time_server_stays_stalled():
+    """2,000 clients without think time, pure-Python work, 4 cores, a window too short for the queue
+    to reach steady state: the clients the threaded models have not answered yet are queued behind
+    the GIL (label "gil"); m1's are unserved for good (label "stalled")."""
+    profile = CostProfile.default()
+    labels = {}
+    for model, knobs in (("m5", {"threads": 4}), ("m2", {}), ("m1", {})):
+        sc = Scenario(model=ModelSpec.for_model(model, backlog=4096, **knobs), hardware=Hardware(cores=4),
+                      workload=Workload(connections=2000, think_s=0.0, gil_us=200, duration_s=0.3, warmup_s=0.05))
+        row = simulate(sc, profile).to_row()
+        issued, expected, allowed = closed_loop_count(row)
+        assert expected - issued > allowed, model  # the count check fires for all three
+        labels[model] = classify(row, 0.05, BUDGET)
+    assert labels == {"m5": "gil", "m2": "gil", "m1": "stalled"}
