@@ -266,7 +266,9 @@ def closed_loop_count(row: pd.Series | dict) -> tuple[float, float, float]:
     one of them cycles. Counting noise: a client with a steady cycle sends floor or ceil of
     duration / cycle requests depending on its phase (variance <= 1/4 each), and latency jitter adds
     (duration / cycle) x cv^2, cv = latency spread ((p99 - p50) / 2.33) / cycle. The allowed
-    shortfall is STALL_SIGMAS standard deviations + EDGE_SHARE of the expectation + 1, valid at any N.
+    shortfall is the larger of STALL_SIGMAS standard deviations + EDGE_SHARE of the expectation, and
+    N (clients that arrive together stay in phase under a constant think time and a steady service,
+    and then one window edge cuts a request from every client at once), plus 1; valid at any N.
     """
     row = pd.Series(row) if isinstance(row, dict) else row
     n = float(row["connections"])
@@ -281,7 +283,7 @@ def closed_loop_count(row: pd.Series | dict) -> tuple[float, float, float]:
     spread = 0.0 if math.isnan(p99) or math.isnan(p50) else max(p99 - p50, 0.0) / 2.33
     variance = n * (0.25 + per_client * (spread / cycle) ** 2)
     expected = n * per_client
-    return issued, expected, STALL_SIGMAS * math.sqrt(variance) + EDGE_SHARE * expected + 1.0
+    return issued, expected, max(STALL_SIGMAS * math.sqrt(variance) + EDGE_SHARE * expected, n) + 1.0
 
 
 def _num(v: Any) -> float:

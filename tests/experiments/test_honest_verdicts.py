@@ -112,3 +112,15 @@ def test_a_saturated_gil_bound_loop_gets_the_gil_label_and_a_one_at_a_time_serve
         assert expected - issued > allowed, model  # the count check fires for all three
         labels[model] = classify(row, 0.05, BUDGET)
     assert labels == {"m5": "gil", "m2": "gil", "m1": "stalled"}
+
+
+def test_clients_in_phase_cut_by_a_window_edge_are_not_a_stall():
+    """Ten clients that connected together keep one phase (think exactly 1 s): a window that opens
+    just after their requests loses one from each at once (40 of 50), which is not a stall."""
+    sc = Scenario(model=ModelSpec.for_model("m6", processes=8), hardware=Hardware(cores=8),
+                  workload=Workload(connections=10, think_s=1.0, cpu_us=200, gil_us=20, duration_s=5.0,
+                                    warmup_s=1.0015))
+    row = simulate(sc, CostProfile.default()).to_row()
+    issued, expected, _allowed = closed_loop_count(row)
+    assert expected - issued > 0.15 * expected  # the edge did cut a cycle from most clients
+    assert classify(row, 0.05, BUDGET) == ""
