@@ -61,7 +61,7 @@ class Sizing:
         for key, value in self.rules.items():
             if key not in allowed:
                 raise ValueError(f"{key}: unknown sizing rule; allowed: {', '.join(allowed)}")
-            _check_positive(key, value)
+            check_positive(key, value)
         object.__setattr__(self, "rules", MappingProxyType(dict(self.rules)))
 
     def __hash__(self) -> int:
@@ -384,8 +384,8 @@ def capacity(
     source ("sim" or "analytic") and rss_peak_bytes at that point; breaks_at_connections /
     breaks_at_cores, reason (a REASONS key) and why (the figures, in words) for the next load up.
     """
-    _check_positive("slo_p99_s", slo_p99_s)
-    _check_positive("memory_bytes", memory_bytes)
+    check_positive("slo_p99_s", slo_p99_s)
+    check_positive("memory_bytes", memory_bytes)
     if frame.empty:
         raise ValueError("frame: empty sweep, nothing to plan from")
     data = frame if cores is None else frame[frame["cores"] == cores]
@@ -430,7 +430,7 @@ def capacity(
     return result
 
 
-def _check_positive(name: str, value: float) -> None:
+def check_positive(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name}: must be a number > 0, got {value!r}")
 

@@ -9,7 +9,6 @@ answer the same question the same way.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,15 @@ from typing import Any
 
 import pandas as pd
 
-from experiments.planning import Sizing, calibrated_range, capacity, classify, model_errors, provenance
+from experiments.planning import (
+    Sizing,
+    calibrated_range,
+    capacity,
+    check_positive,
+    classify,
+    model_errors,
+    provenance,
+)
 from experiments.sweep import sweep
 from experiments.whatif import load_whatif
 from experiments.windows import WindowPolicy
@@ -90,9 +97,8 @@ def size(
     spec = load_whatif()
     slo = spec.slo_p99_s if slo_p99_s is None else slo_p99_s
     budget = spec.memory_bytes if memory_bytes is None else memory_bytes
-    for name, value in (("slo_p99_s", slo), ("memory_bytes", budget)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{name}: must be a number > 0, got {value!r}")
+    check_positive("slo_p99_s", slo)
+    check_positive("memory_bytes", budget)
     errors_ok = spec.max_error_rate if max_error_rate is None else max_error_rate
     prof = resolve_profile(profile)
     if frame is None:
