@@ -18,6 +18,7 @@ Why these shapes:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -634,48 +635,110 @@ def fit_idle_wakeup(gaps_s: Sequence[float], extra_s: Sequence[float]) -> tuple[
     return best[1], best[2]
 
 
-def probe_idle_wakeup(scale: float = 1.0) -> list[ProbeResult]:
-    """A request's round trip to an echo process on the server's CPU after an idle gap, minus the
-    back-to-back round trip: the wake-up from idle (idle states, a VM's halted vCPU, cold caches),
-    which grows with the gap. Fitted as idle_wakeup_s x (1 - exp(-gap / idle_wakeup_tau_s))."""
-    cpus = sorted(os.sched_getaffinity(0))
-    server_cpu, client_cpu = cpus[0], cpus[-1]
-    child = f"import os; os.sched_setaffinity(0, {{{server_cpu}}})\n" + _ECHO_CHILD
-    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
-    mine = os.sched_getaffinity(0)
+def fit_slow_wakeups(gaps_s: Sequence[float], extras_s: Sequence[Sequence[float]], ceiling_s: float,
+                     tau_s: float) -> tuple[float, float]:
+    """(slow_p, slow_s) of the wake-up's tail: beyond the fast delay ceiling x f (f = 1 - exp(-gap /
+    tau)), a share slow_p x f of wake-ups add an exponential delay of mean slow_s. Peaks over a
+    threshold: extras above T = 2 x ceiling + the back-to-back spread are slow ones, their mean excess
+    over T is slow_s (memoryless), and the share at each gap (corrected by exp(T / slow_s) for slow ones
+    under T) is fitted as slow_p x f by least squares. Gap 0 is the baseline, not used."""
+    gaps = np.asarray(gaps_s, float)
+    rows = [np.asarray(e, float) for e in extras_s]
+    base = rows[int(np.argmin(gaps))]
+    spread = float(np.quantile(base, 0.9) - np.quantile(base, 0.5)) if base.size else 0.0
+    thresh = 2.0 * ceiling_s + max(spread, 0.0)
+    idle = [(g, e) for g, e in zip(gaps, rows, strict=True) if g > 0 and e.size]
+    over = np.concatenate([e[e > thresh] - thresh for _g, e in idle]) if idle else np.empty(0)
+    if over.size < 3:
+        return 0.0, 0.0
+    slow_s = float(over.mean())
+    f = np.array([1.0 if tau_s <= 0 else -math.expm1(-g / tau_s) for g, _e in idle])
+    share = np.array([min(1.0, float(np.mean(e > thresh)) * math.exp(thresh / slow_s)) for _g, e in idle])
+    slow_p = float(np.clip(f @ share / (f @ f), 0.0, 1.0)) if f @ f > 0 else 0.0
+    return slow_p, slow_s
+
+
+@contextlib.contextmanager
+def _reactor_server(cpu: int):
+    """A realkit single-thread reactor on `cpu` (no work per request) and the request realkit's load
+    generator sends it: what a server thread does when a request wakes it."""
+    from calibration.mechanisms import single_reactor
+    from realkit.runner import ServerProcess, load_spec_for
+    from simkit.scenario import Hardware, ModelSpec, Scenario, Workload
+
+    scenario = Scenario(model=ModelSpec.for_model(single_reactor()), hardware=Hardware(cores=1),
+                        workload=Workload(connections=1))
+    server = ServerProcess(scenario, (cpu,))
     try:
-        port = int(proc.stdout.readline())
-        os.sched_setaffinity(0, {client_cpu})
-        s = socket.create_connection(("127.0.0.1", port))
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        n = max(8, int(40 * scale))
-        fits = []
+        port = server.start()
+        yield port, load_spec_for(scenario, port, (cpu,), 0).request()
+    finally:
+        server.close()
+
+
+def _ping(port: int, request: bytes):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def once() -> float:
+        t0 = perf()
+        s.sendall(request)
+        got = b""
+        while b"\r\n\r\n" not in got:  # the answers have no body: the head is all of it
+            chunk = s.recv(4096)
+            if not chunk:
+                raise ConnectionError("the probe server closed the connection")
+            got += chunk
+        return perf() - t0
+
+    return s, once
+
+
+def probe_idle_wakeup(scale: float = 1.0) -> list[ProbeResult]:
+    """A request's round trip to a realkit reactor on the server's CPU after an idle gap, minus the
+    back-to-back round trip: the wake-up from idle (idle states, a VM's halted vCPU, the Python serving
+    path's cold caches), which grows with the gap. Its median is fitted as idle_wakeup_s x (1 -
+    exp(-gap / idle_wakeup_tau_s)); its tail as a share of slow wake-ups (fit_slow_wakeups)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    mine = os.sched_getaffinity(0)
+    n = max(10, int(60 * scale))
+    fits = []
+    pooled: list[list[float]] = [[] for _ in IDLE_GAPS_S]
+    with _reactor_server(cpus[0]) as (port, request):
+        os.sched_setaffinity(0, {cpus[-1]})
+        s, once = _ping(port, request)
         try:
+            for _ in range(10):
+                once()
             for _round in range(3):
-                medians = []
+                rtts = []
                 for gap in IDLE_GAPS_S:
-                    rtts = []
-                    for _ in range(n):
+                    row = []
+                    for _ in range(n if gap < 0.02 else max(8, n // 2)):
                         if gap:
                             time.sleep(gap)
-                        t0 = perf()
-                        s.sendall(b"x")
-                        s.recv(64)
-                        rtts.append(perf() - t0)
-                    medians.append(statistics.median(rtts))
-                fits.append(fit_idle_wakeup(IDLE_GAPS_S, [m - medians[0] for m in medians]))
+                        row.append(once())
+                    rtts.append(row)
+                b = statistics.median(rtts[0])
+                extras = [[r - b for r in row] for row in rtts]
+                for i, e in enumerate(extras):
+                    pooled[i].extend(e)
+                fits.append(fit_idle_wakeup(IDLE_GAPS_S, [statistics.median(e) for e in extras]))
         finally:
             s.close()
-    finally:
-        os.sched_setaffinity(0, mine)
-        proc.kill()
-        proc.wait(5)
+            os.sched_setaffinity(0, mine)
     out = []
     for i, name in enumerate(("idle_wakeup_s", "idle_wakeup_tau_s")):
         vals = [f[i] for f in fits]
         med = statistics.median(vals)
         spread = (max(vals) - min(vals)) / med if med > 0 else 0.0
         out.append(ProbeResult(name, med, spread, len(vals), {"gaps_s": list(IDLE_GAPS_S)}))
+    # The tail needs every sample: a share of a few percent is a handful per round.
+    slow_p, slow_s = fit_slow_wakeups(IDLE_GAPS_S, pooled, out[0].value, out[1].value)
+    q = {f"q{int(k * 100)}_ms": [round(float(np.quantile(e, k)) * 1e3, 4) for e in pooled] for k in (0.5, 0.9, 0.99)}
+    out.append(ProbeResult("idle_wakeup_slow_p", slow_p, 0.0, 1, {"extra_quantiles": q}))
+    if slow_p > 0:
+        out.append(ProbeResult("idle_wakeup_slow_s", slow_s, 0.0, 1))
     return out
 
 

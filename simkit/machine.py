@@ -39,6 +39,7 @@ not one SimPy process per thread. It is a callback engine on a plain simpy.Envir
 from __future__ import annotations
 
 import math
+import random
 from collections import deque
 
 from simpy.events import Timeout
@@ -207,6 +208,10 @@ class Machine:
         self.gil_handoff = profile["gil_handoff_s"]
         self.idle_wake_s = profile["idle_wakeup_s"]
         self.idle_tau_s = profile["idle_wakeup_tau_s"]
+        self.slow_p = min(1.0, profile["idle_wakeup_slow_p"])
+        self.slow_s = profile["idle_wakeup_slow_s"]
+        # The slow wake-ups' own stream: a profile without them draws nothing, so its runs are unchanged.
+        self.wake_rng = random.Random(seed + 0x5EED)
         self.cores = [Core(i) for i in range(hardware.cores)]
         self.free: set[int] = set(range(hardware.cores))
         # Run queue as two FIFOs of (thread, key); the core takes the smaller key. Woken threads (from
@@ -299,13 +304,19 @@ class Machine:
     def _idle_delay(self, core: Core) -> float:
         """How long a core idle since core.idle_from takes to run a thread woken onto it: idle states, a
         VM's halted vCPU and cold caches cost more the longer the core slept (probed: a request's round
-        trip after an idle gap, calibration.probes)."""
-        if self.idle_wake_s <= 0.0:
+        trip after an idle gap, calibration.probes). Most wake-ups take idle_wakeup_s x f, f = 1 -
+        exp(-idle / tau); a share slow_p x f of them are slow (the host had descheduled the halted vCPU)
+        and add an exponential delay of mean idle_wakeup_slow_s: the tail of a lightly loaded server."""
+        if self.idle_wake_s <= 0.0 and self.slow_p <= 0.0:
             return 0.0
         idle = self.env.now - core.idle_from
-        if self.idle_tau_s <= 0.0:
-            return self.idle_wake_s if idle > 0.0 else 0.0
-        return self.idle_wake_s * -math.expm1(-idle / self.idle_tau_s)
+        if idle <= 0.0:
+            return 0.0
+        f = 1.0 if self.idle_tau_s <= 0.0 else -math.expm1(-idle / self.idle_tau_s)
+        delay = self.idle_wake_s * f
+        if self.slow_p > 0.0 and self.wake_rng.random() < self.slow_p * f:
+            delay += self.wake_rng.expovariate(1.0 / self.slow_s) if self.slow_s > 0.0 else 0.0
+        return delay
 
     def _assign_ev(self, ev) -> None:
         core, th = ev._value

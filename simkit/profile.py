@@ -69,7 +69,12 @@ PARAM_DOCS: dict[str, tuple[float, str]] = {
                            "states, a VM's halted vCPU, cold caches): the ceiling of idle_wakeup_s x "
                            "(1 - exp(-idle / idle_wakeup_tau_s))"),
     "idle_wakeup_tau_s": (5e-3, "how fast that delay grows with the core's idle time"),
+    "idle_wakeup_slow_p": (0.0, "share of wake-ups from a long idle that are slow (a VM's halted vCPU the "
+                                "host has descheduled): slow_p x (1 - exp(-idle / idle_wakeup_tau_s))"),
+    "idle_wakeup_slow_s": (1e-3, "mean extra delay of a slow wake-up (exponentially distributed)"),
     "rss_process_bytes": (20 * 2**20, "RSS of an idle Python server process"),
+    "rss_worker_bytes": (16 * 2**20, "RSS a worker forked from the server adds (its parent's anonymous pages "
+                                     "counted again, only the file pages it touches)"),
     "rss_thread_bytes": (64 * 2**10, "RSS added by one idle Python thread"),
     "thread_stack_virtual_bytes": (8 * 2**20, "virtual stack reserved per thread"),
     "rss_conn_bytes": (3 * 2**10, "user-space RSS per open connection (socket object, buffers)"),
@@ -80,7 +85,8 @@ PARAM_NAMES: tuple[str, ...] = tuple(PARAM_DOCS)
 # default value (source "default"), so a team's saved calibration survives an upgrade. Any other
 # missing parameter means a damaged file and is an error.
 ADDED_LATER: tuple[str, ...] = ("cpu_work_cv", "gil_work_cv", "idle_wakeup_s", "idle_wakeup_tau_s",
-                                "close_s")
+                                "close_s", "idle_wakeup_slow_p", "idle_wakeup_slow_s",
+                                "rss_worker_bytes")
 
 
 @dataclass(frozen=True)

@@ -211,7 +211,7 @@ def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_
     rng = random.Random(seed)
     module = importlib.import_module(registry.get(scenario.model.name).sim_module_name)
     model = module.Model(env, scenario, profile, rng)
-    machine = Machine(env, profile, scenario.hardware, w0, w1, model.on_send)
+    machine = Machine(env, profile, scenario.hardware, w0, w1, model.on_send, seed)
     clients = Clients(env, model, scenario, profile, rng, w0, w1, service,
                       machine if loadgen_on_server_cores else None)
     model.attach(machine, clients)

@@ -4,7 +4,9 @@ import math
 
 import pytest
 
-from calibration.probes import IDLE_GAPS_S, fit_idle_wakeup, probe_idle_wakeup
+import numpy as np
+
+from calibration.probes import IDLE_GAPS_S, fit_idle_wakeup, fit_slow_wakeups, probe_idle_wakeup
 
 
 def test_fit_recovers_ceiling_and_time_constant():
@@ -18,8 +20,29 @@ def test_fit_never_gives_a_negative_ceiling():
     assert ceiling == 0.0
 
 
+def test_slow_wakeups_are_recovered_from_the_tail():
+    """Draws of the simulator's own wake-up law (fast ceiling x f, plus a share p x f of exponential slow
+    ones) give back p and the slow mean."""
+    rng = np.random.default_rng(3)
+    ceiling, tau, p, mean = 60e-6, 4e-3, 0.25, 1.5e-3
+    extras = []
+    for g in IDLE_GAPS_S:
+        f = -math.expm1(-g / tau)
+        base = rng.normal(0.0, 10e-6, 4000)
+        slow = (rng.random(4000) < p * f) * rng.exponential(mean, 4000)
+        extras.append(base + ceiling * f + slow)
+    got_p, got_mean = fit_slow_wakeups(IDLE_GAPS_S, extras, ceiling, tau)
+    assert got_p == pytest.approx(p, rel=0.15) and got_mean == pytest.approx(mean, rel=0.15)
+
+
+def test_no_tail_gives_no_slow_wakeups():
+    extras = [np.full(100, 50e-6 * -math.expm1(-g / 4e-3)) for g in IDLE_GAPS_S]
+    assert fit_slow_wakeups(IDLE_GAPS_S, extras, 50e-6, 4e-3) == (0.0, 0.0)
+
+
 @pytest.mark.timeout(60)
-def test_probe_runs_on_loopback_and_gives_both_parameters():
+def test_probe_runs_on_loopback_and_gives_its_parameters():
     got = {r.name: r for r in probe_idle_wakeup(scale=0.2)}
-    assert set(got) == {"idle_wakeup_s", "idle_wakeup_tau_s"}
+    assert {"idle_wakeup_s", "idle_wakeup_tau_s", "idle_wakeup_slow_p"} <= set(got)
     assert got["idle_wakeup_s"].value >= 0 and got["idle_wakeup_tau_s"].value > 0
+    assert 0.0 <= got["idle_wakeup_slow_p"].value <= 1.0

@@ -34,6 +34,7 @@ PLAUSIBLE = {
     "loopback_rtt_s": (1e-6, 0.05),
     "idle_wakeup_s": (0.0, 0.05),
     "idle_wakeup_tau_s": (1e-5, 1.0),
+    "idle_wakeup_slow_p": (0.0, 1.0),
     "io_overshoot_s": (0.0, 0.05),
     "thread_stack_virtual_bytes": (4096.0, 2**31),
     "gil_switch_interval_s": (1e-6, 1.0),

@@ -301,6 +301,21 @@ def test_a_core_idle_for_long_runs_its_wakee_late():
     assert simulate(busy, on).latency_p50_s == pytest.approx(simulate(busy, off).latency_p50_s, rel=0.02)
 
 
+def test_slow_wakeups_give_a_lightly_loaded_server_its_tail():
+    """A share of wake-ups from a long idle are slow (the host had descheduled the halted vCPU): a
+    lightly loaded server's p99 sits milliseconds above its p50, as on a VM, while its p50 barely
+    moves; a busy server never idles, so its latencies do not change."""
+    fast = PROFILE.with_params("probe", idle_wakeup_s=100e-6, idle_wakeup_tau_s=5e-3)
+    slow = fast.with_params("probe", idle_wakeup_slow_p=0.3, idle_wakeup_slow_s=2e-3)
+    light = BASE.replace(model="m3_reactor", connections=4, think_s=0.02, cpu_us=50, duration_s=2.0)
+    a, b = simulate(light, fast), simulate(light, slow)
+    assert a.latency_p99_s < a.latency_p50_s * 1.5
+    assert b.latency_p99_s > a.latency_p99_s + 2e-3
+    assert b.latency_p50_s < a.latency_p50_s * 1.5
+    busy = BASE.replace(model="m3_reactor", connections=8, cpu_us=50)
+    assert simulate(busy, slow).latency_p99_s == pytest.approx(simulate(busy, fast).latency_p99_s, rel=0.02)
+
+
 def test_a_connection_per_request_pays_the_servers_close():
     """A short-lived connection ends with the server's close() of its socket (the teardown after the
     client's FIN): the dearer it is, the fewer one-request connections a single thread serves."""
