@@ -119,13 +119,21 @@ class Ledger:
 
     `rss` is the processes' resident memory, what /proc reports and Result.rss_peak_bytes carries; a
     socket's kernel memory (buffers, slab objects) is not in any process's RSS, but it takes the box's
-    memory all the same, so the memory limit is checked against rss + kernel."""
+    memory all the same, so the memory limit is checked against rss + kernel.
 
-    __slots__ = ("p_proc", "p_thread", "p_conn", "k_conn", "threads_max", "memory_bytes", "threads", "procs",
-                 "conns", "fds", "rss", "kernel", "rss_peak", "threads_peak", "procs_peak", "fds_peak", "failure")
+    A server is one process tree started by one exec: the first process is a fresh interpreter
+    (rss_process_bytes); every later one is forked from it (a pre-fork worker) and adds
+    rss_worker_bytes. A forked child maps its parent's anonymous pages, counted again in its own RSS,
+    but only the file pages (interpreter, libraries) it touches itself, so it adds less than a fresh
+    process; /proc's per-process RSS, summed over the tree, shows exactly that."""
+
+    __slots__ = ("p_proc", "p_worker", "p_thread", "p_conn", "k_conn", "threads_max", "memory_bytes", "threads",
+                 "procs", "conns", "fds", "rss", "kernel", "rss_peak", "threads_peak", "procs_peak", "fds_peak",
+                 "failure")
 
     def __init__(self, profile, hardware) -> None:
         self.p_proc = int(profile["rss_process_bytes"])
+        self.p_worker = int(profile["rss_worker_bytes"])
         self.p_thread = int(profile["rss_thread_bytes"])
         self.p_conn = int(profile["rss_conn_bytes"])
         self.k_conn = int(profile["kernel_bytes_per_socket"])
@@ -166,7 +174,8 @@ class Ledger:
         self.rss -= n * self.p_thread
 
     def add_proc(self, base_fds: int) -> bool:
-        if not self._mem(self.p_proc):
+        """The first process is the exec'd server; later ones are forked from it (see the class)."""
+        if not self._mem(self.p_worker if self.procs_peak else self.p_proc):
             return False
         self.procs += 1
         self.procs_peak = max(self.procs_peak, self.procs)
