@@ -2,8 +2,8 @@
 (docs/DESIGN.md §7.3).
 
 Measured, not fitted: the load generator's CPU per request (its CPU over the throughput of the real
-runs) and RSS per connection / per thread (lines through the real runs of the architectures whose
-registry entry names that slope).
+runs) and the RSS figures the probe of the real servers did not measure (from the real runs of the
+architectures whose registry entry names that slope).
 
 The fit: scipy.optimize.least_squares over value / start of a few parameters (FIT_PARAMS), all
 models at once, on the residuals of calibration.compare (log simulated / measured throughput, p50,
@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -74,21 +74,38 @@ def _rss_runs(results: Sequence[Result], slope: str) -> list[Result]:
     return [r for r in results if r.scenario.model.name in models and r.rss_peak_bytes > 0]
 
 
-def memory_from_runs(results: Sequence[Result]) -> dict[str, tuple[float, float]]:
-    """RSS per connection and per thread from the real runs (their RSS is what the sim must match).
-    rss_slope "conn" (one process, one thread): RSS = process + N x conn; "thread" (a thread per
-    connection): RSS = that + threads x thread."""
+MEMORY_PARAMS: tuple[str, ...] = ("rss_process_bytes", "rss_conn_bytes", "rss_thread_bytes")
+
+
+def memory_from_runs(results: Sequence[Result], probed: Mapping[str, float] | None = None
+                     ) -> dict[str, tuple[float, float]]:
+    """RSS per process, per connection and per thread from the real runs, for those of MEMORY_PARAMS
+    not in `probed` (values calibration.probes.probe_server_memory measured on the real servers, which
+    stay). rss_slope "conn" (one process, one thread): RSS = process + N x conn; "thread" (a thread per
+    connection): RSS = that + threads x thread.
+
+    With the per-connection figure probed, the runs give the process base alone (the median of RSS -
+    N x conn): a line through the runs mixes core counts and work mixes, whose bases differ by more
+    than their connections hold at these counts, and trades the slope for the intercept."""
+    probed = dict(probed or {})
     out: dict[str, tuple[float, float]] = {}
     by_conn = _rss_runs(results, "conn")
-    if len({r.scenario.workload.connections for r in by_conn}) >= 2:
-        b, conn, conn_sd = _line([r.scenario.workload.connections for r in by_conn],
-                                 [r.rss_peak_bytes for r in by_conn])
-        if conn > 16 and b > 0:  # a Python socket object alone is more than 16 bytes
-            out["rss_conn_bytes"] = (conn, conn_sd)
-            out["rss_process_bytes"] = (b, 0.05 * b)
+    conn = probed.get("rss_conn_bytes")
+    if conn is None and len({r.scenario.workload.connections for r in by_conn}) >= 2:
+        b, slope, slope_sd = _line([r.scenario.workload.connections for r in by_conn],
+                                   [r.rss_peak_bytes for r in by_conn])
+        if slope > 16 and b > 0:  # a Python socket object alone is more than 16 bytes
+            conn = slope
+            out["rss_conn_bytes"] = (slope, slope_sd)
+            if "rss_process_bytes" not in probed:
+                out["rss_process_bytes"] = (b, 0.05 * b)
+    elif conn is not None and by_conn and "rss_process_bytes" not in probed:
+        bases = [r.rss_peak_bytes - conn * r.scenario.workload.connections for r in by_conn]
+        b = statistics.median(bases)
+        if b > 0:
+            out["rss_process_bytes"] = (b, max(0.01 * b, float(np.std(bases))))
     by_thread = _rss_runs(results, "thread")
-    if "rss_conn_bytes" in out and len({r.threads_peak for r in by_thread}) >= 2:
-        conn = out["rss_conn_bytes"][0]
+    if "rss_thread_bytes" not in probed and conn is not None and len({r.threads_peak for r in by_thread}) >= 2:
         _b, thr, thr_sd = _line([r.threads_peak for r in by_thread],
                                 [r.rss_peak_bytes - conn * r.scenario.workload.connections for r in by_thread])
         if thr >= 1024:  # below a page per thread is noise, not a thread's stack
@@ -102,7 +119,9 @@ def apply_measured(profile: CostProfile, results: Sequence[Result]) -> CostProfi
     cc = client_cpu_from_runs(results)
     if cc is not None:
         params["client_cpu_per_request_s"] = Param(cc[0], cc[1], "fit")
-    for name, (value, sd) in memory_from_runs(results).items():
+    probed = {name: profile.params[name].value for name in MEMORY_PARAMS
+              if name in profile.params and profile.params[name].source == "probe"}
+    for name, (value, sd) in memory_from_runs(results, probed).items():
         params[name] = Param(value, sd, "fit")
     return replace(profile, params=params)
 

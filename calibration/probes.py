@@ -11,7 +11,9 @@ Why these shapes:
 - linear costs (send/recv vs bytes, epoll_wait vs ready events) are medians at several sizes with a
   least-squares line through them: base + per-unit.
 - memory probes run in a fresh interpreter (a child process): glibc caches freed thread stacks and
-  our own process has numpy and scipy loaded, both of which would bias the deltas.
+  our own process has numpy and scipy loaded, both of which would bias the deltas. RSS per process,
+  per keep-alive connection, per connection thread and per forked worker are slopes of real realkit
+  server trees, read as realkit.monitor reads a run: what the servers hold, not a generic child.
 - kernel bytes per socket are the slab growth (TCP, sock_inode_cache, filp, dentry, eventpoll_epi)
   across N loopback connections, per socket; without /proc/slabinfo the documented default stays.
 """
@@ -463,34 +465,12 @@ def probe_parse(scale: float = 1.0) -> ProbeResult:
 
 # -- memory ------------------------------------------------------------------------------------
 _MEM_CHILD = r"""
-import json, os, socket, selectors, sys, threading, time
-try:
-    import realkit.protocol, realkit.work  # noqa: F401 - what a server process carries
-except Exception:
-    pass
-import psutil
-me = psutil.Process()
-rss0 = me.memory_info().rss
-ev = threading.Event()
-n_threads = int(sys.argv[1])
-ts = [threading.Thread(target=ev.wait, daemon=True) for _ in range(n_threads)]
-for t in ts: t.start()
-time.sleep(0.05)
-rss1 = me.memory_info().rss
-ev.set()
-for t in ts: t.join()
+import json, socket, sys
 ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(4096)
 print(json.dumps({"port": ls.getsockname()[1]}), flush=True)
-n_conn = int(sys.argv[2])
-rss2 = me.memory_info().rss
-conns = {}
-for _ in range(n_conn):
-    c, _a = ls.accept(); c.setblocking(False)
-    conns[c.fileno()] = (c, bytearray())
+conns = [ls.accept()[0] for _ in range(int(sys.argv[1]))]  # held while the parent reads the slab
 sys.stdin.readline()
-rss3 = me.memory_info().rss
-print(json.dumps({"rss_process": rss0, "per_thread": (rss1 - rss0) / n_threads,
-                  "per_conn": (rss3 - rss2) / n_conn}), flush=True)
+print(json.dumps({"accepted": len(conns)}), flush=True)
 """
 
 _SLAB_CACHES = ("TCP", "sock_inode_cache", "filp", "dentry", "eventpoll_epi")
@@ -509,9 +489,10 @@ def _slab_bytes() -> int | None:
     return total
 
 
-def _mem_once(n_threads: int, n_conn: int) -> dict[str, float]:
+def _mem_once(n_conn: int) -> dict[str, float]:
+    """Kernel memory per socket: the slab's growth across n_conn loopback connections to a child."""
     env = dict(os.environ)
-    proc = subprocess.Popen([sys.executable, "-c", _MEM_CHILD, str(n_threads), str(n_conn)],
+    proc = subprocess.Popen([sys.executable, "-c", _MEM_CHILD, str(n_conn)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     clients: list[socket.socket] = []
     try:
@@ -552,7 +533,7 @@ def probe_memory(scale: float = 1.0) -> list[ProbeResult]:
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft != -1 and soft < n_conn + 256:
         n_conn = max(100, soft - 256)  # the hard limit is low: fewer connections, same per-connection figure
-    runs = [_mem_once(200, n_conn) for _ in range(2 if scale < 1 else 3)]
+    runs = [_mem_once(n_conn) for _ in range(2 if scale < 1 else 3)]
 
     def res(name: str, key: str) -> ProbeResult | None:
         vals = [r[key] for r in runs if key in r and r[key] > 0]
@@ -562,9 +543,148 @@ def probe_memory(scale: float = 1.0) -> list[ProbeResult]:
         spread = (max(vals) - min(vals)) / med if len(vals) > 1 else 0.0
         return ProbeResult(name, med, spread, len(vals))
 
-    out = [res("rss_process_bytes", "rss_process"), res("rss_thread_bytes", "per_thread"),
-           res("rss_conn_bytes", "per_conn"), res("kernel_bytes_per_socket", "kernel_per_socket")]
-    return [r for r in out if r is not None]
+    # RSS per process, thread and connection: probe_server_memory (the real servers' slopes)
+    out = res("kernel_bytes_per_socket", "kernel_per_socket")
+    return [out] if out is not None else []
+
+
+# -- the servers' own memory ----------------------------------------------------------------------
+# What a real server tree grows by per idle keep-alive connection (one reactor: a socket object, its
+# Conn and parser, two dict entries, an epoll registration), per connection thread (a thread per
+# connection: the thread's stack pages and its state, with the connection) and per pre-forked worker,
+# read as realkit.monitor reads a run (RSS summed over the tree). A generic child holding bare sockets
+# keeps less per connection, and a fresh interpreter holds more than a forked worker, which shares its
+# parent's file pages and counts only those it touches.
+SERVER_CONN_COUNTS = (1000, 4000, 10000)  # scale 1; 30% of them below (the slope grows a little with N)
+SERVER_THREAD_COUNTS = (250, 1000, 2000)
+SERVER_WORKER_COUNTS = (1, 3)
+SETTLE_TIMEOUT_S = 10.0
+
+
+def rss_slope(counts: Sequence[float], rss_bytes: Sequence[float]) -> tuple[float, float]:
+    """Least-squares line of RSS over a count (connections, threads, workers): (intercept, slope),
+    i.e. the RSS at count 0 and what one more adds. Pure."""
+    if len(counts) != len(rss_bytes):
+        raise ValueError(f"rss_bytes: {len(rss_bytes)} readings for {len(counts)} counts")
+    if any(not (math.isfinite(c) and c >= 0) for c in counts):
+        raise ValueError(f"counts: expected finite counts >= 0, got {list(counts)!r}")
+    if len(set(counts)) < 2:
+        raise ValueError(f"counts: need at least two distinct counts, got {list(counts)!r}")
+    if any(not (math.isfinite(r) and r > 0) for r in rss_bytes):
+        raise ValueError(f"rss_bytes: expected positive readings, got {list(rss_bytes)!r}")
+    return _line([float(c) for c in counts], [float(r) for r in rss_bytes])
+
+
+def server_counts(counts: Sequence[int], scale: float, fd_room: int) -> tuple[int, ...]:
+    """The connection counts to hold: all of `counts` at scale 1, 30% of each below (at least 100),
+    only those this process has fds for (at least two). Pure."""
+    scaled = tuple(counts) if scale >= 1 else tuple(max(100, int(c * 0.3)) for c in counts)
+    fit = tuple(c for c in scaled if c <= fd_room)
+    if len(fit) < 2:
+        if fd_room < 200:
+            raise ValueError(f"fd_room: {fd_room} fds leave no room for two counts of connections")
+        return (100, fd_room)
+    return fit
+
+
+class _RealServer:
+    """A realkit server for `spec` (a subprocess, pinned to one CPU of ours) and its tree's readings."""
+
+    def __init__(self, spec: Any, fd_limit: int) -> None:
+        from realkit.runner import ServerProcess
+        from simkit.scenario import Hardware, Scenario, Workload
+
+        cpu = min(os.sched_getaffinity(0))
+        scenario = Scenario(model=spec, hardware=Hardware(cores=1, fd_limit=fd_limit),
+                            workload=Workload(connections=1))
+        self.server = ServerProcess(scenario, (cpu,), startup_timeout_s=30.0)
+
+    def __enter__(self) -> _RealServer:
+        from realkit.monitor import ProcessTreeMonitor
+
+        self.port = self.server.start()
+        self.monitor = ProcessTreeMonitor(self.server.proc.pid, use_perf=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(5.0)
+
+    def settled(self, fds: int = 0, threads: int = 0) -> Any:
+        """The tree's sample once it holds `fds` fds and `threads` threads and its RSS stopped moving."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        last = None
+        while True:
+            time.sleep(0.1)
+            got = self.monitor.sample()
+            if got is None:
+                raise RuntimeError("server: its process tree is gone")
+            if (got.fds >= fds and got.threads >= threads and last is not None
+                    and got.rss_bytes == last.rss_bytes):
+                return got
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server: {got.fds} fds and {got.threads} threads, expected {fds} and "
+                                   f"{threads}, after {SETTLE_TIMEOUT_S} s")
+            last = got
+
+
+def _held_slope(model: str, counts: Sequence[int], scale: float, thread_each: bool) -> dict[str, Any]:
+    """A server's tree RSS at several counts of idle keep-alive connections (each holding a thread of
+    its own where `thread_each`), and the line through them."""
+    import resource
+
+    from simkit.scenario import ModelSpec
+
+    _raise_nofile(max(counts) + 512)
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    counts = server_counts(counts, scale, max(counts) if soft == resource.RLIM_INFINITY else soft - 256)
+    clients: list[socket.socket] = []
+    rss: list[int] = []
+    with _RealServer(ModelSpec.for_model(model), counts[-1] + 1024) as srv:
+        base = srv.settled()
+        try:
+            for n in counts:
+                while len(clients) < n:
+                    clients.append(socket.create_connection(("127.0.0.1", srv.port)))
+                rss.append(srv.settled(base.fds + n, base.threads + (n if thread_each else 0)).rss_bytes)
+        finally:
+            for c in clients:
+                c.close()
+    intercept, slope = rss_slope(counts, rss)
+    return {"counts": list(counts), "rss_bytes": rss, "intercept": intercept, "slope": slope}
+
+
+def _worker_slope() -> dict[str, Any]:
+    """The pre-forked server's idle tree RSS at two worker counts."""
+    from calibration.mechanisms import prefork
+    from simkit.scenario import ModelSpec
+
+    rss: list[int] = []
+    for n in SERVER_WORKER_COUNTS:
+        with _RealServer(ModelSpec.for_model(prefork(), processes=n), 1024) as srv:
+            got = srv.settled()
+            if got.processes != n + 1:
+                raise RuntimeError(f"server: {got.processes} processes, expected a master and {n} workers")
+            rss.append(got.rss_bytes)
+    intercept, slope = rss_slope(SERVER_WORKER_COUNTS, rss)
+    return {"counts": list(SERVER_WORKER_COUNTS), "rss_bytes": rss, "intercept": intercept, "slope": slope}
+
+
+def probe_server_memory(scale: float = 1.0) -> list[ProbeResult]:
+    """RSS of a real server process and what it adds per idle keep-alive connection, per connection
+    thread and per forked worker: slopes of the real servers' trees (one run each: RSS counts pages,
+    steady where a timing is noisy). The thread figure is the thread-per-connection server's slope
+    less the reactor's per connection, as the simulator charges both for such a connection."""
+    from calibration.mechanisms import prefork, single_reactor, thread_per_connection
+
+    conn = _held_slope(single_reactor(), SERVER_CONN_COUNTS, scale, False)
+    thread = _held_slope(thread_per_connection(), SERVER_THREAD_COUNTS, scale, True)
+    worker = _worker_slope()
+    detail = {"reactor": conn, "thread_per_connection": thread, "prefork": worker, "models": [
+        single_reactor(), thread_per_connection(), prefork()]}
+    return [ProbeResult("rss_process_bytes", conn["intercept"], 0.0, 1, detail),
+            ProbeResult("rss_conn_bytes", conn["slope"], 0.0, 1),
+            ProbeResult("rss_thread_bytes", thread["slope"] - conn["slope"], 0.0, 1),
+            ProbeResult("rss_worker_bytes", worker["slope"], 0.0, 1)]
 
 
 def probe_thread_stack() -> ProbeResult:
@@ -821,6 +941,7 @@ PROBES: tuple[tuple[str, Callable[[float], Any]], ...] = (
     ("GIL hand-off", probe_gil_handoff),
     ("request parse", probe_parse),
     ("memory", probe_memory),
+    ("server memory", probe_server_memory),
     ("loopback RTT", probe_loopback_rtt),
     ("wake-up from idle", probe_idle_wakeup),
     ("work rates", probe_work),

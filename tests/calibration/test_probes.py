@@ -30,6 +30,8 @@ PLAUSIBLE = {
     "parse_s": (1e-7, 1e-3),
     "rss_process_bytes": (2 * 2**20, 500 * 2**20),
     "rss_thread_bytes": (1.0, 2 * 2**20),
+    "rss_conn_bytes": (16.0, 64 * 2**10),
+    "rss_worker_bytes": (2**20, 500 * 2**20),
     "kernel_bytes_per_socket": (64.0, 64 * 2**10),
     "loopback_rtt_s": (1e-6, 0.05),
     "idle_wakeup_s": (0.0, 0.05),
