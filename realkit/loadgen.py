@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 from realkit.histogram import LatencyHistogram
 from realkit.monitor import peak_rss_bytes
 from simkit.scenario import Workload
+from simkit.sendtimer import wake_delay_s
 
 ERROR_KINDS: tuple[str, ...] = ("refused", "timeout", "reset", "http", "client")
 
@@ -109,10 +110,10 @@ class LoadSpec:
     cpus: tuple[int, ...] | None = None  # pin the worker processes to these CPUs
     seed: int = 1
     late_threshold_s: float = 0.002
-    # Open loop: 0 wakes the loop for every arrival (uvloop turns waits under 0.5 ms into a busy poll:
-    # sends are on time, the generator's CPU is busy); > 0 wakes at most this often and sends what is due
-    # (little CPU, sends up to this much late; the lag is inside the latencies and reported). Use > 0 when
-    # the generator shares CPUs with the server.
+    # Open-loop arrivals and think times (simkit.sendtimer): 0 sends each on time (the loop's timer, then
+    # a poll for POLL_WINDOW_S before it: busy CPU in that window); > 0 wakes at most this often, on the
+    # loop's ms-grained timer, and sends what is due (little CPU; open-loop sends up to about this much
+    # late, a lag inside the latencies and reported). Use > 0 when it shares the server's CPUs.
     timer_resolution_s: float = 0.0
     use_uvloop: bool = True
     allow_remote: bool = False
@@ -208,8 +209,9 @@ class LoadReport:
     in_flight: int  # requests outstanding (or waiting for a connection) when the window closed
     late_sends: int  # open loop: sent later than late_threshold_s after their intended time
     max_send_lag_s: float
-    # Open loop: mean delay between intended and actual send. It is inside every open-loop latency: the
-    # event loop's timers have ~1 ms granularity, so expect a few hundred microseconds here.
+    # Open loop: mean delay between intended and actual send. It is inside every open-loop latency: on its
+    # own CPUs the generator polls for each send (microseconds); sharing them (timer_resolution_s > 0) it
+    # sends on a ~1 ms grid, so expect several hundred microseconds.
     send_lag_mean_s: float
     connects: int  # successful connection set-ups in the window (active connections)
     idle_open: int  # idle connections held when the window closed
@@ -517,6 +519,10 @@ class _Generator:
         self.t_stop = math.inf
         self.next_t = math.inf
         self._window_start = math.inf
+        # Closed loop with think time: (due time, connection) in due order (think_s is constant, so the
+        # order of entry is the order of due times), woken by one timer (wake_think), not one per client.
+        self.thinking: deque[tuple[float, _Conn]] = deque()
+        self.think_armed = False
         # Closed loop with connect_rate_cps: this worker's clients that have not arrived yet (ramp()).
         self.ramp_left = 0
         self.ramp_done = 0
@@ -703,7 +709,36 @@ class _Generator:
         if self.waiting:
             self.maybe_open()
         if t < self.t_stop:
-            self.loop.call_later(max(self.spec.timer_resolution_s, t - time.monotonic()), self.dispatch)
+            self.wake_at(t, self.dispatch)
+
+    def wake_at(self, due: float, callback) -> None:
+        """Call `callback` at (or, sharing CPUs, after) monotonic time `due`: see wake_delay_s."""
+        delay = wake_delay_s(time.monotonic(), due, self.spec.timer_resolution_s)
+        if delay is None:
+            self.loop.call_soon(callback)
+        else:
+            self.loop.call_later(delay, callback)
+
+    # -- closed loop: think times ------------------------------------------------------------------
+    def think(self, conn: _Conn, due: float) -> None:
+        """`conn` sends its next request at `due` (its think time over)."""
+        self.thinking.append((due, conn))
+        if not self.think_armed:
+            self.think_armed = True
+            self.wake_at(due, self.wake_think)
+
+    def wake_think(self) -> None:
+        """Send for every client whose think time is over; wait for the next."""
+        self.think_armed = False
+        if self.stopping:
+            return
+        q = self.thinking
+        now = time.monotonic()
+        while q and q[0][0] <= now:
+            q.popleft()[1]._next()
+        if q:
+            self.think_armed = True
+            self.wake_at(q[0][0], self.wake_think)
 
     def conn_free(self, conn: _Conn) -> None:
         """Open loop: a connection has nothing outstanding: serve the oldest waiting request, or wait."""
@@ -894,7 +929,7 @@ class _Conn(asyncio.Protocol):
             return
         if w.mode == "closed":
             if w.think_s:
-                g.loop.call_later(w.think_s, self._next)
+                g.think(self, now + w.think_s)
             else:
                 self.t_req = now
                 if g.recording:

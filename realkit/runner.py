@@ -45,6 +45,7 @@ from realkit.monitor import ProcessTreeMonitor, TreeStats
 from realkit.servers import server_argument
 from simkit.result import Result
 from simkit.scenario import Scenario
+from simkit.sendtimer import SHARED_TIMER_RESOLUTION_S
 
 __all__ = [
     "measure",
@@ -221,10 +222,10 @@ def load_spec_for(
         processes=processes,
         cpus=cpus,
         seed=scenario.seed,
-        # Open loop on its own CPUs: wake for every arrival (busy but on time). Sharing the server's CPUs,
-        # a busy-polling generator would take CPU from the server: wake each 1 ms instead (sends up to
-        # ~1 ms late, a lag that is inside the latencies).
-        timer_resolution_s=0.001 if shared else 0.0,
+        # On its own CPUs: send on time (polling just before each send). Sharing the server's CPUs, a
+        # polling generator would take CPU from the server: wake at most each SHARED_TIMER_RESOLUTION_S
+        # (sends late by ~1 ms, inside the latencies; simkit models the same rule, simkit.sendtimer).
+        timer_resolution_s=SHARED_TIMER_RESOLUTION_S if shared else 0.0,
     )
 
 

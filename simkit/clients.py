@@ -32,12 +32,19 @@
   not serve (m2 past threads_max) -> errors_reset. After either, the slot waits 1 s before
   reconnecting (as a load generator backs off), which bounds the error storm.
 - With loadgen_on_server_cores the load generator is one thread on the server's cores (the real
-  one is a single uvloop process) spending client_cpu_per_request_s per request sent.
+  one is a single uvloop process) spending client_cpu_per_request_s per request sent. There it does
+  not poll for send times (that would take the server's CPU): open-loop arrivals wait for its next
+  wake, which it sleeps for on its event loop's millisecond timer, at least SHARED_TIMER_RESOLUTION_S
+  after the last (simkit.sendtimer, the rule realkit's generator runs), and it sends everything due at
+  once; the wake needs a core like any thread (an idle core's wake-up, the server's threads ahead).
+  Their latency runs from the intended time, so this send lag is inside it, as in a real run. On
+  cores of its own the generator sends on time (realkit's polls), as the arrivals here do.
 """
 
 from __future__ import annotations
 
 import heapq
+import random
 from collections import deque
 
 from simpy.events import Timeout
@@ -45,6 +52,7 @@ from simpy.events import Timeout
 from simkit import costs
 from simkit.kernel import SYN_RETRY_DELAYS_S, Conn
 from simkit.machine import CALL, CPU, Proc
+from simkit.sendtimer import SHARED_TIMER_RESOLUTION_S, loop_timer_fire_s, wake_delay_s
 
 PENDING, DONE, FAILED = 0, 1, 2
 RECONNECT_BACKOFF_S = 1.0
@@ -122,6 +130,16 @@ class Clients:
             self.lg_jobs: deque = deque()
             self.lg = m.new_thread(proc, self._lg_program, start=False, loadgen=True)
             self.lg_machine = m
+        # Open loop with the generator on the server's cores: arrivals wait in `undispatched` for its
+        # next timer wake at lg_wake_t (see the top); next_arrival_t is the arrival process's next.
+        self.lg_timer = self.open and self.lg is not None
+        self.undispatched: deque = deque()
+        self.next_arrival_t = 0.0
+        self.lg_wake_t = float("inf")
+        self.lg_armed = False
+        self.lg_rng = random.Random(rng.getrandbits(32)) if self.lg_timer else None
+        self.send_lag_s: list[float] = []  # open loop: intended-to-sent delay of requests sent in the window
+        self.lg_wakes = 0  # the generator's timer wakes that sent arrivals, inside the window
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -129,6 +147,8 @@ class Clients:
         if self.open:
             self.free_slots = list(reversed(self.slots))
             self._at(0.0, self._arrival, None)
+            if self.lg_timer:
+                self._lg_arm(None, None)
         else:
             for i, slot in enumerate(self.slots):
                 self._at(i * gap, self._start_slot, slot)
@@ -174,7 +194,15 @@ class Clients:
         rate = self.wl.rate_rps
         gap = self.rng.expovariate(rate) if self.wl.arrival == "poisson" else 1.0 / rate
         self._at(gap, self._arrival, None)
+        self.next_arrival_t = now + gap
         req = self._new_request(now, None)
+        if self.lg_timer:
+            self.undispatched.append(req)  # sent at the generator's next wake
+            return
+        self._dispatch(req)
+
+    def _dispatch(self, req: Request) -> None:
+        """Open loop: the generator sends the arrival `req` on a free connection, or queues it."""
         if self.free_slots:
             slot = self.free_slots.pop()
             req.slot = slot
@@ -236,17 +264,50 @@ class Clients:
 
     def _lg_program(self, th) -> bool:
         jobs = self.lg_jobs
+        steps = th.steps
+        if self.lg_timer and not self.lg_armed and self.env.now >= self.lg_wake_t:
+            # its timer fired: send the arrivals due by now, then arm the next wake
+            now = self.env.now
+            q = self.undispatched
+            if q and q[0].t <= now and self.w0 <= now < self.w1:
+                self.lg_wakes += 1
+            while q and q[0].t <= now:
+                self._dispatch(q.popleft())
+            self.lg_wake_t = float("inf")
+            self.lg_armed = True
+            while jobs:
+                self._lg_job(steps, jobs.popleft())
+            steps.append((CALL, self._lg_arm, None))
+            return True
         if not jobs:
             return False
-        steps = th.steps
         while jobs:
-            req = jobs.popleft()
-            steps.append((CPU, self.client_cpu, None))
-            steps.append((CALL, self._lg_sent, req))
+            self._lg_job(steps, jobs.popleft())
         return True
 
+    def _lg_job(self, steps, req: Request) -> None:
+        steps.append((CPU, self.client_cpu, None))
+        steps.append((CALL, self._lg_sent, req))
+
     def _lg_sent(self, th, req) -> None:
+        if self.open and self.w0 <= req.t < self.w1:
+            self.send_lag_s.append(self.env.now - req.t)
         self._transmit(req)
+
+    def _lg_arm(self, th, _) -> None:
+        """The generator arms its loop timer for the next arrival (sendtimer's rule), or stops: no more
+        arrivals come."""
+        self.lg_armed = False
+        now = self.env.now
+        due = self.undispatched[0].t if self.undispatched else self.next_arrival_t
+        if due >= self.w1 and not self.undispatched:
+            return
+        delay = wake_delay_s(now, due, SHARED_TIMER_RESOLUTION_S)
+        self.lg_wake_t = loop_timer_fire_s(now, delay, self.lg_rng.random())
+        self._at(self.lg_wake_t - now, self._lg_timer_fired, None)
+
+    def _lg_timer_fired(self, ev) -> None:
+        self.lg_machine.wake(self.lg)
 
     # -- network events --------------------------------------------------------------------------
     def _syn_arrives(self, ev) -> None:
