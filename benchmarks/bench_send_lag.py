@@ -1,5 +1,5 @@
 """The open-loop load generator's send accuracy: how late it sends arrivals (mean and max lag, sends
-later than 2 ms) against a 1-core single reactor, the generator on the other CPU (its own) or on the
+later than 2 ms) against a 1-core server (the single reactor unless --model), the generator on the other CPU (its own) or on the
 server's CPU (shared, timer_resolution_s = realkit.runner.SHARED_TIMER_RESOLUTION_S), at a few rates;
 and a closed loop with think time, whose think timer should last what it says.
 
@@ -58,6 +58,7 @@ def _row(label: str, scenario: Scenario, shared: bool) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="3", help="the server (number or name; default 3, the single reactor)")
     ap.add_argument("--rates", default="300,1300,2000")
     ap.add_argument("--duration", type=float, default=2.0)
     ap.add_argument("--shared", action="store_true", help="also run with the generator on the server's CPU")
@@ -65,7 +66,7 @@ def main() -> None:
     args = ap.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("needs 2 CPUs: the server on one, the generator on the other")
-    model = ModelSpec.for_model("m3_reactor")
+    model = ModelSpec.for_model(args.model)
     modes = [False, True] if args.shared else [False]
     for shared in modes:
         where = "shared" if shared else "own cpu"
