@@ -1,7 +1,7 @@
 """The open-loop load generator's send accuracy: how late it sends arrivals (mean and max lag, sends
-later than 2 ms) against a 1-core server (the single reactor unless --model), the generator on the other CPU (its own) or on the
-server's CPU (shared, timer_resolution_s = realkit.runner.SHARED_TIMER_RESOLUTION_S), at a few rates;
-and a closed loop with think time, whose think timer should last what it says.
+later than 2 ms) against a 1-core server (the single reactor unless --model), the generator on the
+other CPU (its own) or on the server's (shared: simkit.sendtimer.SHARED_TIMER_RESOLUTION_S), at a few
+rates; and a closed loop with think time, whose think timer should last what it says.
 
     .venv/bin/python -m benchmarks.bench_send_lag [--rates 300,1300,2000] [--duration 2] [--shared]
 
