@@ -4,8 +4,9 @@ small real experiment and the same experiment simulated, side by side in one tab
 The calibration grid validates whole configurations; a mechanism that is wrong can hide there behind
 a fitted knob. Here every figure isolates one mechanism: the RSS a connection, a thread or a process
 adds; the delay of a server woken from idle; the accept path under one request per connection; the
-open-loop load generator's own cost and the latency it reports at half load; thread start-up with
-thousands of clients; the GIL with Python work on one and two cores.
+open-loop load generator's own cost, its send lag sharing the server's cores and the latency it
+reports at half load; thread start-up with thousands of clients; the GIL with Python work on one and
+two cores.
 
 `MECHANISMS` lists the experiments, one figure each. `run_mechanisms(profile)` runs them for real
 (realkit.runner.measure) and simulated (simkit.simulate through calibration.compare.SimBatch: the
@@ -38,7 +39,7 @@ from calibration.runs import run_failed
 from simkit import registry
 from simkit.profile import CostProfile
 from simkit.result import Result
-from simkit.scenario import ModelSpec, Scenario, Workload
+from simkit.scenario import ModelSpec, Scenario, Workload, available_cores
 
 TOLERANCE = 0.15  # |simulated / real - 1| a figure may miss by and still count as conforming
 COLUMNS = ("mechanism", "figure", "unit", "real", "sim", "rel_err", "within", "note", "why", "real_s", "sim_s",
@@ -390,6 +391,31 @@ def loadgen_cpu_per_request(lab: Lab) -> tuple[float, float, str]:
     return per["threads"], lab.profile["client_cpu_per_request_s"] * 1e6, note
 
 
+_LAG_RATE_RPS = 500.0  # light: the server idles between requests, so the send lag is most of a latency
+
+
+def _lag(lab: Lab, shared: bool) -> Scenario:
+    """Zero-work requests at a light Poisson rate on the single reactor: the generator on a core of its
+    own (1 core; it sends on time) or sharing every core with the server (it sends at its timer wakes)."""
+    return _scenario(_spec(single_reactor()), available_cores() if shared else 1, connections=10, mode="open",
+                     rate_rps=_LAG_RATE_RPS, arrival="poisson", cpu_us=0, gil_us=0, **lab.window())
+
+
+def loadgen_send_lag(lab: Lab) -> tuple[float, float, str]:
+    """Zero-work open-loop p50 with the generator sharing the server's cores: mostly its send lag. The
+    note subtracts the same run with the generator on a core of its own (the server's part), which
+    leaves the send lag alone, real and simulated."""
+    own_real, own_sim = lab.both(_lag(lab, False))
+    sh_real, sh_sim = lab.both(_lag(lab, True))
+    ms = {k: _get(r, "latency_p50_s", 1e3) for k, r in
+          (("own_real", own_real), ("own_sim", own_sim), ("sh_real", sh_real), ("sh_sim", sh_sim))}
+    note = (f"Poisson {_LAG_RATE_RPS:.0f}/s, no work, sharing {available_cores()} cores (sends at timer wakes "
+            f">= 1 ms apart); on a core of its own (sends on time) p50 real {ms['own_real']:.3f} / sim "
+            f"{ms['own_sim']:.3f} ms; send lag (the difference) real {ms['sh_real'] - ms['own_real']:.3f} / sim "
+            f"{ms['sh_sim'] - ms['own_sim']:.3f} ms")
+    return ms["sh_real"], ms["sh_sim"], note
+
+
 # -- 5. thread start-up -------------------------------------------------------------------------------------
 def _spawn(lab: Lab) -> Scenario:
     n = 1000 if lab.quick else 2000
@@ -501,6 +527,12 @@ MECHANISMS: tuple[Mechanism, ...] = (
               loadgen_cpu_per_request,
               "the simulator charges the profile's client CPU per request when the generator shares the "
               "server's cores; the open-loop generator's own cost differs from the closed loop's"),
+    Mechanism("open-loop load generator", "send lag: p50, sharing the cores", "ms",
+              "p50 of zero-work open-loop requests at a light rate with the generator sharing the server's "
+              "cores (the note subtracts the same on a core of its own: the send lag alone)", loadgen_send_lag,
+              "sharing the cores the generator sleeps on its event loop's millisecond timer, at least "
+              "simkit.sendtimer.SHARED_TIMER_RESOLUTION_S, and sends what is due at each wake; the simulator "
+              "models that rule, the wake-up of an idle core and the server's threads ahead of it"),
     Mechanism("open-loop load generator", "p50 at 50%, reactor", "ms",
               "median open-loop (Poisson) latency at half the single reactor's capacity, 1 core",
               _open_figure("reactor", "latency_p50_s"), _WHY_OPEN),
