@@ -289,7 +289,8 @@ def rss_per_process(lab: Lab) -> tuple[float, float, str]:
     note = (f"pre-forked server at 1 and 4 worker processes: real processes {_get(rl, 'processes_peak'):.0f} -> "
             f"{_get(rh, 'processes_peak'):.0f}, RSS {_mib(_get(rl, 'rss_peak_bytes'))} -> "
             f"{_mib(_get(rh, 'rss_peak_bytes'))} MiB (summed over the tree, shared pages counted per process); "
-            f"the profile's rss_process_bytes {_mib(lab.profile['rss_process_bytes'])} MiB")
+            f"the profile's rss_worker_bytes {_mib(lab.profile['rss_worker_bytes'])} MiB per forked worker "
+            f"(rss_process_bytes {_mib(lab.profile['rss_process_bytes'])} MiB: the exec'd master)")
     return _slope(rl, rh, procs, 2.0**-20), _slope(sl, sh, procs, 2.0**-20), note
 
 
@@ -386,8 +387,8 @@ def loadgen_cpu_per_request(lab: Lab) -> tuple[float, float, str]:
     shared = s is not None and loadgen_shares_cores(s)
     note = (f"real open-loop generator {per['threads']:.1f} us/req "
             + ("sharing the server's cores" if shared else "on its own core")
-            + f", {per['reactor']:.1f} us/req in the 1-core run (its own core); the simulator charges "
-            "client_cpu_per_request_s where it shares")
+            + f", {per['reactor']:.1f} us/req in the 1-core run (its own core, polling for send times); the "
+            "simulator charges client_cpu_per_request_s where it shares")
     return per["threads"], lab.profile["client_cpu_per_request_s"] * 1e6, note
 
 
