@@ -208,7 +208,7 @@ class StartupFailure(Exception):
 class Machine:
     """Cores, run queue, GILs and the ledger; drives Threads through their steps."""
 
-    def __init__(self, env, profile, hardware, w0: float, w1: float, send_cb) -> None:
+    def __init__(self, env, profile, hardware, w0: float, w1: float, send_cb, seed: int = 1) -> None:
         self.env = env
         self.ctx_s = profile["ctx_switch_s"]
         self.wake_s = profile["wakeup_s"]

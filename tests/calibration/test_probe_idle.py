@@ -2,9 +2,8 @@
 
 import math
 
-import pytest
-
 import numpy as np
+import pytest
 
 from calibration.probes import IDLE_GAPS_S, fit_idle_wakeup, fit_slow_wakeups, probe_idle_wakeup
 
