@@ -33,12 +33,13 @@
   reconnecting (as a load generator backs off), which bounds the error storm.
 - With loadgen_on_server_cores the load generator is one thread on the server's cores (the real
   one is a single uvloop process) spending client_cpu_per_request_s per request sent. There it does
-  not poll for send times (that would take the server's CPU): open-loop arrivals wait for its next
-  wake, which it sleeps for on its event loop's millisecond timer, at least SHARED_TIMER_RESOLUTION_S
-  after the last (simkit.sendtimer, the rule realkit's generator runs), and it sends everything due at
-  once; the wake needs a core like any thread (an idle core's wake-up, the server's threads ahead).
-  Their latency runs from the intended time, so this send lag is inside it, as in a real run. On
-  cores of its own the generator sends on time (realkit's polls), as the arrivals here do.
+  not poll for send times (that would take the server's CPU): open-loop arrivals, and closed-loop
+  clients whose think time is over, wait for its next wake, which it sleeps for on its event loop's
+  millisecond timer, at least SHARED_TIMER_RESOLUTION_S after the last (simkit.sendtimer, the rule
+  realkit's generator runs), and it sends everything due at once; the wake needs a core like any
+  thread (an idle core's wake-up, the server's threads ahead). An open-loop latency runs from the
+  intended time, so this send lag is inside it, as in a real run; a think time runs long by it. On
+  cores of its own the generator sends on time (realkit's polls), as the clients here do.
 """
 
 from __future__ import annotations
@@ -130,16 +131,18 @@ class Clients:
             self.lg_jobs: deque = deque()
             self.lg = m.new_thread(proc, self._lg_program, start=False, loadgen=True)
             self.lg_machine = m
-        # Open loop with the generator on the server's cores: arrivals wait in `undispatched` for its
-        # next timer wake at lg_wake_t (see the top); next_arrival_t is the arrival process's next.
-        self.lg_timer = self.open and self.lg is not None
+        # The generator on the server's cores sends on its timer (see the top): open-loop arrivals wait
+        # in `undispatched` (next_arrival_t: the arrival process's next), closed-loop slots whose think
+        # time ends at `due` in `thinking` as (due, slot), for its next wake at lg_wake_t (inf: none set).
+        self.lg_timer = self.lg is not None and (self.open or self.think_s > 0)
         self.undispatched: deque = deque()
+        self.thinking: deque = deque()
         self.next_arrival_t = 0.0
         self.lg_wake_t = float("inf")
         self.lg_armed = False
         self.lg_rng = random.Random(rng.getrandbits(32)) if self.lg_timer else None
         self.send_lag_s: list[float] = []  # open loop: intended-to-sent delay of requests sent in the window
-        self.lg_wakes = 0  # the generator's timer wakes that sent arrivals, inside the window
+        self.lg_wakes = 0  # the generator's timer wakes that sent something, inside the window
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -268,11 +271,13 @@ class Clients:
         if self.lg_timer and not self.lg_armed and self.env.now >= self.lg_wake_t:
             # its timer fired: send the arrivals due by now, then arm the next wake
             now = self.env.now
-            q = self.undispatched
-            if q and q[0].t <= now and self.w0 <= now < self.w1:
+            q, thinking = self.undispatched, self.thinking
+            if ((q and q[0].t <= now) or (thinking and thinking[0][0] <= now)) and self.w0 <= now < self.w1:
                 self.lg_wakes += 1
             while q and q[0].t <= now:
                 self._dispatch(q.popleft())
+            while thinking and thinking[0][0] <= now:
+                self._issue(thinking.popleft()[1])
             self.lg_wake_t = float("inf")
             self.lg_armed = True
             while jobs:
@@ -295,12 +300,17 @@ class Clients:
         self._transmit(req)
 
     def _lg_arm(self, th, _) -> None:
-        """The generator arms its loop timer for the next arrival (sendtimer's rule), or stops: no more
-        arrivals come."""
+        """The generator arms its loop timer for the next send due (sendtimer's rule), or none: no
+        more arrivals come, or no client is thinking."""
         self.lg_armed = False
         now = self.env.now
-        due = self.undispatched[0].t if self.undispatched else self.next_arrival_t
-        if due >= self.w1 and not self.undispatched:
+        if self.open:
+            due = self.undispatched[0].t if self.undispatched else self.next_arrival_t
+            if due >= self.w1 and not self.undispatched:
+                return
+        elif self.thinking:
+            due = self.thinking[0][0]
+        else:
             return
         delay = wake_delay_s(now, due, SHARED_TIMER_RESOLUTION_S)
         self.lg_wake_t = loop_timer_fire_s(now, delay, self.lg_rng.random())
@@ -451,6 +461,11 @@ class Clients:
             return
         delay = self.think_s + backoff
         if delay > 0:
+            if self.lg_timer and not backoff:  # its think time ends on the generator's timer
+                self.thinking.append((self.env.now + delay, slot))
+                if not self.lg_armed and self.lg_wake_t == float("inf"):
+                    self._lg_arm(None, None)
+                return
             self._at(delay, self._start_slot, slot)
         else:
             self._issue(slot)

@@ -79,3 +79,32 @@ def test_own_cores_open_loop_sends_on_time(monkeypatch):
     assert result.completed > 0
     assert c.send_lag_s == [] and c.lg_wakes == 0  # no generator thread: each arrival goes at its time
     assert math.isfinite(result.latency_p50_s)
+
+
+def _think_run(monkeypatch, shared: bool):
+    seen = []
+    finish = clients_mod.Clients.finish
+
+    def capture(self, t_end):
+        seen.append(self)
+        return finish(self, t_end)
+
+    monkeypatch.setattr(clients_mod.Clients, "finish", capture)
+    s = Scenario(model=ModelSpec.for_model(3), hardware=Hardware(cores=1),
+                 workload=Workload(connections=10, think_s=0.005, cpu_us=20, gil_us=0, duration_s=0.1,
+                                   warmup_s=0.02))
+    return simulate(s, CostProfile.default(), seed=5, loadgen_on_server_cores=shared), seen[-1]
+
+
+def test_shared_closed_loop_think_times_end_on_the_generator_timer(monkeypatch):
+    own, c_own = _think_run(monkeypatch, shared=False)
+    shared, c = _think_run(monkeypatch, shared=True)
+    assert c_own.lg_wakes == 0
+    window = c.w1 - c.w0
+    # ten clients ending a think every ~0.5 ms, released at wakes at least a resolution apart: batched
+    assert 0 < c.lg_wakes <= window / SHARED_TIMER_RESOLUTION_S + 1
+    assert shared.completed > c.lg_wakes
+    # each think runs long by the wait for a wake: the cycle (think + latency) is longer than on time
+    cycle_own = 10 / own.throughput_rps - own.latency_mean_s
+    cycle_shared = 10 / shared.throughput_rps - shared.latency_mean_s
+    assert cycle_shared > cycle_own + 0.2 * SHARED_TIMER_RESOLUTION_S
