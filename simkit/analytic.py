@@ -88,7 +88,7 @@ def _peaks(scenario: Scenario, profile: CostProfile, busy: float) -> dict[str, i
     processes = arch.processes(m)
     threads = arch.threads_peak(m, conns, busy)
     rss = (
-        processes * profile["rss_process_bytes"]
+        profile["rss_process_bytes"] + (processes - 1) * profile["rss_worker_bytes"]  # workers are forked
         + threads * profile["rss_thread_bytes"]
         + conns * profile["rss_conn_bytes"]
     )

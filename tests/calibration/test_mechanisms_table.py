@@ -196,7 +196,8 @@ def test_one_mechanism_for_real():
     print(mech.format_table(rows))
     assert row["mechanism"] == "RSS" and row["unit"] == "MiB/process"
     assert 1.0 < row["real"] < 200.0, row  # a Python worker process holds MiBs, not bytes or GiBs
-    assert row["sim"] == pytest.approx(CostProfile.default()["rss_process_bytes"] / 2**20, rel=0.2)
+    per_worker = CostProfile.default()["rss_worker_bytes"] + CostProfile.default()["rss_thread_bytes"]
+    assert row["sim"] == pytest.approx(per_worker / 2**20, rel=0.2)
     assert 0 < row["real_s"] < 45
 
 
