@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from calibration.compare import METRICS, SimBatch, SimulateFn, residuals, sim_scenario
+from calibration.compare import METRICS, SimBatch, SimulateFn, loadgen_shares_cores, residuals, sim_scenario
 from simkit import registry
 from simkit.profile import CostProfile, Param
 from simkit.result import Result
@@ -49,8 +49,11 @@ Progress = Callable[[str, int, int], None]
 
 # -- measured (not fitted) parameters ------------------------------------------------------------
 def client_cpu_from_runs(results: Sequence[Result]) -> tuple[float, float] | None:
-    """Load generator CPU seconds per request, from the real runs' own accounting (median, sd)."""
-    per = [r.loadgen_cpu_util / r.throughput_rps for r in results if r.throughput_rps > 0 and r.loadgen_cpu_util > 0]
+    """Load generator CPU seconds per request, from the real runs' own accounting (median, sd), over the
+    runs where it shares the server's cores: the only place the simulator charges it, and the only runs
+    where it never polls for its send times (on CPUs of its own it does, simkit.sendtimer)."""
+    per = [r.loadgen_cpu_util / r.throughput_rps for r in results
+           if r.throughput_rps > 0 and r.loadgen_cpu_util > 0 and loadgen_shares_cores(r.scenario)]
     if not per:
         return None
     med = statistics.median(per)

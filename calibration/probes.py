@@ -814,15 +814,47 @@ def _ping(port: int, request: bytes):
     return s, once
 
 
+SLEEP_GAPS_S = (0.0, 0.0002, 0.0005, 0.002, 0.005)
+
+
+def _idle_cpu_sweep(scale: float) -> tuple[float, float, dict[str, Any]]:
+    """(ceiling, tau) of the CPU a realkit reactor spends per request beyond the back-to-back figure
+    when each request sleeps `gap` (io_us) first, so its core idles that long: what the wake-up from
+    idle costs the server (the VM's halt and resume, cold caches for the Python serving path), as the
+    server's own /proc CPU counts it."""
+    from calibration.mechanisms import single_reactor
+    from realkit.runner import measure
+    from simkit.scenario import Hardware, ModelSpec, Scenario, Workload
+
+    model = ModelSpec.for_model(single_reactor())
+    per_req: dict[float, list[float]] = {g: [] for g in SLEEP_GAPS_S}
+    for _round in range(2 if scale >= 1 else 1):
+        for gap in SLEEP_GAPS_S:
+            wl = Workload(connections=20, io_us=gap * 1e6, duration_s=max(0.4, 0.8 * scale), warmup_s=0.3)
+            r = measure(Scenario(model=model, hardware=Hardware(cores=1), workload=wl))
+            if r.throughput_rps > 0 and r.cpu_util > 0:
+                per_req[gap].append(r.cpu_util / r.throughput_rps)
+    med = {g: statistics.median(v) for g, v in per_req.items() if v}
+    if 0.0 not in med or len(med) < 3:
+        raise RuntimeError("the reactor answered too few of the sleep sweep's runs")
+    gaps = sorted(med)
+    ceiling, tau = fit_idle_wakeup(gaps, [med[g] - med[0.0] for g in gaps])
+    return ceiling, tau, {"gaps_s": gaps, "cpu_per_request_s": [med[g] for g in gaps]}
+
+
 def probe_idle_wakeup(scale: float = 1.0) -> list[ProbeResult]:
-    """A request's round trip to a realkit reactor on the server's CPU after an idle gap, minus the
-    back-to-back round trip: the wake-up from idle (idle states, a VM's halted vCPU, the Python serving
-    path's cold caches), which grows with the gap. Its median is fitted as idle_wakeup_s x (1 -
-    exp(-gap / idle_wakeup_tau_s)); its tail as a share of slow wake-ups (fit_slow_wakeups)."""
+    """The wake-up from idle, in two parts.
+
+    Its cost: a realkit reactor whose every request sleeps first spends more CPU per request the longer
+    its core idled (_idle_cpu_sweep), fitted as idle_wakeup_s x (1 - exp(-gap / idle_wakeup_tau_s));
+    the simulator charges that on the core, as busy time.
+    Its tail: a request's round trip to a realkit reactor after an idle gap, minus the back-to-back round
+    trip, has a share of slow wake-ups (the host had descheduled the halted vCPU) beyond that cost:
+    fit_slow_wakeups gives their share and mean delay."""
+    ceiling, tau, detail = _idle_cpu_sweep(scale)
     cpus = sorted(os.sched_getaffinity(0))
     mine = os.sched_getaffinity(0)
     n = max(10, int(60 * scale))
-    fits = []
     pooled: list[list[float]] = [[] for _ in IDLE_GAPS_S]
     with _reactor_server(cpus[0]) as (port, request):
         os.sched_setaffinity(0, {cpus[-1]})
@@ -840,23 +872,18 @@ def probe_idle_wakeup(scale: float = 1.0) -> list[ProbeResult]:
                         row.append(once())
                     rtts.append(row)
                 b = statistics.median(rtts[0])
-                extras = [[r - b for r in row] for row in rtts]
-                for i, e in enumerate(extras):
-                    pooled[i].extend(e)
-                fits.append(fit_idle_wakeup(IDLE_GAPS_S, [statistics.median(e) for e in extras]))
+                for i, row in enumerate(rtts):
+                    pooled[i].extend(r - b for r in row)
         finally:
             s.close()
             os.sched_setaffinity(0, mine)
-    out = []
-    for i, name in enumerate(("idle_wakeup_s", "idle_wakeup_tau_s")):
-        vals = [f[i] for f in fits]
-        med = statistics.median(vals)
-        spread = (max(vals) - min(vals)) / med if med > 0 else 0.0
-        out.append(ProbeResult(name, med, spread, len(vals), {"gaps_s": list(IDLE_GAPS_S)}))
+    out = [ProbeResult("idle_wakeup_s", ceiling, 0.0, 1, detail),
+           ProbeResult("idle_wakeup_tau_s", tau, 0.0, 1)]
     # The tail needs every sample: a share of a few percent is a handful per round.
-    slow_p, slow_s = fit_slow_wakeups(IDLE_GAPS_S, pooled, out[0].value, out[1].value)
+    slow_p, slow_s = fit_slow_wakeups(IDLE_GAPS_S, pooled, ceiling, tau)
     q = {f"q{int(k * 100)}_ms": [round(float(np.quantile(e, k)) * 1e3, 4) for e in pooled] for k in (0.5, 0.9, 0.99)}
-    out.append(ProbeResult("idle_wakeup_slow_p", slow_p, 0.0, 1, {"extra_quantiles": q}))
+    out.append(ProbeResult("idle_wakeup_slow_p", slow_p, 0.0, 1, {"gaps_s": list(IDLE_GAPS_S),
+                                                                 "extra_quantiles": q}))
     if slow_p > 0:
         out.append(ProbeResult("idle_wakeup_slow_s", slow_s, 0.0, 1))
     return out

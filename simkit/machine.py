@@ -299,7 +299,7 @@ class Machine:
             ref = src if src is not None else last
             if woken and ref is not None and ref is not core:
                 th.pending += self.wake_s
-            delay = self._idle_delay(core) if woken else 0.0
+            delay = self._idle_wakeup(core, th) if woken else 0.0
             if delay > 1e-6:  # below a microsecond it is noise, not worth an event
                 ev = Timeout(self.env, delay, (core, th))  # the core is taken, not yet running anything
                 ev.callbacks.append(self._assign_ev)
@@ -310,22 +310,23 @@ class Machine:
         else:
             self.runq.append((th, self.env.now + self.runq_delay))
 
-    def _idle_delay(self, core: Core) -> float:
-        """How long a core idle since core.idle_from takes to run a thread woken onto it: idle states, a
-        VM's halted vCPU and cold caches cost more the longer the core slept (probed: a request's round
-        trip after an idle gap, calibration.probes). Most wake-ups take idle_wakeup_s x f, f = 1 -
-        exp(-idle / tau); a share slow_p x f of them are slow (the host had descheduled the halted vCPU)
-        and add an exponential delay of mean idle_wakeup_slow_s: the tail of a lightly loaded server."""
+    def _idle_wakeup(self, core: Core, th: Thread) -> float:
+        """A thread woken onto a core idle since core.idle_from: idle states, a VM's halted vCPU and the
+        serving path's cold caches cost it idle_wakeup_s x f of CPU on that core (f = 1 - exp(-idle /
+        tau): the longer the core slept, the more; probed as a reactor's CPU per request after it
+        slept, calibration.probes). A share slow_p x f of wake-ups are slow as well (the host had
+        descheduled the halted vCPU): the core is held, not running, for an exponential delay of mean
+        idle_wakeup_slow_s, returned here; it is a lightly loaded server's latency tail."""
         if self.idle_wake_s <= 0.0 and self.slow_p <= 0.0:
             return 0.0
         idle = self.env.now - core.idle_from
         if idle <= 0.0:
             return 0.0
         f = 1.0 if self.idle_tau_s <= 0.0 else -math.expm1(-idle / self.idle_tau_s)
-        delay = self.idle_wake_s * f
-        if self.slow_p > 0.0 and self.wake_rng.random() < self.slow_p * f:
-            delay += self.wake_rng.expovariate(1.0 / self.slow_s) if self.slow_s > 0.0 else 0.0
-        return delay
+        th.pending += self.idle_wake_s * f
+        if self.slow_p > 0.0 and self.slow_s > 0.0 and self.wake_rng.random() < self.slow_p * f:
+            return self.wake_rng.expovariate(1.0 / self.slow_s)
+        return 0.0
 
     def _assign_ev(self, ev) -> None:
         core, th = ev._value

@@ -158,3 +158,19 @@ def test_a_profile_from_before_the_jitter_parameters_still_loads(tmp_path):
     loaded = CostProfile.load(old)
     assert loaded["parse_s"] == 3e-5
     assert loaded["cpu_work_cv"] == 0.0 and loaded.params["gil_work_cv"].source == "default"
+
+
+def test_generator_cpu_comes_from_runs_where_it_shares_the_servers_cores(monkeypatch):
+    """On CPUs of its own the generator polls for its send times (its CPU is not a per-request cost);
+    the simulator charges client_cpu_per_request_s only where it shares, so only those runs set it."""
+    from calibration import compare
+    from calibration.fit import client_cpu_from_runs
+
+    monkeypatch.setattr(compare, "available_cores", lambda: 2)
+    own = make_scenario("m3_reactor", "cpu", 10, 1, 0.5, 0.1)
+    shared = make_scenario("m3_reactor", "cpu", 10, 2, 0.5, 0.1)
+    runs = [Result(scenario=own, source="real", throughput_rps=1000.0, completed=500, loadgen_cpu_util=0.9),
+            Result(scenario=shared, source="real", throughput_rps=1000.0, completed=500, loadgen_cpu_util=0.05)]
+    med, _sd = client_cpu_from_runs(runs)
+    assert med == pytest.approx(50e-6)
+    assert client_cpu_from_runs(runs[:1]) is None

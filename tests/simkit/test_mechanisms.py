@@ -301,6 +301,19 @@ def test_a_core_idle_for_long_runs_its_wakee_late():
     assert simulate(busy, on).latency_p50_s == pytest.approx(simulate(busy, off).latency_p50_s, rel=0.02)
 
 
+def test_the_wakeup_from_idle_is_cpu_the_server_spends():
+    """A reactor whose requests sleep (blocking io_us) leaves its core idle each time; waking it costs
+    CPU on that core (the VM's resume, cold caches), as the real server's /proc CPU per request shows:
+    idle_wakeup_s x (1 - exp(-idle / tau)) more per request, and that much less capacity."""
+    on = PROFILE.with_params("probe", idle_wakeup_s=150e-6, idle_wakeup_tau_s=0.3e-3)
+    off = PROFILE.with_params("probe", idle_wakeup_s=0.0)
+    sleepy = BASE.replace(model="m3_reactor", connections=20, io_us=2000.0, duration_s=1.0)
+    a, b = simulate(sleepy, off), simulate(sleepy, on)
+    extra = b.cpu_util / b.throughput_rps - a.cpu_util / a.throughput_rps
+    assert extra == pytest.approx(150e-6, rel=0.1)
+    assert b.throughput_rps < a.throughput_rps
+
+
 def test_slow_wakeups_give_a_lightly_loaded_server_its_tail():
     """A share of wake-ups from a long idle are slow (the host had descheduled the halted vCPU): a
     lightly loaded server's p99 sits milliseconds above its p50, as on a VM, while its p50 barely
