@@ -31,13 +31,14 @@ from simkit.profile import CostProfile, Param
 from simkit.result import Result
 from simkit.scenario import Scenario
 
-# What the fit moves (the probes start them): per-request Python work, the GIL hand-off and the
-# box's speed for each kind of work. accept_s stays at its probe: fitted, it became the knob for the
-# start-up transients the in-window p99 sees and wandered far from its probe between refits. The work
-# scales are probed, but in a moment, and a shared VM's speed drifts between the probe and the real
-# runs: fitting them to the training runs takes the campaign's own speed. loopback_rtt_s stays at its
-# probe: fitted, it traded with parse_s (both add latency) and neither was pinned down.
-FIT_PARAMS: tuple[str, ...] = ("parse_s", "gil_handoff_s", "cpu_work_scale", "gil_work_scale")
+# What the fit moves (the probes start them): the GIL hand-off and the box's speed for each kind of
+# work. The work scales are probed, but in a moment, and a shared VM's speed drifts between the probe
+# and the real runs: fitting them to the training runs takes the campaign's own speed. parse_s is
+# measured on a real reactor (parse_from_server): fitted, it stood in for the wake-up from idle that
+# the grid's sleeping requests pay (225 us against a real 20-30 us per request) and traded with the
+# work scales. accept_s and loopback_rtt_s stay at their probes: fitted, accept_s became the knob for
+# the start-up transients and loopback_rtt_s traded with parse_s.
+FIT_PARAMS: tuple[str, ...] = ("gil_handoff_s", "cpu_work_scale", "gil_work_scale")
 # Fitted costs that contain a probed one and so may not go below it (when fitted): parse_s is the
 # probed parse plus the rest of a request's Python, accept_s the probed accept() plus its bookkeeping.
 # Unbounded, the fit traded them for other costs and drove both toward 0.
@@ -162,6 +163,32 @@ def robust_cost(r: np.ndarray) -> float:
     """scipy's soft_l1 loss, summed: the cost least_squares minimises."""
     z = (np.asarray(r, float) / F_SCALE) ** 2
     return float(np.sum(2.0 * (np.sqrt(1.0 + z) - 1.0)) * F_SCALE**2)
+
+
+def parse_from_server(profile: CostProfile, simulate: SimulateFn | None = None) -> CostProfile:
+    """parse_s measured, not fitted: the wake-up probe's back-to-back run (a realkit reactor, no work,
+    no sleep; calibration.probes.sleep_sweep_scenario) gives the real server's CPU per request. The
+    same run simulated with parse_s = 0 gives what the probed costs (recv, send, epoll) already
+    account for; parse_s is the rest, a request's Python in the real server, never below the parse
+    probe. A profile whose probes have no such run (an older one) is returned unchanged."""
+    from calibration.probes import sleep_sweep_scenario
+
+    probes = profile.notes.get("probes") or {}
+    probe = probes.get("idle_wakeup_s") or {}
+    gaps, per = probe.get("gaps_s"), probe.get("cpu_per_request_s")
+    if not gaps or not per or 0.0 not in gaps:
+        return profile
+    measured = float(per[gaps.index(0.0)])
+    if simulate is None:
+        from simkit.sim import simulate
+    r = simulate(sleep_sweep_scenario(0.0).replace(duration_s=0.3), profile.with_params("probe", parse_s=0.0))
+    if r.throughput_rps <= 0:
+        return profile
+    floor = (probes.get("parse_s") or {}).get("value", 0.0)
+    value = max(floor, measured - r.cpu_util / r.throughput_rps)
+    params = dict(profile.params)
+    params["parse_s"] = Param(value, 0.1 * value, "probe", params["parse_s"].spread)
+    return replace(profile, params=params)
 
 
 def probe_floors(profile: CostProfile) -> dict[str, float]:

@@ -817,21 +817,27 @@ def _ping(port: int, request: bytes):
 SLEEP_GAPS_S = (0.0, 0.0002, 0.0005, 0.002, 0.005)
 
 
+def sleep_sweep_scenario(gap_s: float, scale: float = 1.0):
+    """A realkit reactor on one core, 20 keep-alive clients, each request sleeping gap_s (io_us) and
+    doing no other work: the wake-up probe's runs (gap 0 is a request's bare serving cost)."""
+    from calibration.mechanisms import single_reactor
+    from simkit.scenario import Hardware, ModelSpec, Scenario, Workload
+
+    wl = Workload(connections=20, io_us=gap_s * 1e6, duration_s=max(0.4, 0.8 * scale), warmup_s=0.3)
+    return Scenario(model=ModelSpec.for_model(single_reactor()), hardware=Hardware(cores=1), workload=wl)
+
+
 def _idle_cpu_sweep(scale: float) -> tuple[float, float, dict[str, Any]]:
     """(ceiling, tau) of the CPU a realkit reactor spends per request beyond the back-to-back figure
     when each request sleeps `gap` (io_us) first, so its core idles that long: what the wake-up from
     idle costs the server (the VM's halt and resume, cold caches for the Python serving path), as the
     server's own /proc CPU counts it."""
-    from calibration.mechanisms import single_reactor
     from realkit.runner import measure
-    from simkit.scenario import Hardware, ModelSpec, Scenario, Workload
 
-    model = ModelSpec.for_model(single_reactor())
     per_req: dict[float, list[float]] = {g: [] for g in SLEEP_GAPS_S}
     for _round in range(2 if scale >= 1 else 1):
         for gap in SLEEP_GAPS_S:
-            wl = Workload(connections=20, io_us=gap * 1e6, duration_s=max(0.4, 0.8 * scale), warmup_s=0.3)
-            r = measure(Scenario(model=model, hardware=Hardware(cores=1), workload=wl))
+            r = measure(sleep_sweep_scenario(gap, scale))
             if r.throughput_rps > 0 and r.cpu_util > 0:
                 per_req[gap].append(r.cpu_util / r.throughput_rps)
     med = {g: statistics.median(v) for g, v in per_req.items() if v}
