@@ -46,7 +46,8 @@ def test_loop_timer_fires_on_the_millisecond_grid_within_a_tick_either_side():
         loop_timer_fire_s(0.0, 0.001, 1.5)
 
 
-def _open_run(monkeypatch, shared: bool, rate: float = 5000.0):
+def _run(monkeypatch, shared: bool, workload: Workload, seed: int):
+    """simulate() m3 on one core with `workload`; the Result and the run's Clients (their send record)."""
     seen = []
     finish = clients_mod.Clients.finish
 
@@ -55,11 +56,13 @@ def _open_run(monkeypatch, shared: bool, rate: float = 5000.0):
         return finish(self, t_end)
 
     monkeypatch.setattr(clients_mod.Clients, "finish", capture)
-    s = Scenario(model=ModelSpec.for_model(3), hardware=Hardware(cores=1),
-                 workload=Workload(connections=20, mode="open", rate_rps=rate, arrival="constant", cpu_us=20,
-                                   gil_us=0, duration_s=0.05, warmup_s=0.01))
-    result = simulate(s, CostProfile.default(), seed=3, loadgen_on_server_cores=shared)
-    return result, seen[-1]
+    s = Scenario(model=ModelSpec.for_model(3), hardware=Hardware(cores=1), workload=workload)
+    return simulate(s, CostProfile.default(), seed=seed, loadgen_on_server_cores=shared), seen[-1]
+
+
+def _open_run(monkeypatch, shared: bool, rate: float = 5000.0):
+    return _run(monkeypatch, shared, Workload(connections=20, mode="open", rate_rps=rate, arrival="constant",
+                                              cpu_us=20, gil_us=0, duration_s=0.05, warmup_s=0.01), seed=3)
 
 
 def test_shared_open_loop_sends_in_batches_on_the_timer_grid(monkeypatch):
@@ -82,18 +85,8 @@ def test_own_cores_open_loop_sends_on_time(monkeypatch):
 
 
 def _think_run(monkeypatch, shared: bool):
-    seen = []
-    finish = clients_mod.Clients.finish
-
-    def capture(self, t_end):
-        seen.append(self)
-        return finish(self, t_end)
-
-    monkeypatch.setattr(clients_mod.Clients, "finish", capture)
-    s = Scenario(model=ModelSpec.for_model(3), hardware=Hardware(cores=1),
-                 workload=Workload(connections=10, think_s=0.005, cpu_us=20, gil_us=0, duration_s=0.1,
-                                   warmup_s=0.02))
-    return simulate(s, CostProfile.default(), seed=5, loadgen_on_server_cores=shared), seen[-1]
+    return _run(monkeypatch, shared, Workload(connections=10, think_s=0.005, cpu_us=20, gil_us=0,
+                                              duration_s=0.1, warmup_s=0.02), seed=5)
 
 
 def test_shared_closed_loop_think_times_end_on_the_generator_timer(monkeypatch):
