@@ -780,14 +780,11 @@ def fit_slow_wakeups(gaps_s: Sequence[float], extras_s: Sequence[Sequence[float]
 
 @contextlib.contextmanager
 def _reactor_server(cpu: int):
-    """A realkit single-thread reactor on `cpu` (no work per request) and the request realkit's load
-    generator sends it: what a server thread does when a request wakes it."""
-    from calibration.mechanisms import single_reactor
+    """The sleep sweep's reactor (no work, no sleep) on `cpu`, and the request realkit's load generator
+    sends it: what a server thread does when a request wakes it."""
     from realkit.runner import ServerProcess, load_spec_for
-    from simkit.scenario import Hardware, ModelSpec, Scenario, Workload
 
-    scenario = Scenario(model=ModelSpec.for_model(single_reactor()), hardware=Hardware(cores=1),
-                        workload=Workload(connections=1))
+    scenario = sleep_sweep_scenario(0.0)
     server = ServerProcess(scenario, (cpu,))
     try:
         port = server.start()
