@@ -25,6 +25,7 @@ import json
 import math
 import os
 import queue
+import re
 import select
 import socket
 import statistics
@@ -794,18 +795,32 @@ def _reactor_server(cpu: int):
 
 
 def _ping(port: int, request: bytes):
+    """A keep-alive connection and once() -> the seconds one request takes, answer read whole. Every
+    answer to `request` has the same length: the first one's head and Content-Length give it."""
     s = socket.create_connection(("127.0.0.1", port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def read(n: int | None) -> bytes:
+        got = b""
+        while (n is None and b"\r\n\r\n" not in got) or (n is not None and len(got) < n):
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionError("the probe server closed the connection")
+            got += chunk
+        return got
+
+    s.sendall(request)
+    first = read(None)
+    head = first.split(b"\r\n\r\n", 1)[0]
+    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    size = len(head) + 4 + (int(length.group(1)) if length else 0)
+    if len(first) < size:
+        read(size - len(first))
 
     def once() -> float:
         t0 = perf()
         s.sendall(request)
-        got = b""
-        while b"\r\n\r\n" not in got:  # the answers have no body: the head is all of it
-            chunk = s.recv(4096)
-            if not chunk:
-                raise ConnectionError("the probe server closed the connection")
-            got += chunk
+        read(size)
         return perf() - t0
 
     return s, once
