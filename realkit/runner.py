@@ -212,12 +212,14 @@ class ServerProcess:
 
 
 def load_spec_for(
-    scenario: Scenario, port: int, cpus: tuple[int, ...], processes: int, shared: bool = False
+    scenario: Scenario, port: int, cpus: tuple[int, ...], processes: int, shared: bool = False,
+    path: str | None = None,
 ) -> LoadSpec:
     """The load generator's spec for `scenario` against a server on 127.0.0.1:`port`: the scenario's
-    workload as is, plus where and how the generator runs."""
+    workload as is, plus where and how the generator runs. `path`: the request target as is (an external
+    server's URL); None asks a realkit server for the workload's work."""
     return LoadSpec(
-        url=f"http://127.0.0.1:{port}{scenario.workload.work_path}",
+        url=f"http://127.0.0.1:{port}{scenario.workload.work_path if path is None else path}",
         workload=scenario.workload,
         processes=processes,
         cpus=cpus,
@@ -263,18 +265,28 @@ def measure(
     startup_timeout_s: float = 60.0,
     stop_timeout_s: float = 10.0,
     monitor_interval_s: float = 0.1,
+    target=None,
 ) -> Result:
-    """Run `scenario` for real; return its Result (source "real")."""
+    """Run `scenario` for real; return its Result (source "real"). With `target` (a realkit.target.Target)
+    the server is that external command instead of realkit's, loaded at target.path and stopped within
+    target.stop_grace_s; the rest (monitor, generator, Result) is the same."""
     if not isinstance(scenario, Scenario):
         raise ValueError(f"scenario: expected a Scenario, got {type(scenario).__name__}")
-    check_server_caps(scenario)
+    if target is not None:
+        scenario = target.check(scenario)
+    else:
+        check_server_caps(scenario)
     plan = plan_cpus(scenario.hardware.cores)
     if plan.shared:
         warnings.warn(plan.note, RuntimeWarning, stacklevel=2)
     w = scenario.workload
     nproc = loadgen_processes or _loadgen_processes(scenario, plan)
     raise_nofile(w.connections + w.idle_connections + 256)
-    server = ServerProcess(scenario, plan.server_cpus, startup_timeout_s)
+    if target is not None:
+        server = target.process(scenario, plan.server_cpus)
+        stop_timeout_s = target.stop_grace_s
+    else:
+        server = ServerProcess(scenario, plan.server_cpus, startup_timeout_s)
     try:
         port = server.start()
         try:
@@ -291,7 +303,8 @@ def measure(
             )
         monitor.start()
         try:
-            report = run_load(load_spec_for(scenario, port, plan.loadgen_cpus, nproc, plan.shared))
+            report = run_load(load_spec_for(scenario, port, plan.loadgen_cpus, nproc, plan.shared,
+                                            target.path if target is not None else None))
         finally:
             monitor.stop()
         died = not server.alive()
@@ -299,12 +312,13 @@ def measure(
         stats = monitor.summary(report.window_start_s, report.window_end_s)
         if died:
             warnings.warn(
-                f"server {scenario.model.name} died during the run; stderr:\n{server.stderr_tail()}",
+                f"server {scenario.model.name if target is None else target.command} died during the run; "
+                f"stderr:\n{server.stderr_tail()}",
                 RuntimeWarning,
                 stacklevel=2,
             )
         return build_result(
-            ran_as(scenario, fd_limit),
+            ran_as(server.scenario, fd_limit),  # a target's: the body size it answered with
             report,
             stats,
             died=died,
