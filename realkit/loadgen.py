@@ -18,8 +18,12 @@ The instrument must not lie about latency, so:
 
 HTTP/1.0 servers (one request per connection) are spoken to as such: an answer that says the server
 closes (HTTP/1.0 without keep-alive, `Connection: close`) is complete, and the client reconnects for the
-next request; a body without Content-Length ends at the connection's end, which completes it. Answers
-are also counted by status code (LoadReport.status_codes).
+next request; a body without Content-Length ends at the connection's end, which completes it. A server
+that closes a kept-alive connection (a clean FIN, after at least one answer on it) before any byte of
+the next answer has closed the connection, not failed the request: the request is sent again on a new
+connection (counted in `connects`, not as an error), its latency running from the first send. A reset,
+or a close on a fresh connection or mid-answer, stays an error. Answers are also counted by status code
+(LoadReport.status_codes).
 
 Speed matters (a slow generator measures itself): each connection is a raw asyncio Protocol that
 writes pre-built request bytes and frames responses by Content-Length alone, on uvloop when installed.
@@ -460,6 +464,10 @@ class _Framer:
             pos = end
         self.buf = buf[pos:] if pos < n else b""
         return done, bad
+
+    def idle(self) -> bool:
+        """No byte of a response is pending (between responses)."""
+        return not self.buf and not self.skip and self.until_eof is None
 
     def eof(self) -> tuple[int, int]:
         """The connection ended cleanly: completes a response whose body runs to the end -> (1, bad),
@@ -962,6 +970,14 @@ class _Conn(asyncio.Protocol):
             done, bad = self.framer.eof()  # an answer whose body ran to the end (HTTP/1.0) is complete
             if done:
                 self.answered(bad, time.monotonic())
+            elif self.framer.code and self.framer.idle():  # code: some answer came on it (hot path too)
+                # The server closed (FIN) a kept-alive connection it had answered on, and not one byte
+                # of this request's answer came: it closed the connection, not the request (keep-alive
+                # race, an undeclared close). Resend on a new connection, the clock still running.
+                g.active.discard(self)
+                t_req, self.t_req = self.t_req, None
+                g.open_load_conn(t_req)
+                return
         if self.t_req is not None and not self.timed_out and not g.stopping:
             g.error(_classify(exc), t_req=self.t_req)
             self.t_req = None
