@@ -13,6 +13,7 @@ import click
 
 from serverlab.options import CPUS_HELP, connect_rate_option, output_options, print_result, scenario_options
 from serverlab.render import fmt_seconds
+from simkit import registry
 from simkit.scenario import Workload
 
 
@@ -177,25 +178,74 @@ def load(url, connections, duration_s, warmup_s, rate_rps, arrival, think_s, req
         _print_report(summary)
 
 
-@click.command()
+class _MeasureCommand(click.Command):
+    """`--as MODEL` is `--model MODEL`: beside --target it names the architecture the server has."""
+
+    def parse_args(self, ctx, args):
+        args = ["--model" if a == "--as" else "--model=" + a[5:] if a.startswith("--as=") else a for a in args]
+        if "--target" in args or any(a.startswith("--target=") for a in args):
+            if not any(a in ("--model", "-m") or a.startswith(("--model=", "-m")) for a in args):
+                raise click.UsageError("as: --target needs --as MODEL, the architecture the server has "
+                                       f"({registry.model_help()})", ctx)
+        return super().parse_args(ctx, args)
+
+
+def _target_options(func):
+    for opt in reversed([
+        click.option("--target", "target_cmd", default=None, metavar="CMD",
+                     help="measure this server instead of realkit's: a command line with {port} (and {workers}, "
+                          "{threads}, {python}, {tmpdir}); --as MODEL (= --model) names its architecture"),
+        click.option("--path", default=None, help="with --target: the URL path requested  [default: /]"),
+        click.option("--gil", "has_gil", is_flag=True,
+                     help="with --target: its runtime has a global lock (the default; --no-gil: it has none)"),
+        click.option("--startup-timeout", "startup_timeout_s", type=float, default=30.0, show_default=True,
+                     help="with --target: seconds for it to answer on its port"),
+        click.option("--stop-grace", "stop_grace_s", type=float, default=10.0, show_default=True,
+                     help="with --target: seconds between SIGTERM and SIGKILL"),
+    ]):
+        func = opt(func)
+    return func
+
+
+def _target(scenario, target_cmd, path, has_gil, startup_timeout_s, stop_grace_s):
+    """The Target the options describe, or None; a usage error names the option."""
+    if target_cmd is None:
+        if path is not None or has_gil:
+            raise click.UsageError(f"{'path' if path is not None else 'gil'}: only with --target")
+        return None
+    if has_gil and not scenario.model.gil:
+        raise click.UsageError("gil: --gil and --no-gil both given; choose one")
+    from realkit.target import Target
+
+    try:
+        return Target(command=target_cmd, as_model=scenario.model.name, gil=scenario.model.gil,
+                      path=path or "/", startup_timeout_s=startup_timeout_s, stop_grace_s=stop_grace_s)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@click.command(cls=_MeasureCommand)
 @scenario_options
 @output_options
-def measure(scenario, as_json, csv_path):
+@_target_options
+def measure(scenario, as_json, csv_path, target_cmd, path, has_gil, startup_timeout_s, stop_grace_s):
     """Run one scenario for real on this box (server pinned to the first --cores CPUs, load generator on
-    the other CPUs)."""
+    the other CPUs). With --target CMD --as MODEL, the server is that command (docs/external-servers.md)."""
     import warnings
 
     from realkit.loadgen import LoadGenError
     from realkit.runner import ServerStartError
     from realkit.runner import measure as run_measure
 
+    target = _target(scenario, target_cmd, path, has_gil, startup_timeout_s, stop_grace_s)
     w = scenario.workload
     with warnings.catch_warnings(record=True) as caught, run_progress(
-        f"measuring {scenario.model.name}", w.warmup_s + w.duration_s, quiet=as_json or csv_path == "-"
+        f"measuring {scenario.model.name if target is None else target.command}", w.warmup_s + w.duration_s,
+        quiet=as_json or csv_path == "-",
     ):
         warnings.simplefilter("always")
         try:
-            result = run_measure(scenario)
+            result = run_measure(scenario, target=target)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
         except (ServerStartError, LoadGenError) as exc:

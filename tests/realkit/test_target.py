@@ -240,3 +240,33 @@ def test_a_closed_keepalive_connection_is_a_reconnect_not_an_error():
     assert report.completed > 10
     assert report.errors == 0, report.summary()
     assert report.connects >= report.completed  # a new connection for each answer
+
+
+# -- the CLI ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--target", "srv {port}"], "as: --target needs --as MODEL"),
+    (["--target", "srv", "--as", "m2"], "command: no {port}"),
+    (["--target", "srv {port} {workers}", "--as=m3"], "command: {workers} needs a processes knob"),
+    (["--model", "m3", "--path", "/x"], "path: only with --target"),
+    (["--target", "srv {port}", "--as", "m6", "--gil", "--no-gil"], "gil: --gil and --no-gil"),
+])
+def test_cli_refuses_a_bad_target(args, message):
+    from click.testing import CliRunner
+
+    from serverlab.cli import main
+
+    result = CliRunner().invoke(main, ["measure", *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+@pytest.mark.timeout(30)
+def test_cli_says_what_a_bad_target_did():
+    from click.testing import CliRunner
+
+    from serverlab.cli import main
+
+    cmd = f"{PY} -c \"import sys; print('bad flag', file=sys.stderr); sys.exit(3)\" {{port}}"
+    result = CliRunner().invoke(main, ["measure", "--target", cmd, "--as", "m2", "--cores", "1",
+                                       "--duration", "0.2", "--warmup", "0"])
+    assert result.exit_code == 1 and "exit code 3" in result.output and "bad flag" in result.output, result.output
