@@ -5,8 +5,8 @@ every GET with a fixed small body ("ok\\n", with Content-Length, HTTP/1.1 keep-a
     python -m realkit.recipes threading --port P                   http.server.ThreadingHTTPServer
     uvicorn realkit.recipes:asgi_app ...                           a one-line ASGI app
 
-The nginx launcher replaces itself with nginx (exec), so the measured process tree is nginx's alone;
-benchmarks reuse NGINX_CONF for their nginx reference.
+The nginx launcher replaces itself with nginx (exec), so the measured process tree is nginx's alone.
+nginx_conf() is the one nginx configuration of the project (benchmarks -> realkit may import it).
 """
 
 from __future__ import annotations

@@ -240,6 +240,10 @@ class TargetProcess:
                 probe, not_http = None, str(exc)
             if probe is not None:
                 self.status_line, length = probe
+                if self.status_line[9:10] != b"2":
+                    warnings.warn(f"target {self.target.command!r} answered GET {self.target.path} with "
+                                  f"{self.status_line.decode('latin-1')!r}: every request will count as an http "
+                                  "error (is --path right?)", RuntimeWarning, stacklevel=2)
                 if length is not None and length != self.scenario.workload.resp_bytes:
                     self.scenario = self.scenario.replace(resp_bytes=length)
                 return self.port

@@ -159,6 +159,21 @@ def test_a_server_that_ignores_sigterm_is_killed_with_its_escaped_child(tmp_path
     assert not _gone(pids)
 
 
+@pytest.mark.timeout(30)
+def test_a_target_that_answers_the_probe_with_an_error_is_warned_about(tmp_path):
+    path = tmp_path / "server.py"
+    path.write_text("import sys, http.server as h\n"  # no do_GET: every GET gets a 501
+                    "h.HTTPServer(('127.0.0.1', int(sys.argv[1])), h.BaseHTTPRequestHandler).serve_forever()\n")
+    target = Target(f"{PY} {path} {{port}}", "m1", startup_timeout_s=10, stop_grace_s=2, path="/missing")
+    tp = TargetProcess(target, target.check(Scenario(model=target.model_spec())), (0,))
+    try:
+        with pytest.warns(RuntimeWarning, match=r"answered GET /missing with .HTTP/1.0 501"):
+            tp.start()
+        assert tp.stop() == 0  # it dies of the SIGTERM in time: a clean stop
+    finally:
+        tp.close()
+
+
 # -- recipes (docs/external-servers.md) -----------------------------------------------------------------
 
 def _measure_recipe(target: Target, **knobs):
