@@ -131,6 +131,7 @@ class Clients:
             self.lg_jobs: deque = deque()
             self.lg = m.new_thread(proc, self._lg_program, start=False, loadgen=True)
             self.lg_machine = m
+            m.net_thread = self.lg  # its packets are processed on its core
         # The generator on the server's cores sends on its timer (see the top): open-loop arrivals wait
         # in `undispatched` (next_arrival_t: the arrival process's next), closed-loop slots whose think
         # time ends at `due` in `thinking` as (due, slot), for its next wake at lg_wake_t (inf: none set).
@@ -326,7 +327,7 @@ class Clients:
         if req.state != PENDING or conn.eof:
             self._connect_done()  # the client gave up meanwhile
             return
-        if self.model.syn(conn):
+        if self._packet(self.model.syn, conn):
             self._connect_done()
             # established; the request follows once the client's event loop sees the connect complete
             self._at(self.client_cpu, self._data_arrives, req)
@@ -349,7 +350,17 @@ class Clients:
             self._fail(req, "reset")
             return
         conn.req = req
-        self.model.on_data(conn)
+        self._packet(self.model.on_data, conn)
+
+    def _packet(self, handler, conn):
+        """handler(conn) as the server's kernel runs it: on the core that processes the packet, which
+        is where the threads it wakes are woken from (simkit.machine)."""
+        m = self.model.machine
+        prev, m.src = m.src, m.net_core()
+        try:
+            return handler(conn)
+        finally:
+            m.src = prev
 
     # -- outcomes ---------------------------------------------------------------------------------
     def respond(self, conn: Conn, req: Request, t: float) -> None:
@@ -449,7 +460,7 @@ class Clients:
     def _eof_arrives(self, ev) -> None:
         conn = ev._value
         if not conn.closed:
-            self.model.on_data(conn)
+            self._packet(self.model.on_data, conn)
 
     def _next(self, slot: Slot, backoff: float) -> None:
         slot.cur = None

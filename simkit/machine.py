@@ -20,9 +20,13 @@ not one SimPy process per thread. It is a callback engine on a plain simpy.Envir
   thread may run Python code): there a GIL burst and a released burst are separate, a thread
   waiting for the GIL is off-core, a waiter forces the holder to drop the GIL after
   gil_switch_interval_s (the holder's burst is interrupted, the rest re-queued), and each hand-off
-  costs the receiver gil_handoff_s. A holder's CPU step shorter than wakeup_s (recv, send, accept
-  on a ready socket) keeps the GIL: CPython drops it around the syscall and signals a waiter, but
-  the thread is back and re-takes it before the waiter can run.
+  costs the receiver gil_handoff_s. Every release with waiters hands the GIL to the first of
+  them, even around a short syscall (recv, send): the releaser queues behind them when it is back.
+  CPython's code (Python/ceval_gil.c) frees the GIL and signals one waiter, so a thread that asks
+  while the waiter wakes may barge in; on this project's measurements the convoy is what shows:
+  thread-per-connection with 2 ms of io on 2 cores ran at 4,276-4,756 req/s, 244-274 us of CPU and
+  ~9.5 voluntary switches per request; barging in the simulator gave 2.6x that throughput, the
+  FIFO hand-off within 10% (calibration's GIL mechanism rows and docs/DESIGN.md keep the figures).
   Single-thread processes (m1, m3, m6 workers) never contend, so their bursts merge across GIL
   states (the GIL costs nothing there, as in CPython).
 - Scheduling: a runnable thread takes a free core (its last core if free: no cache/IPI cost),
@@ -30,7 +34,12 @@ not one SimPy process per thread. It is a callback engine on a plain simpy.Envir
   threads preempted at the end of their slice up to one slice earlier (no starvation either way),
   as CFS favours sleepers over CPU hogs (this matters
   for the GIL: the thread it is handed to must run soon, or the GIL idles). A core that switches to a different thread charges
-  ctx_switch_s; a woken thread placed on a core other than its last charges wakeup_s. At each
+  ctx_switch_s; a woken thread placed on a core other than the waker's charges wakeup_s (the IPI
+  and the remote wake-up path). The waker: the running thread for a wake issued from its program or
+  a CALL step (a hand-off to a worker, a job done); the core that processes the packet for a request
+  or a connection arriving (loopback's softirq runs on the sender's core: the load generator's, on
+  CPUs of its own, or the core its thread last ran on where it shares the server's); the thread's
+  own last core for its timers (a sleep's end). At each
   burst end, a thread that has run for >= time_slice_s while others wait goes to the queue's tail.
 - Context switches counted (ctx_switches_per_s) are threads leaving a core, voluntary or not,
   as /proc's voluntary + nonvoluntary counters count them.
@@ -237,6 +246,9 @@ class Machine:
         self.fd_limit = hardware.fd_limit
         self.send_cb = send_cb  # send_cb(conn, req, t): a response left the server at time t
         self.starting = True  # while the model builds itself, a refused process/thread is fatal
+        self.remote = Core(-1)  # a core outside the server's: the load generator's own CPUs
+        self.net_thread: Thread | None = None  # the load generator's thread, where it shares the cores
+        self.src: Core | None = None  # the waker's core while a program, CALL or packet runs (wake())
 
     # -- processes and threads ---------------------------------------------------------------
     def new_proc(self, gil_tracked: bool, base_fds: int = 6) -> Proc | None:
@@ -273,9 +285,16 @@ class Machine:
         """From a CALL step: th blocks until something wakes it (it drops the GIL if it holds it)."""
         self._block(th)
 
+    def net_core(self) -> Core:
+        """The core a packet from the clients is processed on (module docstring)."""
+        lg = self.net_thread
+        return lg.last_core if lg is not None and lg.last_core is not None else self.remote
+
     def wake(self, th: Thread, src: Core | None = None) -> None:
-        """src: the waker's core, when a thread on this machine wakes `th` (a GIL hand-off); None for
-        I/O and timers, whose interrupt lands on the core `th` last ran on."""
+        """src: the waker's core; None: the current waker (self.src: a running thread, a packet), else
+        th's own last core (its timer)."""
+        if src is None:
+            src = self.src
         if th.blocked and th.alive and not th.gil_wait:
             if th.core is not None:  # still leaving its core (see _block): runnable once it is off
                 th.rewake = True
@@ -306,6 +325,8 @@ class Machine:
                 return
             self._assign(core, th)
         elif woken:
+            if src is not None and src is not th.last_core:
+                th.pending += self.wake_s  # queued on a busy core: the IPI and remote wake-up all the same
             self.wokenq.append((th, self.env.now))
         else:
             self.runq.append((th, self.env.now + self.runq_delay))
@@ -395,14 +416,15 @@ class Machine:
             if not steps:
                 if t > 0.0:
                     break
-                if not th.program(th):
+                prev, self.src = self.src, th.core
+                more = th.program(th)
+                self.src = prev
+                if not more:
                     if th.core is not None:
                         self._block(th)
                     return
                 continue
             kind, a, b = steps[0]
-            if kind == CPU and tracked and a < self.wake_s and th.has_gil and not th.vrel:
-                kind = GIL  # a syscall too short to lose the GIL (module docstring)
             if kind == CPU or (kind == GIL and not tracked):
                 if tracked:
                     if bg is True:
@@ -479,7 +501,9 @@ class Machine:
                 if t > 0.0:
                     break
                 steps.popleft()
+                prev, self.src = self.src, th.core
                 a(th, b)
+                self.src = prev
                 if th.core is None:  # the call blocked or ended the thread
                     return
         th.gen += 1
@@ -489,7 +513,8 @@ class Machine:
         ev.callbacks.append(self._burst_done)
 
     def _wake_ev(self, ev) -> None:
-        self.wake(ev._value)
+        th = ev._value
+        self.wake(th, th.last_core)  # a sleep's end: its timer fires on the core it slept on
 
     def _burst_done(self, ev) -> None:
         th, gen = ev._value
@@ -527,8 +552,7 @@ class Machine:
 
     def _gil_release(self, th: Thread, at: float | None = None) -> None:
         """Release; with waiters, a FIFO hand-off to the first (it holds the GIL while it waits for a
-        core: the convoy). CPython lets any running thread barge in before the woken waiter runs; only
-        the commonest case is modelled, a thread's own short syscall (see _advance)."""
+        core: the convoy; the module docstring says why not CPython's barging)."""
         proc = th.proc
         th.has_gil = False
         th.vrel = False

@@ -339,3 +339,30 @@ def test_a_connection_per_request_pays_the_servers_close():
     keepalive = short.replace(requests_per_conn=None)
     assert simulate(keepalive, PROFILE.with_params("probe", close_s=40e-6)).throughput_rps == pytest.approx(
         simulate(keepalive, PROFILE.with_params("probe", close_s=0.0)).throughput_rps, rel=0.01)
+
+
+def test_a_request_wakes_its_blocked_thread_from_the_clients_core():
+    # The load generator's packet is processed on its own CPU, so a thread blocked in recv() is woken
+    # across cores: each request of a thread-per-connection server pays wakeup_s on the server's core,
+    # even when that core is busy; a reactor kept busy by 32 clients never blocks, so it hardly does.
+    dear = PROFILE.with_params("probe", wakeup_s=100e-6)
+
+    def cpu_per_request(model, profile):
+        r = simulate(BASE.replace(model=model, connections=32), profile)
+        return r.cpu_util / r.throughput_rps
+
+    m2_extra = cpu_per_request("m2_thread_per_conn", dear) - cpu_per_request("m2_thread_per_conn", PROFILE)
+    m3_extra = cpu_per_request("m3_reactor", dear) - cpu_per_request("m3_reactor", PROFILE)
+    assert m2_extra == pytest.approx(100e-6 - PROFILE["wakeup_s"], rel=0.25)
+    assert m3_extra < 0.2 * m2_extra
+
+
+def test_a_short_syscall_hands_the_gil_to_a_waiter():
+    # Two cores, threads sleeping on io: every GIL release with waiters hands the GIL over, the send
+    # after the sleep included, so a dearer hand-off costs each request one more time than without it.
+    s = BASE.replace(model="m2_thread_per_conn", cores=2, connections=32, io_us=2000, gil_us=20)
+    base = simulate(s, PROFILE)
+    dear = simulate(s, PROFILE.with_params("probe", gil_handoff_s=200e-6))
+    # At least parse, after the sleep and after send: three hand-offs of 200 us a request on one GIL.
+    assert dear.throughput_rps < 1.0 / (3 * 200e-6)
+    assert dear.throughput_rps < 0.8 * base.throughput_rps
