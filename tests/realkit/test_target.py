@@ -33,7 +33,7 @@ def _scenario(target: Target, connections: int = 4, **knobs) -> Scenario:
                     workload=Workload(connections=connections, duration_s=0.3, warmup_s=0.2, timeout_s=5.0))
 
 
-def _gone(pids: list[int]) -> list[int]:
+def _running(pids: list[int]) -> list[int]:
     """The pids among `pids` still running (zombies waiting for a reaper count as gone)."""
     left = []
     for pid in pids:
@@ -102,7 +102,7 @@ def _start_fails(tmp_path, script: str, match: str, timeout_s: float = 1.0) -> N
     finally:
         tp.close()
     assert time.monotonic() - t0 < timeout_s + 8
-    assert pids and not _gone(pids)
+    assert pids and not _running(pids)
 
 
 @pytest.mark.timeout(30)
@@ -156,7 +156,7 @@ def test_a_server_that_ignores_sigterm_is_killed_with_its_escaped_child(tmp_path
         assert time.monotonic() - t0 < 8
     finally:
         tp.close()
-    assert not _gone(pids)
+    assert not _running(pids)
 
 
 @pytest.mark.timeout(30)
@@ -185,7 +185,7 @@ def _measure_recipe(target: Target, **knobs):
     assert result.failure == "", result.failure  # no_graceful_stop, http_errors, server_died ...
     assert result.scenario.workload.resp_bytes == 3  # "ok\n": the body the target answered with
     assert result.scenario.model.gil is target.gil
-    assert not _gone([p.pid for p in psutil.Process().children(recursive=True)
+    assert not _running([p.pid for p in psutil.Process().children(recursive=True)
                       if any(k in " ".join(p.cmdline()) for k in ("nginx", "recipes", "uvicorn"))])
     return result
 
