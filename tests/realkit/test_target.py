@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import shutil
 import socket
 import sys
@@ -22,6 +23,7 @@ from realkit.target import Target, TargetProcess
 from simkit.scenario import Hardware, ModelSpec, Scenario, Workload
 
 PY = "{python}"
+CPU = tuple(sorted(os.sched_getaffinity(0)))[:1]  # a CPU this process may use, to pin the targets to
 NGINX = f"{PY} -m realkit.recipes nginx --port {{port}} --workers {{workers}} --dir {{tmpdir}}"
 THREADING = f"{PY} -m realkit.recipes threading --port {{port}}"
 UVICORN = (f"{PY} -m uvicorn realkit.recipes:asgi_app --host 127.0.0.1 --port {{port}} --lifespan off "
@@ -93,7 +95,7 @@ def _start_fails(tmp_path, script: str, match: str, timeout_s: float = 1.0) -> N
     path = tmp_path / "server.py"
     path.write_text(script)
     target = Target(f"{PY} {path} {{port}}", "m2", startup_timeout_s=timeout_s, stop_grace_s=0.5)
-    tp = TargetProcess(target, target.check(Scenario(model=target.model_spec())), (0,))
+    tp = TargetProcess(target, target.check(Scenario(model=target.model_spec())), CPU)
     t0 = time.monotonic()
     try:
         with pytest.raises(ServerStartError, match=match):
@@ -144,7 +146,7 @@ def test_a_server_that_ignores_sigterm_is_killed_with_its_escaped_child(tmp_path
         "if os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n    os._exit(0)\n"
         "h.HTTPServer(('127.0.0.1', int(sys.argv[1])), h.SimpleHTTPRequestHandler).serve_forever()\n")
     target = Target(f"{PY} {path} {{port}}", "m1", startup_timeout_s=10, stop_grace_s=0.5)
-    tp = TargetProcess(target, target.check(Scenario(model=target.model_spec())), (0,))
+    tp = TargetProcess(target, target.check(Scenario(model=target.model_spec())), CPU)
     try:
         tp.start()
         time.sleep(0.2)
@@ -165,7 +167,7 @@ def test_a_target_that_answers_the_probe_with_an_error_is_warned_about(tmp_path)
     path.write_text("import sys, http.server as h\n"  # no do_GET: every GET gets a 501
                     "h.HTTPServer(('127.0.0.1', int(sys.argv[1])), h.BaseHTTPRequestHandler).serve_forever()\n")
     target = Target(f"{PY} {path} {{port}}", "m1", startup_timeout_s=10, stop_grace_s=2, path="/missing")
-    tp = TargetProcess(target, target.check(Scenario(model=target.model_spec())), (0,))
+    tp = TargetProcess(target, target.check(Scenario(model=target.model_spec())), CPU)
     try:
         with pytest.warns(RuntimeWarning, match=r"answered GET /missing with .HTTP/1.0 501"):
             tp.start()
