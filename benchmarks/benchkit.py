@@ -13,28 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-NGINX_CONF = """\
-worker_processes 1;
-daemon off;
-master_process on;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 65;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ default_type text/plain; return 200 "{body}"; }}
-    }}
-}}
-"""
+from realkit.recipes import nginx_conf
 
 
 def pinned(cpus: set[int] | None):
@@ -66,7 +45,9 @@ class Nginx:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         conf = Path(self.tmp.name) / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=self.tmp.name, port=self.port, body=body))
+        # The project's one nginx.conf; nginx's own listen backlog (511) and 4096 worker connections,
+        # the reference these benchmarks have always measured.
+        conf.write_text(nginx_conf(self.port, 1, self.tmp.name, body=body, backlog=511, worker_connections=4096))
         self.proc = subprocess.Popen([binary, "-c", str(conf), "-p", self.tmp.name], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, preexec_fn=pinned(cpus))
         try:

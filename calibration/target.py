@@ -37,7 +37,7 @@ import numpy as np
 
 from calibration.compare import SimBatch, log_ratio, residuals, sim_scenario
 from calibration.grid import CALIBRATION_CONNECT_RATE_CPS, GridPoint, calibration_hardware
-from calibration.runs import Run, run_grid, save_runs
+from calibration.runs import Run, measure_with_retry, save_runs
 from calibration.validate import USLBaseline, json_safe, summarize, validate, write_csv
 from simkit import registry
 from simkit.profile import CostProfile, host_fingerprint, host_name, profile_dir, resolve_profile
@@ -113,6 +113,48 @@ def target_grid(target, *, quick: bool = False, knobs: Mapping[str, int] | None 
     for c in extrap:  # thousands of connections take a while to open: a longer warm-up
         points.append(GridPoint(_scenario(spec(1), c, 1, duration, max(warmup, 1.0)), "connections", TARGET_MIX))
     return points
+
+
+CONNECT_RATE_ESTIMATE_CPS = 5000.0  # how fast the load generator opens connections, to size a warm-up
+WINDOW_CAPS_S = {True: (3.0, 3.0), False: (4.0, 8.0)}  # quick -> (warm-up, window) caps
+
+
+def size_window(scenario: Scenario, throughput_rps: float, quick: bool) -> Scenario:
+    """`scenario` with its warm-up and window grown for steady state, from a throughput measured at a
+    nearby point: a closed loop's latency is N / X; the warm-up covers 1.5 latencies and the connection
+    ramp, the window 4 latencies (both capped: WINDOW_CAPS_S)."""
+    if not throughput_rps > 0:
+        return scenario
+    wl = scenario.workload
+    lat = wl.connections / throughput_rps
+    cap_warm, cap_win = WINDOW_CAPS_S[bool(quick)]
+    warm = max(wl.warmup_s, min(cap_warm, 1.5 * lat + wl.connections / CONNECT_RATE_ESTIMATE_CPS))
+    window = max(wl.duration_s, min(cap_win, 4.0 * lat))
+    return scenario.replace(warmup_s=round(warm, 2), duration_s=round(window, 2),
+                            timeout_s=max(wl.timeout_s, round(4.0 * lat, 2)))
+
+
+def run_sized(points: Sequence[GridPoint], measure: MeasureFn, *, quick: bool,
+              progress: Callable[[str, int, int], None] | None = None) -> list[Run]:
+    """Measure every point (calibration.runs.measure_with_retry: one retry, failures kept), the training
+    points first by connections, then the held-out ones; each point's window sized (size_window) from
+    the throughput of the last training run, an unknown server's only estimate of its latency. The
+    Runs come back in the order of `points`."""
+    order = sorted(range(len(points)), key=lambda i: (points[i].role != "train",
+                                                      points[i].scenario.workload.connections))
+    runs: list[Run | None] = [None] * len(points)
+    x_seen = 0.0
+    for k, i in enumerate(order):
+        point = points[i]
+        if x_seen > 0:
+            point = replace(point, scenario=size_window(point.scenario, x_seen, quick))
+        run = measure_with_retry(point, measure)
+        runs[i] = run
+        if run.ok and point.role == "train":
+            x_seen = run.result.throughput_rps
+        if progress:
+            progress(f"{point.label()}: {'ok' if run.ok else run.error[:60]}", k + 1, len(points))
+    return [r for r in runs if r is not None]
 
 
 # -- derived costs -----------------------------------------------------------------------------------
@@ -404,7 +446,7 @@ def calibrate_target(target, *, quick: bool = False, out: str | Path | None = No
             progress(stage, detail, done, total)
 
     raise_nofile(max(p.scenario.workload.connections for p in points) * 2 + 1024)
-    runs = run_grid(points, measure, progress=lambda d, i, n: say("real runs", d, i, n))
+    runs = run_sized(points, measure, quick=quick, progress=lambda d, i, n: say("real runs", d, i, n))
     failed = [r.failure_record() for r in runs if not r.ok]
     train = [r.result for r in runs if r.ok and r.point.role == "train"]
     heldout = [r for r in runs if r.ok and r.point.role != "train"]

@@ -406,10 +406,13 @@ def report_data(inputs: ReportInputs) -> ReportData:
     if inputs.elapsed_s is not None:
         about.append(f"Sweep wall time: {inputs.elapsed_s:.1f} s.")
     about += list(inputs.workload_lines) + list(inputs.notes)
+    target_warnings, target_about = target_notes(profile, frame)
+    about += target_about
 
     return ReportData(
         title=inputs.title, host=inputs.host, date=inputs.date,
-        warning=_calibration_warning(profile, inputs.profile_label), slo_p99_s=slo, memory_bytes=mem,
+        warning=" ".join(w for w in (_calibration_warning(profile, inputs.profile_label), *target_warnings) if w),
+        slo_p99_s=slo, memory_bytes=mem,
         slo_text=slo_text, frame=frame,
         results=frame.assign(extrapolation_x=ext.round(2), past_10x=ext > EXTRAPOLATION_FLAG_X),
         capacity=cap, wins=wins, recommendation=rec, capacity_table=cap_table, reasons=tuple(REASONS.items()),
@@ -535,6 +538,25 @@ def _box_connections(profile: CostProfile) -> int:
     note if calibration left one, else 1,000 (the quick calibration grid's top, docs/DESIGN.md §7)."""
     v = profile.notes.get("max_connections") if isinstance(profile.notes, dict) else None
     return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1 else 1000
+
+
+def target_notes(profile: CostProfile, frame: pd.DataFrame | None = None) -> tuple[list[str], list[str]]:
+    """(warnings, about lines) for a profile calibrated to an external server (calibration.target writes
+    notes["target"]): its honesty warning when the server did not behave like its model, a warning when
+    the sweep's GIL setting is not the server's, and what the profile describes."""
+    t = profile.notes.get("target") if isinstance(profile.notes, dict) else None
+    if not isinstance(t, dict):
+        return [], []
+    gil = t.get("gil")
+    warns = [f"WARNING: {t['warning']}"] if t.get("warning") else []
+    if frame is not None and "gil" in frame and isinstance(gil, bool) and frame["gil"].astype(bool).ne(gil).any():
+        warns.append(f"WARNING: the profile was fitted to a server {'with' if gil else 'without'} a GIL, but this "
+                     f"sweep simulates {'no ' if gil else ''}GIL (set gil = {str(gil).lower()} under [sizing]).")
+    about = [f"Profile fitted to an external server: {t.get('command')} as {t.get('as_model')} "
+             f"({'GIL' if gil else 'no GIL'}); verdict: {t.get('verdict', 'unknown')}. Its per-request cost "
+             "(parse_s and the syscall costs) is charged to every model in this sweep, on top of the workload's "
+             "work parameters."]
+    return warns, about
 
 
 def _calibration_warning(profile: CostProfile, label: str) -> str:

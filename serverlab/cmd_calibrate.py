@@ -2,7 +2,11 @@
 runs + fit + held-out validation on the grid and on an off-grid random design, then the mechanism table,
 with a progress bar per stage; writes the profile JSON, both validation tables as one CSV (its "set"
 column says which) and the mechanism table as .mechanisms.csv. By default the profile goes to this host's
-per-user location (simkit.profile.default_profile_path), where every command finds it."""
+per-user location (simkit.profile.default_profile_path), where every command finds it.
+
+`serverlab calibrate --target CMD --as MODEL [--gil/--no-gil] [--path /x] [--quick]` calibrates an external
+server instead (calibration.target): its own small grid, its costs derived on this host's profile, held-out
+errors and a verdict, written to <host>-<target>.json beside the host profile for `serverlab whatif --profile`."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import os
 from pathlib import Path
 
 import click
+
+from serverlab.options import make_target, target_command_options
 
 
 @click.command()
@@ -26,9 +32,32 @@ import click
               help="seed of the off-grid design (recorded in the profile) [default: 11]")
 @click.option("--mechanisms/--no-mechanisms", default=True, show_default=True,
               help="finish with the mechanism table: each simulated mechanism beside a small real experiment")
+@target_command_options
+@click.option("--as", "as_model", default=None, metavar="MODEL",
+              help="with --target: the architecture the server has (a model's name or number)")
+@click.option("--gil/--no-gil", "has_gil", default=True, show_default=True,
+              help="with --target: whether the server's runtime has a global lock (CPython: yes; C, Go, Rust: no)")
+@click.option("--threads", type=int, default=None, help="with --target: the model's threads knob at 1 core")
+@click.option("--processes", type=int, default=None, help="with --target: the model's processes knob at 1 core")
+@click.option("--pool", type=int, default=None, help="with --target: the model's pool knob at 1 core")
+@click.option("--fit", "fit_names", multiple=True, metavar="PARAM",
+              help="with --target: also fit this profile parameter to the training runs (repeatable)")
 def calibrate(quick: bool, out: str | None, models: tuple[str, ...], workers: int | None, offgrid: int | None,
-              offgrid_seed: int | None, mechanisms: bool) -> None:
-    """Calibrate the simulator against this box and validate it on held-out and off-grid points."""
+              offgrid_seed: int | None, mechanisms: bool, target_cmd: str | None, path: str | None,
+              startup_timeout_s: float, stop_grace_s: float, as_model: str | None, has_gil: bool,
+              threads: int | None, processes: int | None, pool: int | None, fit_names: tuple[str, ...]) -> None:
+    """Calibrate the simulator against this box and validate it on held-out and off-grid points; with
+    --target CMD --as MODEL, calibrate that external server (docs/external-servers.md)."""
+    knobs = {"threads": threads, "processes": processes, "pool": pool}
+    if target_cmd is not None:
+        _calibrate_target(target_cmd, as_model, has_gil, path, startup_timeout_s, stop_grace_s, quick, out,
+                          models, offgrid, fit_names, {k: v for k, v in knobs.items() if v is not None})
+        return
+    only = [name for name, given in (("as", as_model is not None), ("path", path is not None),
+                                     ("no-gil", not has_gil), ("fit", bool(fit_names)),
+                                     *((k, v is not None) for k, v in knobs.items())) if given]
+    if only:
+        raise click.UsageError(f"{only[0]}: only with --target")
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -89,3 +118,50 @@ def calibrate(quick: bool, out: str | None, models: tuple[str, ...], workers: in
         console.print(f"\nmechanisms, each alone, real beside simulated ({report.path.with_suffix('.mechanisms.csv')}):",
                       markup=False, highlight=False, soft_wrap=True)
         console.print(format_table(report.mechanism_rows), markup=False, highlight=False, soft_wrap=True)
+
+
+def _calibrate_target(target_cmd: str, as_model: str | None, has_gil: bool, path: str | None, startup_timeout_s: float,
+                      stop_grace_s: float, quick: bool, out: str | None, models: tuple[str, ...],
+                      offgrid: int | None, fit_names: tuple[str, ...], knobs: dict[str, int]) -> None:
+    """`calibrate --target`: calibration.calibrate_target with a progress bar, then its summary."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from calibration.target import calibrate_target, format_target, target_grid
+    from simkit.profile import PARAM_DOCS
+    from simkit.registry import model_help
+
+    if as_model is None:
+        raise click.UsageError(f"as: --target needs --as MODEL, the architecture the server has ({model_help()})")
+    if models:
+        raise click.UsageError("model: --target calibrates one server, named by --as; --model is for realkit's")
+    if offgrid:
+        raise click.UsageError("offgrid: not with --target (its held-out points are its own grid's)")
+    unknown = [n for n in fit_names if n not in PARAM_DOCS]
+    if unknown:
+        raise click.BadParameter(f"fit: {unknown[0]} is not a profile parameter", param_hint="--fit")
+    target = make_target(target_cmd, as_model, has_gil, path, startup_timeout_s, stop_grace_s)
+    try:
+        target_grid(target, quick=quick, knobs=knobs)  # a bad knob is a usage error before any run
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    console = Console()
+    with Progress(TextColumn("[bold]{task.fields[stage]:<10}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.description}"), console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, detail: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(detail, total=max(total, 1), stage=stage)
+            bar.update(tasks[stage], description=detail[:70], completed=done, total=max(total, 1))
+
+        try:
+            cal = calibrate_target(target, quick=quick, out=out, knobs=knobs, fit_names=fit_names, progress=progress)
+        except (ValueError, RuntimeError) as exc:
+            raise click.ClickException(str(exc)) from None
+    console.print(format_target(cal), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"profile: {cal.path}   held-out table: {cal.csv_path}   ({cal.elapsed_s:.0f} s)",
+                  markup=False, highlight=False, soft_wrap=True)
+    gil = "" if target.gil else " (set gil = false under [sizing] in the what-if file: this server has no GIL)"
+    console.print(f"plan with it: serverlab whatif --profile {cal.path}{gil}", markup=False, highlight=False,
+                  soft_wrap=True)

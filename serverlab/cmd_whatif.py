@@ -29,6 +29,10 @@ def _run(workload: str | None, profile: str | None, dask_address: str | None, ou
 
     prof = choose_profile(profile)
     click.echo(f"profile: {prof.describe()}")
+    from experiments.report import target_notes
+
+    for warning in target_notes(prof)[0]:
+        click.secho(warning, fg="red", err=True)
     n = len(spec.scenarios())
     click.echo(f"what-if: {len(spec.models)} models x {len(spec.connections)} connection counts x "
                f"{len(spec.cores)} core counts = {n} points ({spec.source})")

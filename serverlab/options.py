@@ -102,7 +102,9 @@ def scenario_options(func):
         click.option("--dispatch", type=click.Choice(DISPATCH_MODES), default=d_model.dispatch, show_default=True,
                      help="how a pre-forked server spreads connections over its workers"),
         click.option("--backlog", type=int, default=d_model.backlog, show_default=True),
-        click.option("--no-gil", is_flag=True, help="simulate a C server (no GIL); ignored by real runs"),
+        click.option("--no-gil", is_flag=True,
+                     help="no global interpreter lock: simulate a C server; with --target, the measured "
+                          "server's runtime has none (recorded in its Result); realkit's own servers ignore it"),
         click.option("--cores", "n_cores", type=CoreCount(), default=None,
                      help=f"{CORES_HELP} [default: all here]"),
         click.option("--memory-bytes", type=int, default=d_hw.memory_bytes, show_default=True),
@@ -173,6 +175,36 @@ def scenario_options(func):
     for opt in reversed(opts):
         wrapper = opt(wrapper)
     return wrapper
+
+
+def target_command_options(func):
+    """--target CMD, --path, --startup-timeout and --stop-grace: an external server (realkit.target),
+    the same flags in every command that runs one; the command receives target_cmd, path,
+    startup_timeout_s and stop_grace_s."""
+    for opt in reversed([
+        click.option("--target", "target_cmd", default=None, metavar="CMD",
+                     help="an external server instead of realkit's: a command line with {port} (and {workers}, "
+                          "{threads}, {python}, {tmpdir}); --as MODEL names its architecture"),
+        click.option("--path", default=None, help="with --target: the URL path requested  [default: /]"),
+        click.option("--startup-timeout", "startup_timeout_s", type=float, default=30.0, show_default=True,
+                     help="with --target: seconds for it to answer on its port"),
+        click.option("--stop-grace", "stop_grace_s", type=float, default=10.0, show_default=True,
+                     help="with --target: seconds between SIGTERM and SIGKILL"),
+    ]):
+        func = opt(func)
+    return func
+
+
+def make_target(target_cmd: str, as_model: str, gil: bool, path: str | None, startup_timeout_s: float,
+                stop_grace_s: float):
+    """The realkit.target.Target the options describe; a bad field is a usage error naming it."""
+    from realkit.target import Target
+
+    try:
+        return Target(command=target_cmd, as_model=as_model, gil=gil, path=path or "/",
+                      startup_timeout_s=startup_timeout_s, stop_grace_s=stop_grace_s)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _check_csv(ctx, param, value):
