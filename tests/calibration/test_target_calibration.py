@@ -132,7 +132,7 @@ def test_a_server_that_is_not_its_model_gets_the_warning_and_a_better_model(tmp_
 def test_helper_threads_alone_are_named_as_a_shape_mismatch(tmp_path):
     truth = BASE.with_params("fit", parse_s=150e-6)
     cal = _calibrate(tmp_path, Target(THREADING, as_model="m3"), truth, measure=fake_measure(truth, extra_threads=4))
-    assert cal.shape == [cal.shape[0]] and "ran 5 where m3_reactor has 1" in cal.shape[0]
+    assert cal.shape == [cal.shape[0]] and "ran 5 where the simulated m3_reactor ran 1" in cal.shape[0]
     assert cal.summary["overall"]["throughput"] < 0.02  # its speed is right: only its shape is not
     assert cal.warning and cal.ranking
 
