@@ -414,6 +414,10 @@ def _warning(target, shape: Sequence[str], misses: Sequence[str], ranking: Seque
                 text += f", against {target.as_model}'s {ranking[own]['score']:.2f}"
         else:
             text += f"; no registered model reproduces its runs better than {target.as_model}"
+        fastest = min(ranking, key=lambda r: r["rms_log_error"] if math.isfinite(r["rms_log_error"]) else math.inf)
+        if fastest["model"] != target.as_model and fastest["model"] != (better[0]["model"] if better else None):
+            text += (f"; by throughput and latency alone (threads and processes aside): {fastest['model']} "
+                     f"(rms log error {fastest['rms_log_error']:.2f})")
     return text + "."
 
 
@@ -494,7 +498,10 @@ def calibrate_target(target, *, quick: bool = False, out: str | Path | None = No
                    "connections": r.point.scenario.workload.connections,
                    "knobs": registry.get(target.as_model).describe(r.point.scenario.model), "ok": r.ok}
                   for r in runs]
+    # The host's probes stay (they are this profile's costs too); its realkit fit and tables do not.
+    kept = {k: base_profile.notes[k] for k in ("probes", "work_rate") if k in base_profile.notes}
     notes = {
+        **kept,
         "host": f"{base_profile.host}-{target_name(target)}",
         "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "mode": "quick" if quick else "full",
