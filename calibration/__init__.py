@@ -33,7 +33,14 @@ from calibration.compare import SimBatch
 from calibration.coverage import coverage as band_coverage
 from calibration.coverage import format_coverage
 from calibration.coverage import write_csv as write_coverage_csv
-from calibration.fit import FIT_PARAMS, FitResult, apply_measured, parse_from_server, probe_floors
+from calibration.fit import (
+    FIT_PARAMS,
+    FitResult,
+    apply_measured,
+    loadgen_from_probe,
+    parse_from_server,
+    probe_floors,
+)
 from calibration.fit import fit as fit_params  # not `fit`: that would hide the calibration.fit module
 from calibration.grid import ROLES, GridPoint, build_grid
 from calibration.mechanisms import run_mechanisms
@@ -219,6 +226,7 @@ def calibrate(
         else:
             profile = replace(profile, fingerprint=host_fingerprint())
         profile = parse_from_server(profile)  # a real reactor's CPU per request, beyond the probed syscalls
+        profile = loadgen_from_probe(profile)  # the load generator's CPU per wake-up, request and connection
 
         # 2. real runs: the grid and the off-grid design (its open-loop rates from the probed profile)
         points = list(grid) if grid is not None else build_grid(quick, models)

@@ -6,8 +6,9 @@ window saw is then cut off or over-weighted). The simulated Result is counted as
 (as_realkit) before it is compared: residuals are weighted log(simulated / measured) of METRICS.
 
 On a 2-core box a 1-core server leaves the other core to the load generator; a server given every
-core shares them with it, so those points are simulated with loadgen_on_server_cores=True (the load
-generator costing client_cpu_per_request_s, measured from the real runs, not fitted).
+core shares them with it, so those points are simulated with loadgen_on_server_cores=True; the others
+with loadgen_cores, the generator on CPUs of its own (simkit.clients: its CPU per wake-up, request and
+connection, probed, never fitted), so a run the generator limits is limited in both.
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ SimulateFn = Callable[..., Result]
 def loadgen_shares_cores(scenario: Scenario, host_cores: int | None = None) -> bool:
     """A server given every core of this box shares them with the load generator."""
     return scenario.hardware.cores >= (host_cores or available_cores())
+
+
+def loadgen_own_cores(scenario: Scenario, host_cores: int | None = None) -> int:
+    """The CPUs realkit's runner gives the load generator beside the server's (0: it shares them), as
+    many as it starts processes for (realkit.runner: one per CPU, at most 8, at most one per client)."""
+    if loadgen_shares_cores(scenario, host_cores):
+        return 0
+    rest = (host_cores or available_cores()) - scenario.hardware.cores
+    return max(1, min(rest, 8, scenario.workload.connections))
 
 
 def sim_scenario(real: Result, target_requests: int | None) -> Scenario:
@@ -84,11 +94,12 @@ def as_realkit(sim: Result, stats: Any = None) -> Result:
 
 
 def _sim_one(args: tuple) -> Result | str:
-    simulate, scenario, profile, seed, shared = args
+    simulate, scenario, profile, seed, shared, own = args
+    lg = {"loadgen_cores": own} if own else {"loadgen_on_server_cores": shared}
     try:
         try:
-            got = simulate(scenario, profile, seed=seed, loadgen_on_server_cores=shared, detail=True)
-        except TypeError:  # a simulator without detail=: no SimStats
+            got = simulate(scenario, profile, seed=seed, detail=True, **lg)
+        except TypeError:  # a simulator without detail= (or without loadgen_cores=): no SimStats
             got = simulate(scenario, profile, seed=seed, loadgen_on_server_cores=shared)
         sim, stats = got if isinstance(got, tuple) else (got, None)
         return as_realkit(sim, stats)
@@ -113,8 +124,8 @@ class SimBatch:
             self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
     def run(self, scenarios: Sequence[Scenario], profiles: Sequence[CostProfile]) -> list[Result | str]:
-        tasks = [(self.simulate, s, p, s.seed, loadgen_shares_cores(s, self.host_cores))
-                 for s, p in zip(scenarios, profiles, strict=True)]
+        tasks = [(self.simulate, s, p, s.seed, loadgen_shares_cores(s, self.host_cores),
+                  loadgen_own_cores(s, self.host_cores)) for s, p in zip(scenarios, profiles, strict=True)]
         self.calls += len(tasks)
         if self._pool is None:
             return [_sim_one(t) for t in tasks]

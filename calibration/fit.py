@@ -121,7 +121,7 @@ def apply_measured(profile: CostProfile, results: Sequence[Result]) -> CostProfi
     """Set the parameters the real runs measure directly (source "fit": estimated from real runs)."""
     params = dict(profile.params)
     cc = client_cpu_from_runs(results)
-    if cc is not None:
+    if cc is not None and params["client_cpu_per_request_s"].source != "probe":  # the probe's model wins
         params["client_cpu_per_request_s"] = Param(cc[0], cc[1], "fit")
     probed = {name: profile.params[name].value for name in MEMORY_PARAMS
               if name in profile.params and profile.params[name].source == "probe"}
@@ -189,6 +189,54 @@ def parse_from_server(profile: CostProfile, simulate: SimulateFn | None = None) 
     params = dict(profile.params)
     params["parse_s"] = Param(value, 0.1 * value, "probe", params["parse_s"].spread)
     return replace(profile, params=params)
+
+
+def _loadgen_cpu(profile: CostProfile, scenario, simulate: SimulateFn) -> float:
+    r = simulate(scenario, profile, loadgen_cores=1)
+    return r.loadgen_cpu_util / r.throughput_rps if r.throughput_rps > 0 else math.nan
+
+
+def loadgen_from_probe(profile: CostProfile, simulate: SimulateFn | None = None) -> CostProfile:
+    """The load generator's costs, measured through the simulator's model of it (simkit.clients): the
+    probe's CPU per request with one client is a wake-up and a request (wake + req = x_one); with 50
+    clients a wake-up serves several requests, and the split of x_one whose simulated run spends the
+    probe's x_many per request is the one kept (bisection: the simulated figure falls as the wake-up's
+    share grows); with one request per connection, what the simulated run lacks per request is the
+    connection's cost. A profile without the probe's runs is returned unchanged."""
+    from calibration.probes import LOADGEN_RUNS, loadgen_scenario
+
+    probe = ((profile.notes.get("probes") or {}).get("client_cpu_per_request_s") or {})
+    per = probe.get("cpu_per_request_s")
+    if not per or len(per) != len(LOADGEN_RUNS):
+        return profile
+    if simulate is None:
+        from simkit.sim import simulate
+    x = dict(zip((label for label, _c, _k in LOADGEN_RUNS), per, strict=True))
+    (_l1, c1, k1), (_l2, c2, k2), (_l3, c3, k3) = LOADGEN_RUNS
+    one, many, conn = (loadgen_scenario(c, k, 0.4).replace(duration_s=0.3, warmup_s=0.1)
+                       for c, k in ((c1, k1), (c2, k2), (c3, k3)))
+
+    def split(f: float, c_conn: float = 0.0) -> CostProfile:
+        return profile.with_params("probe", client_cpu_per_wake_s=f * x["one"],
+                                   client_cpu_per_request_s=(1 - f) * x["one"], client_cpu_per_conn_s=c_conn)
+
+    lo, hi = 0.0, 1.0
+    if _loadgen_cpu(split(hi), many, simulate) >= x["many"]:
+        lo = hi  # even all of it per wake-up costs more than measured: all of it per wake-up
+    elif _loadgen_cpu(split(lo), many, simulate) <= x["many"]:
+        hi = lo  # even nothing per wake-up costs less: all of it per request
+    for _ in range(8):
+        if hi - lo < 0.02:
+            break
+        mid = 0.5 * (lo + hi)
+        if _loadgen_cpu(split(mid), many, simulate) > x["many"]:
+            lo = mid
+        else:
+            hi = mid
+    f = 0.5 * (lo + hi)
+    base = _loadgen_cpu(split(f), conn, simulate)
+    c_conn = max(0.0, x["conn"] - base) if math.isfinite(base) else 0.0
+    return split(f, c_conn)
 
 
 def probe_floors(profile: CostProfile) -> dict[str, float]:

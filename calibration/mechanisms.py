@@ -376,7 +376,8 @@ def _open_figure(which: str, field: str) -> Callable[[Lab], tuple[float, float, 
 
 
 def loadgen_cpu_per_request(lab: Lab) -> tuple[float, float, str]:
-    """Where the generator shares the server's cores the simulator charges the profile's figure."""
+    """The generator's CPU per request in the open-loop threads run, real and simulated (simkit.clients:
+    per wake-up, request and connection, probed)."""
     per = {}
     for which in _OPEN:
         s = _open(lab, which)
@@ -385,11 +386,16 @@ def loadgen_cpu_per_request(lab: Lab) -> tuple[float, float, str]:
                       if r is not None and r.throughput_rps > 0 and r.loadgen_cpu_util > 0 else math.nan)
     s = _open(lab, "threads")
     shared = s is not None and loadgen_shares_cores(s)
+    sim = lab.sim(s) if s is not None else None
+    p = lab.profile
     note = (f"real open-loop generator {per['threads']:.1f} us/req "
             + ("sharing the server's cores" if shared else "on its own core")
             + f", {per['reactor']:.1f} us/req in the 1-core run (its own core, polling for send times); the "
-            "simulator charges client_cpu_per_request_s where it shares")
-    return per["threads"], lab.profile["client_cpu_per_request_s"] * 1e6, note
+            f"profile's generator: {p['client_cpu_per_wake_s'] * 1e6:.0f} us per wake-up, "
+            f"{p['client_cpu_per_request_s'] * 1e6:.0f} per request, {p['client_cpu_per_conn_s'] * 1e6:.0f} per "
+            "connection")
+    x = _get(sim, "throughput_rps")
+    return per["threads"], (_get(sim, "loadgen_cpu_util") / x * 1e6 if x > 0 else math.nan), note
 
 
 _LAG_RATE_RPS = 500.0  # light: the server idles between requests, so the send lag is most of a latency

@@ -970,6 +970,43 @@ def probe_work(scale: float = 1.0) -> list[ProbeResult]:
     return out
 
 
+# -- the load generator's own CPU -------------------------------------------------------------------
+# (label, connections, requests_per_conn): one client (a loop wake-up per request), many (wake-ups
+# shared by many requests), and one request per connection (a connect and a close each).
+LOADGEN_RUNS: tuple[tuple[str, int, int | None], ...] = (("one", 1, None), ("many", 50, None), ("conn", 100, 1))
+
+
+def loadgen_scenario(connections: int, requests_per_conn: int | None, scale: float = 1.0):
+    """A realkit reactor on one core, no work, driven closed-loop without think time by realkit's load
+    generator on a CPU of its own: what the generator spends per request shows in its own CPU."""
+    return sleep_sweep_scenario(0.0, scale).replace(connections=connections, requests_per_conn=requests_per_conn)
+
+
+def probe_loadgen(scale: float = 1.0) -> ProbeResult:
+    """The load generator's CPU per request (its own processes' /proc CPU over the window, which realkit
+    reports as loadgen_cpu_util) in the LOADGEN_RUNS, on a CPU of its own (needs a second CPU).
+    calibration.fit.loadgen_from_probe turns them into client_cpu_per_wake_s, client_cpu_per_request_s
+    and client_cpu_per_conn_s through the simulator's model of the generator (simkit.clients)."""
+    from realkit.runner import measure
+
+    if len(os.sched_getaffinity(0)) < 2:
+        raise RuntimeError("the load generator needs a CPU of its own beside the server's: one CPU only")
+    per: dict[str, list[float]] = {label: [] for label, _c, _k in LOADGEN_RUNS}
+    for _round in range(2 if scale >= 1 else 1):
+        for label, conns, rpc in LOADGEN_RUNS:
+            r = measure(loadgen_scenario(conns, rpc, scale))
+            if r.throughput_rps > 0 and r.loadgen_cpu_util > 0:
+                per[label].append(r.loadgen_cpu_util / r.throughput_rps)
+    med = {k: statistics.median(v) for k, v in per.items() if v}
+    if len(med) < len(LOADGEN_RUNS):
+        raise RuntimeError("the load generator probe's runs gave no CPU reading")
+    spread = max((max(v) - min(v)) / statistics.median(v) for v in per.values()) if all(len(v) > 1 for v in
+                                                                                       per.values()) else 0.0
+    return ProbeResult("client_cpu_per_request_s", med["one"], spread, len(per["one"]),
+                       {"runs": [list(x) for x in LOADGEN_RUNS], "cpu_per_request_s": [med[k] for k, _c, _r in
+                                                                                        LOADGEN_RUNS]})
+
+
 def probe_switch_interval() -> ProbeResult:
     return ProbeResult("gil_switch_interval_s", sys.getswitchinterval(), 0.0, 1)
 
@@ -989,6 +1026,7 @@ PROBES: tuple[tuple[str, Callable[[float], Any]], ...] = (
     ("server memory", probe_server_memory),
     ("loopback RTT", probe_loopback_rtt),
     ("wake-up from idle", probe_idle_wakeup),
+    ("load generator", probe_loadgen),
     ("work rates", probe_work),
     ("thread stack", lambda _scale: probe_thread_stack()),
     ("switch interval", lambda _scale: probe_switch_interval()),

@@ -3,20 +3,21 @@
 - Closed loop: `connections` slots, each with at most one request outstanding; after a response
   the slot thinks for think_s (constant), then sends the next. Slots start one after another,
   evenly spaced at the workload's connect_rate_cps (a fleet of clients arriving), never closer than
-  client_cpu_per_request_s (a load generator opens connections one at a time; with
-  connect_rate_cps None that is the spacing: a start-up storm). A slot's first request is issued
-  when it arrives, so its latency runs from then. connect_ramp_s() is how long the arrivals last.
+  the generator's time per connect (client_step_s + client_cpu_per_conn_s: a load generator opens
+  connections one at a time; with connect_rate_cps None that is the spacing: a start-up storm). A
+  slot's first request is issued when it arrives, so its latency runs from then. connect_ramp_s() is
+  how long the arrivals last.
 - Open loop: arrivals at rate_rps (Poisson or constant) are assigned to a free slot; when all
   `connections` slots are busy, arrivals wait in the client's queue. Latency is timed from the
   intended send time, so queueing in the client is counted (no coordinated omission). A slot opens
   its connection on its first request and keeps it.
 - Short-lived connections (requests_per_conn = k): as realkit's load generator, the client closes
   the connection after the k-th answer (no `Connection: close` header): its FIN reaches the server
-  client_cpu_per_request_s + RTT/2 after the answer arrived, and the server closes on that EOF; the
+  the generator's per-request time + RTT/2 after the answer arrived, and the server closes on that EOF; the
   slot reconnects for its next request at once (accept, fd, memory and, for m2, a thread spawn again).
 - Idle connections hold fds and memory only; the model places them (models/base.py).
 - A connection reaches the accept queue 1.5 RTT after connect() (SYN, SYN-ACK, ACK); its first
-  request follows client_cpu_per_request_s later (the client's event loop must see the connect
+  request follows the generator's per-request time later (the client's event loop must see the connect
   complete before it writes), so a server that accepts at once may wait in recv() for it.
   A dropped SYN is retried by TCP at 1 s, then 3 s, 7 s... cumulative (kernel.SYN_RETRY_DELAYS_S).
 - At most `connect_concurrency` connects are in flight at once (realkit's load generator holds a
@@ -31,8 +32,16 @@
 - Refused (SYN retries exhausted) -> errors_refused; a server that closes a connection it could
   not serve (m2 past threads_max) -> errors_reset. After either, the slot waits 1 s before
   reconnecting (as a load generator backs off), which bounds the error storm.
-- With loadgen_on_server_cores the load generator is one thread on the server's cores (the real
-  one is a single uvloop process) spending client_cpu_per_request_s per request sent. There it does
+- The load generator's own CPU, where the run models it (simulate's loadgen_on_server_cores, or
+  loadgen_cores: CPUs of its own, as realkit's runner gives it the box's other CPUs): one thread
+  that, each time its event loop wakes with something to send, spends client_cpu_per_wake_s, then
+  client_cpu_per_request_s per request and client_cpu_per_conn_s more for each connection it opens
+  (connect, and the close of the one before: with requests_per_conn = 1 that bounds the rate of a
+  fast server, as it does realkit's). Several generator processes (one per CPU, realkit) are one
+  thread at their summed speed. On CPUs of its own it polls for its send times (realkit's does):
+  no wake-up costs there, only its CPU. Without either flag the clients cost nothing.
+- With loadgen_on_server_cores the load generator is that thread on the server's cores (the real
+  one is a single uvloop process). There it does
   not poll for send times (that would take the server's CPU): open-loop arrivals, and closed-loop
   clients whose think time is over, wait for its next wake, which it sleeps for on its event loop's
   millisecond timer, at least SHARED_TIMER_RESOLUTION_S after the last (simkit.sendtimer, the rule
@@ -83,7 +92,7 @@ class Slot:
 
 class Clients:
     def __init__(self, env, model, scenario, profile, rng, w0: float, w1: float, service: str,
-                 loadgen_machine=None) -> None:
+                 loadgen_machine=None, loadgen_shared: bool = True) -> None:
         wl = scenario.workload
         self.env = env
         self.model = model
@@ -107,6 +116,9 @@ class Clients:
         self.open = wl.mode == "open"
         self.fast_closed = not self.open and not loadgen_machine
         self.client_cpu = profile["client_cpu_per_request_s"]
+        self.client_wake = profile["client_cpu_per_wake_s"]
+        self.client_conn = profile["client_cpu_per_conn_s"]
+        self.client_step = client_step_s(profile)  # one unbatched request's turn of its loop
         # counters over the cohort (requests issued in [w0, w1))
         self.issued = 0
         self.completed = 0
@@ -123,7 +135,7 @@ class Clients:
         self.connect_queue: deque = deque()  # requests waiting for a place to connect
         self.free_slots: list[Slot] = []
         self.queue: deque = deque()  # open loop: arrivals waiting for a free slot
-        # load generator on the server's cores
+        # the load generator's thread: on the server's cores (shared) or a machine of its own
         self.lg = None
         if loadgen_machine is not None:
             m = loadgen_machine
@@ -131,11 +143,13 @@ class Clients:
             self.lg_jobs: deque = deque()
             self.lg = m.new_thread(proc, self._lg_program, start=False, loadgen=True)
             self.lg_machine = m
-            m.net_thread = self.lg  # its packets are processed on its core
+            self.lg_shared = loadgen_shared
+            if loadgen_shared:
+                m.net_thread = self.lg  # its packets are processed on its core
         # The generator on the server's cores sends on its timer (see the top): open-loop arrivals wait
         # in `undispatched` (next_arrival_t: the arrival process's next), closed-loop slots whose think
         # time ends at `due` in `thinking` as (due, slot), for its next wake at lg_wake_t (inf: none set).
-        self.lg_timer = self.lg is not None and (self.open or self.think_s > 0)
+        self.lg_timer = self.lg is not None and loadgen_shared and (self.open or self.think_s > 0)
         self.undispatched: deque = deque()
         self.thinking: deque = deque()
         self.next_arrival_t = 0.0
@@ -147,7 +161,7 @@ class Clients:
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
-        gap = first_connect_gap_s(self.wl, self.client_cpu)
+        gap = first_connect_gap_s(self.wl, self.client_step + self.client_conn)
         if self.open:
             self.free_slots = list(reversed(self.slots))
             self._at(0.0, self._arrival, None)
@@ -281,19 +295,35 @@ class Clients:
                 self._issue(thinking.popleft()[1])
             self.lg_wake_t = float("inf")
             self.lg_armed = True
+            if jobs:
+                steps.append((CPU, self.client_wake, None))
             while jobs:
                 self._lg_job(steps, jobs.popleft())
             steps.append((CALL, self._lg_arm, None))
             return True
         if not jobs:
             return False
+        if self.lg_shared:
+            steps.append((CPU, self.client_wake, None))
         while jobs:
             self._lg_job(steps, jobs.popleft())
+        if not self.lg_shared:
+            steps.append((CPU, self.client_wake, None))  # after its sends (_lg_job)
         return True
 
     def _lg_job(self, steps, req: Request) -> None:
-        steps.append((CPU, self.client_cpu, None))
-        steps.append((CALL, self._lg_sent, req))
+        """On the server's cores the send waits for the generator's CPU (as calibrated there); on CPUs
+        of its own the send goes first and the rest of its CPU follows, which delays the sends after
+        it: the loopback round trip (probed with a client) already holds a request's own path."""
+        conn = req.slot.conn if req.slot is not None else None
+        opens = conn is None or conn.eof or conn.closed
+        cost = (CPU, self.client_cpu + (self.client_conn if opens else 0.0), None)
+        if self.lg_shared:
+            steps.append(cost)
+            steps.append((CALL, self._lg_sent, req))
+        else:
+            steps.append((CALL, self._lg_sent, req))
+            steps.append(cost)
 
     def _lg_sent(self, th, req) -> None:
         if self.open and self.w0 <= req.t < self.w1:
@@ -330,7 +360,7 @@ class Clients:
         if self._packet(self.model.syn, conn):
             self._connect_done()
             # established; the request follows once the client's event loop sees the connect complete
-            self._at(self.client_cpu, self._data_arrives, req)
+            self._at(self.client_step, self._data_arrives, req)
             return
         tries = conn.syn_tries
         if tries >= len(SYN_RETRY_DELAYS_S):
@@ -417,7 +447,7 @@ class Clients:
                 # the client closes after its last answer, once its event loop has handled it; the
                 # FIN reaches the server half an RTT later (it sees EOF on its next recv)
                 conn.eof = True
-                self._at(self.client_cpu + self.half_rtt, self._eof_arrives, conn)
+                self._at(self.client_step + self.half_rtt, self._eof_arrives, conn)
         self._next(slot, 0.0)
 
     def reset(self, conn: Conn) -> None:
@@ -530,6 +560,11 @@ class Clients:
         return in_flight
 
 
+def client_step_s(profile) -> float:
+    """The generator's time for one request alone: a wake-up of its loop and the request."""
+    return profile["client_cpu_per_wake_s"] + profile["client_cpu_per_request_s"]
+
+
 def first_connect_gap_s(workload, client_cpu_per_request_s: float) -> float:
     """Seconds between two clients' first connects: closed loop, 1 / connect_rate_cps, but never less
     than the generator's time per connect; open loop (connections opened by arrivals), the latter."""
@@ -543,7 +578,8 @@ def connect_ramp_s(workload, profile) -> float:
     """How long the clients take to first connect (the start-up ramp): the last of `connections`
     evenly spaced arrivals. A measurement window that starts before it ends sees a start-up, not a
     steady state."""
-    return workload.connections * first_connect_gap_s(workload, profile["client_cpu_per_request_s"])
+    return workload.connections * first_connect_gap_s(workload, client_step_s(profile)
+                                                      + profile["client_cpu_per_conn_s"])
 
 
 def _overlap(a: float, b: float, w0: float, w1: float) -> float:

@@ -62,7 +62,10 @@ PARAM_DOCS: dict[str, tuple[float, str]] = {
     "cpu_work_cv": (0.0, "coefficient of variation of one request's cpu_us work duration (the box's jitter)"),
     "gil_work_cv": (0.0, "coefficient of variation of one request's gil_us work duration (the box's jitter)"),
     "io_overshoot_s": (60e-6, "extra time a time.sleep(io_us) takes (timer slack, wake-up)"),
-    "client_cpu_per_request_s": (25e-6, "load generator CPU per request, when it shares the server's box"),
+    "client_cpu_per_request_s": (25e-6, "load generator CPU per request sent and answered (simkit.clients)"),
+    # 0 until probed: the generator's loop wake-up and connection costs (calibration.probes.probe_loadgen).
+    "client_cpu_per_wake_s": (0.0, "load generator CPU per wake-up of its event loop that sends something"),
+    "client_cpu_per_conn_s": (0.0, "load generator CPU per connection: connect, and the close of the last"),
     "loopback_rtt_s": (25e-6, "TCP round trip on loopback, no work"),
     # 0 until probed: the delay depends on the box (idle states, hypervisor) more than any other cost.
     "idle_wakeup_s": (0.0, "extra delay to run a thread woken on a core that has long been idle (idle "
@@ -86,7 +89,7 @@ PARAM_NAMES: tuple[str, ...] = tuple(PARAM_DOCS)
 # missing parameter means a damaged file and is an error.
 ADDED_LATER: tuple[str, ...] = ("cpu_work_cv", "gil_work_cv", "idle_wakeup_s", "idle_wakeup_tau_s",
                                 "close_s", "idle_wakeup_slow_p", "idle_wakeup_slow_s",
-                                "rss_worker_bytes")
+                                "rss_worker_bytes", "client_cpu_per_wake_s", "client_cpu_per_conn_s")
 
 
 @dataclass(frozen=True)

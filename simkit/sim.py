@@ -2,7 +2,7 @@
 
 Signature (stable; other areas code against it)::
 
-    simulate(scenario, profile=None, *, seed=None, loadgen_on_server_cores=False,
+    simulate(scenario, profile=None, *, seed=None, loadgen_on_server_cores=False, loadgen_cores=0,
              service="deterministic", detail=False, force=False) -> Result | tuple[Result, SimStats]
 
 - profile None -> simkit.profile.resolve_profile() (this host's calibrated profile, else the built-in
@@ -11,6 +11,10 @@ Signature (stable; other areas code against it)::
 - loadgen_on_server_cores: the load generator is modelled as one more thread on the server's cores,
   spending profile client_cpu_per_request_s per request; its busy time is Result.loadgen_cpu_util
   (and is NOT part of cpu_util, which is the server's alone).
+- loadgen_cores: the load generator has that many CPUs of its own (realkit's runner gives it the box's
+  CPUs the server does not get): modelled as a thread there (simkit.clients), its CPU the ceiling of
+  what it can send, e.g. connections per second with requests_per_conn = 1; its busy time is
+  Result.loadgen_cpu_util too. 0 (the default): the clients cost nothing, as a fleet of real clients.
 - service: "deterministic" (each request's cpu_us / gil_us / io_us work lasts that long, times the
   profile's work scales and, where the profile measured it, the box's jitter: cpu_work_cv /
   gil_work_cv, 0 in the default and zeroed profiles, which are then exact) or "exponential" (each is drawn Exp(mean = that value) from the
@@ -59,7 +63,7 @@ clients.py and models/. Known simplifications, so nobody mistakes them for findi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from simkit import registry
 from simkit.profile import CostProfile, resolve_profile
@@ -112,6 +116,7 @@ def simulate(
     *,
     seed: int | None = None,
     loadgen_on_server_cores: bool = False,
+    loadgen_cores: int = 0,
     service: str = "deterministic",
     detail: bool = False,
     force: bool = False,
@@ -140,9 +145,13 @@ def simulate(
     for name, flag in (("loadgen_on_server_cores", loadgen_on_server_cores), ("detail", detail), ("force", force)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name}: expected True or False, got {flag!r}")
+    if isinstance(loadgen_cores, bool) or not isinstance(loadgen_cores, int) or loadgen_cores < 0:
+        raise ValueError(f"loadgen_cores: expected an integer >= 0, got {loadgen_cores!r}")
+    if loadgen_cores and loadgen_on_server_cores:
+        raise ValueError("loadgen_cores: the load generator either shares the server's cores or has its own")
     if not force:
         estimate_cost(scenario, profile).check()
-    result, stats = _run(scenario, profile, seed, bool(loadgen_on_server_cores), service)
+    result, stats = _run(scenario, profile, seed, bool(loadgen_on_server_cores), service, loadgen_cores)
     return (result, stats) if detail else result
 
 
@@ -194,7 +203,8 @@ def estimate_cost(scenario: Scenario, profile: CostProfile) -> SimCost:
                    window_s=window, open_loop=wl.mode == "open")
 
 
-def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_cores: bool, service: str):
+def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_cores: bool, service: str,
+         loadgen_cores: int = 0):
     import importlib
     import random
 
@@ -212,8 +222,13 @@ def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_
     module = importlib.import_module(registry.get(scenario.model.name).sim_module_name)
     model = module.Model(env, scenario, profile, rng)
     machine = Machine(env, profile, scenario.hardware, w0, w1, model.on_send, seed)
-    clients = Clients(env, model, scenario, profile, rng, w0, w1, service,
-                      machine if loadgen_on_server_cores else None)
+    lg_machine = machine if loadgen_on_server_cores else None
+    if loadgen_cores:
+        # its own CPUs: only their capacity counts (it polls for its sends; no wake-up costs)
+        lg_machine = Machine(env, profile, replace(scenario.hardware, cores=loadgen_cores), w0, w1, None, seed)
+        lg_machine.wake_s = lg_machine.idle_wake_s = lg_machine.slow_p = 0.0
+    clients = Clients(env, model, scenario, profile, rng, w0, w1, service, lg_machine,
+                      loadgen_shared=bool(loadgen_on_server_cores))
     model.attach(machine, clients)
     try:
         model.build()
@@ -239,6 +254,8 @@ def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_
     first.callbacks.append(sample)
     env.run(until=w1)
     machine.finish()
+    if loadgen_cores:
+        lg_machine.finish()
     in_flight = clients.finish(w1)
 
     ledger = machine.ledger
@@ -276,7 +293,7 @@ def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_
         processes_peak=ledger.procs_peak,
         rss_peak_bytes=ledger.rss_peak,
         fds_peak=ledger.fds_peak,
-        loadgen_cpu_util=machine.loadgen_busy / duration,
+        loadgen_cpu_util=(machine.loadgen_busy + (lg_machine.loadgen_busy if loadgen_cores else 0.0)) / duration,
         failure=failure,
     )
     stats = SimStats(
@@ -287,7 +304,7 @@ def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_
         mean_in_system=clients.area / duration,
         core_busy_s=core_busy,
         window_s=duration,
-        loadgen_busy_s=machine.loadgen_busy,
+        loadgen_busy_s=machine.loadgen_busy + (lg_machine.loadgen_busy if loadgen_cores else 0.0),
         gil_busy_s=tuple(p.gil_busy for p in machine.procs if p.gil_tracked),
         ctx_switches=machine.ctx_count,
         events=next(env._eid),

@@ -55,13 +55,15 @@ class FakeSimulate:
         self.factor = factor
         self.calls: list[tuple[Scenario, bool]] = []
 
-    def __call__(self, s, profile=None, *, seed=None, loadgen_on_server_cores=False, detail=False):
+    def __call__(self, s, profile=None, *, seed=None, loadgen_on_server_cores=False, loadgen_cores=0,
+                 detail=False):
         self.calls.append((s, loadgen_on_server_cores))
         r, f = fake_real(s), self.factor
         sim = replace(r, source="sim", throughput_rps=f * r.throughput_rps, latency_mean_s=f * r.latency_mean_s,
                       latency_p50_s=f * r.latency_p50_s, latency_p90_s=f * r.latency_p90_s,
                       latency_p99_s=f * r.latency_p99_s, latency_p999_s=f * r.latency_p999_s,
-                      rss_peak_bytes=round(f * r.rss_peak_bytes), loadgen_cpu_util=0.0)
+                      rss_peak_bytes=round(f * r.rss_peak_bytes),
+                      loadgen_cpu_util=f * r.throughput_rps * CLIENT_CPU_S)
         stats = SimpleNamespace(completed_in_window=sim.throughput_rps * s.workload.duration_s,
                                 latency_mean_in_window_s=sim.latency_mean_s,
                                 latency_percentiles_in_window_s=(sim.latency_p50_s, sim.latency_p90_s,
@@ -89,7 +91,7 @@ def test_every_mechanism_has_a_row_with_its_error_and_verdict():
         assert (r["why"] == "") == r["within"]
         if r["figure"] == "threads_peak":  # a count the fake simulator keeps
             assert r["rel_err"] == pytest.approx(0.0)
-        elif r["figure"] == "CPU per request":  # real generator vs the profile's figure
+        elif r["figure"] == "CPU per request":  # real generator vs the simulated one
             assert r["real"] == pytest.approx(REAL_CLIENT_CPU_S * 1e6)
             assert r["sim"] == pytest.approx(CLIENT_CPU_S * 1e6)
             assert r["rel_err"] == pytest.approx(CLIENT_CPU_S / REAL_CLIENT_CPU_S - 1)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from calibration import calibrate
-from calibration.compare import _sim_one, loadgen_shares_cores
+from calibration.compare import _sim_one, loadgen_own_cores, loadgen_shares_cores
 from calibration.fit import fit
 from calibration.grid import GridPoint, make_scenario
 from simkit import simulate
@@ -22,7 +22,7 @@ def _synthetic(truth: CostProfile, scenarios, noise: float, seed: int = 3) -> li
     rng = random.Random(seed)
     out = []
     for s in scenarios:
-        r = _sim_one((simulate, s, truth, s.seed, loadgen_shares_cores(s)))
+        r = _sim_one((simulate, s, truth, s.seed, loadgen_shares_cores(s), loadgen_own_cores(s)))
 
         def jig(v: float) -> float:
             return v * math.exp(rng.gauss(0.0, noise))
@@ -84,7 +84,10 @@ def test_tiny_end_to_end_calibration_with_real_servers_and_simulator(tmp_path):
     assert p.params["cpu_work_scale"].value != default["cpu_work_scale"]  # moved from the uncalibrated default
     # parse_s: the real reactor's CPU per request beyond the probed syscalls (the wake-up probe's run)
     assert p.params["parse_s"].source == "probe" and p.params["parse_s"].value != default["parse_s"]
-    assert p.params["client_cpu_per_request_s"].source == "fit"
+    # the load generator's costs: its probe's runs, split through the simulator's model of it
+    for name in ("client_cpu_per_request_s", "client_cpu_per_wake_s", "client_cpu_per_conn_s"):
+        assert p.params[name].source == "probe", name
+    assert p.params["client_cpu_per_wake_s"].value + p.params["client_cpu_per_request_s"].value > 0
     assert p.failed_runs == [] or all(f["attempts"] == 2 for f in p.failed_runs)
     ok_heldout = sum(1 for r in report.runs if r.ok and r.point.role != "train")
     assert len({(v["model"], v["role"], v["connections"], v["cores"]) for v in p.validation}) == ok_heldout

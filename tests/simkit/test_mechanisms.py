@@ -366,3 +366,22 @@ def test_a_short_syscall_hands_the_gil_to_a_waiter():
     # At least parse, after the sleep and after send: three hand-offs of 200 us a request on one GIL.
     assert dear.throughput_rps < 1.0 / (3 * 200e-6)
     assert dear.throughput_rps < 0.8 * base.throughput_rps
+
+
+def test_a_load_generator_on_its_own_cpu_bounds_short_connections_by_its_cost():
+    # realkit's generator opens and closes a connection per request with requests_per_conn = 1: on a
+    # CPU of its own that CPU, not the server, can be the ceiling; without the flag clients cost nothing.
+    p = PROFILE.with_params("probe", client_cpu_per_conn_s=400e-6, client_cpu_per_wake_s=20e-6)
+    s = BASE.replace(model="m3_reactor", connections=32, requests_per_conn=1)
+    free = simulate(s, p)
+    bound = simulate(s, p, loadgen_cores=1)
+    assert free.loadgen_cpu_util == 0.0
+    assert bound.throughput_rps <= 1.02 / (400e-6 + p["client_cpu_per_request_s"])
+    assert bound.loadgen_cpu_util > 0.9
+    assert free.throughput_rps > 1.5 * bound.throughput_rps
+    # keep-alive: one connection each, opened once; the generator is far from its ceiling
+    kept = simulate(BASE.replace(model="m3_reactor", connections=32), p, loadgen_cores=1)
+    assert kept.throughput_rps == pytest.approx(simulate(BASE.replace(model="m3_reactor", connections=32), p)
+                                                .throughput_rps, rel=0.1)
+    with pytest.raises(ValueError, match="loadgen_cores"):
+        simulate(s, p, loadgen_cores=1, loadgen_on_server_cores=True)
