@@ -10,12 +10,30 @@ errors and a verdict, written to <host>-<target>.json beside the host profile fo
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import click
 
 from serverlab.options import make_target, target_command_options
+
+
+@contextlib.contextmanager
+def _stage_bars(console):
+    """A rich progress bar per calibration stage; yields progress(stage, detail, done, total)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]{task.fields[stage]:<10}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.description}"), console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, detail: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(detail, total=max(total, 1), stage=stage)
+            bar.update(tasks[stage], description=detail[:70], completed=done, total=max(total, 1))
+
+        yield progress
 
 
 @click.command()
@@ -59,7 +77,6 @@ def calibrate(quick: bool, out: str | None, models: tuple[str, ...], workers: in
     if only:
         raise click.UsageError(f"{only[0]}: only with --target")
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from calibration import calibrate as run_calibration
     from calibration import check_out, format_coverage, format_offgrid, format_summary
@@ -79,15 +96,7 @@ def calibrate(quick: bool, out: str | None, models: tuple[str, ...], workers: in
         raise click.ClickException(f"--out: {str(exc).removeprefix('out: ')}") from None
     seed = OFFGRID_SEED if offgrid_seed is None else offgrid_seed
     console = Console()
-    with Progress(TextColumn("[bold]{task.fields[stage]:<10}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("{task.description}"), console=console) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, detail: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(detail, total=max(total, 1), stage=stage)
-            bar.update(tasks[stage], description=detail[:70], completed=done, total=max(total, 1))
-
+    with _stage_bars(console) as progress:
         try:
             report = run_calibration(path, quick=quick, models=chosen, progress=progress, workers=workers,
                                      offgrid=offgrid, offgrid_seed=seed, mechanisms=mechanisms)
@@ -125,7 +134,6 @@ def _calibrate_target(target_cmd: str, as_model: str | None, has_gil: bool, path
                       offgrid: int | None, fit_names: tuple[str, ...], knobs: dict[str, int]) -> None:
     """`calibrate --target`: calibration.calibrate_target with a progress bar, then its summary."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from calibration.target import calibrate_target, format_target, target_grid
     from simkit.profile import PARAM_DOCS
@@ -146,15 +154,7 @@ def _calibrate_target(target_cmd: str, as_model: str | None, has_gil: bool, path
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     console = Console()
-    with Progress(TextColumn("[bold]{task.fields[stage]:<10}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("{task.description}"), console=console) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, detail: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(detail, total=max(total, 1), stage=stage)
-            bar.update(tasks[stage], description=detail[:70], completed=done, total=max(total, 1))
-
+    with _stage_bars(console) as progress:
         try:
             cal = calibrate_target(target, quick=quick, out=out, knobs=knobs, fit_names=fit_names, progress=progress)
         except (ValueError, RuntimeError) as exc:

@@ -11,7 +11,15 @@ import time
 
 import click
 
-from serverlab.options import CPUS_HELP, connect_rate_option, output_options, print_result, scenario_options
+from serverlab.options import (
+    CPUS_HELP,
+    connect_rate_option,
+    make_target,
+    output_options,
+    print_result,
+    scenario_options,
+    target_command_options,
+)
 from serverlab.render import fmt_seconds
 from simkit import registry
 from simkit.scenario import Workload
@@ -190,21 +198,9 @@ class _MeasureCommand(click.Command):
         return super().parse_args(ctx, args)
 
 
-def _target_options(func):
-    for opt in reversed([
-        click.option("--target", "target_cmd", default=None, metavar="CMD",
-                     help="measure this server instead of realkit's: a command line with {port} (and {workers}, "
-                          "{threads}, {python}, {tmpdir}); --as MODEL (= --model) names its architecture"),
-        click.option("--path", default=None, help="with --target: the URL path requested  [default: /]"),
-        click.option("--gil", "has_gil", is_flag=True,
-                     help="with --target: its runtime has a global lock (the default; --no-gil: it has none)"),
-        click.option("--startup-timeout", "startup_timeout_s", type=float, default=30.0, show_default=True,
-                     help="with --target: seconds for it to answer on its port"),
-        click.option("--stop-grace", "stop_grace_s", type=float, default=10.0, show_default=True,
-                     help="with --target: seconds between SIGTERM and SIGKILL"),
-    ]):
-        func = opt(func)
-    return func
+def _gil_option(func):
+    return click.option("--gil", "has_gil", is_flag=True,
+                        help="with --target: its runtime has a global lock (the default; --no-gil: it has none)")(func)
 
 
 def _target(scenario, target_cmd, path, has_gil, startup_timeout_s, stop_grace_s):
@@ -215,19 +211,14 @@ def _target(scenario, target_cmd, path, has_gil, startup_timeout_s, stop_grace_s
         return None
     if has_gil and not scenario.model.gil:
         raise click.UsageError("gil: --gil and --no-gil both given; choose one")
-    from realkit.target import Target
-
-    try:
-        return Target(command=target_cmd, as_model=scenario.model.name, gil=scenario.model.gil,
-                      path=path or "/", startup_timeout_s=startup_timeout_s, stop_grace_s=stop_grace_s)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    return make_target(target_cmd, scenario.model.name, scenario.model.gil, path, startup_timeout_s, stop_grace_s)
 
 
 @click.command(cls=_MeasureCommand)
 @scenario_options
 @output_options
-@_target_options
+@target_command_options
+@_gil_option
 def measure(scenario, as_json, csv_path, target_cmd, path, has_gil, startup_timeout_s, stop_grace_s):
     """Run one scenario for real on this box (server pinned to the first --cores CPUs, load generator on
     the other CPUs). With --target CMD --as MODEL, the server is that command (docs/external-servers.md)."""
