@@ -970,6 +970,62 @@ def probe_work(scale: float = 1.0) -> list[ProbeResult]:
     return out
 
 
+# -- a busy core's pauses ---------------------------------------------------------------------------
+PAUSE_MIN_S = 0.5e-3  # shorter gaps (timer ticks, most interrupts) are inside every probed cost already
+
+
+def spin_gaps(seconds: float, min_gap_s: float = 50e-6) -> list[float]:
+    """Gaps over min_gap_s between two consecutive clock reads of a thread that does nothing else: the
+    time the core was taken from it (interrupts; on a VM, the host running something else)."""
+    pc = time.perf_counter
+    gaps: list[float] = []
+    last = pc()
+    end = last + seconds
+    while last < end:
+        now = pc()
+        if now - last > min_gap_s:
+            gaps.append(now - last)
+        last = now
+    return gaps
+
+
+def pauses_from_gaps(gaps: Sequence[float], seconds: float, min_s: float = PAUSE_MIN_S) -> tuple[float, float]:
+    """(pauses per second, mean pause) of the gaps of at least min_s over `seconds` of spinning."""
+    long = [g for g in gaps if g >= min_s]
+    if seconds <= 0 or not long:
+        return 0.0, 0.0
+    return len(long) / seconds, statistics.fmean(long)
+
+
+def probe_core_pauses(scale: float = 1.0) -> list[ProbeResult]:
+    """A thread spinning on each CPU this process may use (one after the other), timing the gaps in its
+    own clock reads: core_pauses_per_s and core_pause_mean_s, what simkit.machine pauses a busy core
+    for. On a shared VM they are its p99's floor: a request in service when the host takes the vCPU
+    for milliseconds waits that long."""
+    cpus = sorted(os.sched_getaffinity(0))
+    mine = os.sched_getaffinity(0)
+    seconds = max(0.5, 2.0 * scale)
+    gaps: list[float] = []
+    per_cpu = {}
+    try:
+        for cpu in cpus[:8]:
+            os.sched_setaffinity(0, {cpu})
+            got = spin_gaps(seconds)
+            gaps.extend(got)
+            per_cpu[cpu] = pauses_from_gaps(got, seconds)
+    finally:
+        os.sched_setaffinity(0, mine)
+    total = seconds * len(per_cpu)
+    rate, mean = pauses_from_gaps(gaps, total)
+    rates = [r for r, _m in per_cpu.values()]
+    spread = (max(rates) - min(rates)) / rate if rate > 0 and len(rates) > 1 else 0.0
+    detail = {"seconds_per_cpu": seconds, "min_s": PAUSE_MIN_S,
+              "per_cpu": {str(c): {"per_s": r, "mean_s": m} for c, (r, m) in per_cpu.items()},
+              "longest_s": max(gaps, default=0.0), "gaps_over_50us_per_s": len(gaps) / total}
+    return [ProbeResult("core_pauses_per_s", rate, spread, len(per_cpu), detail),
+            ProbeResult("core_pause_mean_s", mean, 0.0, len(per_cpu))]
+
+
 # -- the load generator's own CPU -------------------------------------------------------------------
 # (label, connections, requests_per_conn): one client (a loop wake-up per request), many (wake-ups
 # shared by many requests), and one request per connection (a connect and a close each).
@@ -1027,6 +1083,7 @@ PROBES: tuple[tuple[str, Callable[[float], Any]], ...] = (
     ("loopback RTT", probe_loopback_rtt),
     ("wake-up from idle", probe_idle_wakeup),
     ("load generator", probe_loadgen),
+    ("core pauses", probe_core_pauses),
     ("work rates", probe_work),
     ("thread stack", lambda _scale: probe_thread_stack()),
     ("switch interval", lambda _scale: probe_switch_interval()),

@@ -63,7 +63,7 @@ def overlap(a: float, b: float, w0: float, w1: float) -> float:
 
 
 class Core:
-    __slots__ = ("id", "thread", "last", "since", "busy", "idle_from")
+    __slots__ = ("id", "thread", "last", "since", "busy", "idle_from", "next_pause")
 
     def __init__(self, cid: int) -> None:
         self.id = cid
@@ -72,6 +72,7 @@ class Core:
         self.since = 0.0
         self.busy = 0.0
         self.idle_from = 0.0  # when it last went idle (no thread on it)
+        self.next_pause = 0.0  # when this core's next pause starts (Machine._paused)
 
 
 class Proc:
@@ -230,6 +231,10 @@ class Machine:
         self.slow_s = profile["idle_wakeup_slow_s"]
         # The slow wake-ups' own stream: a profile without them draws nothing, so its runs are unchanged.
         self.wake_rng = random.Random(seed + 0x5EED)
+        self.pause_rate = profile["core_pauses_per_s"]
+        self.pause_mean = profile["core_pause_mean_s"]
+        self.pauses = self.pause_rate > 0.0 and self.pause_mean > 0.0
+        self.pause_rng = random.Random(seed + 0x9A05E)  # its own stream, as the slow wake-ups'
         self.cores = [Core(i) for i in range(hardware.cores)]
         self.free: set[int] = set(range(hardware.cores))
         # Run queue as two FIFOs of (thread, key); the core takes the smaller key. Woken threads (from
@@ -488,6 +493,8 @@ class Machine:
                     break
             elif kind == SEND:
                 steps.popleft()
+                if self.pauses:
+                    t = self._paused(th.core, now, t)
                 self.send_cb(a, b, now + t)
             elif kind == SLEEP:
                 if t > 0.0:
@@ -506,11 +513,29 @@ class Machine:
                 self.src = prev
                 if th.core is None:  # the call blocked or ended the thread
                     return
+        if self.pauses:
+            t = self._paused(th.core, now, t)
         th.gen += 1
         th.burst_end = now + t
         th.burst_gil = bg is True
         ev = Timeout(self.env, t, (th, th.gen))
         ev.callbacks.append(self._burst_done)
+
+    def _paused(self, core: Core, now: float, t: float) -> float:
+        """A burst from `now` that has reached `t`, lengthened by the core's pauses that start inside it:
+        a Poisson process of core_pauses_per_s per core, each pause exponential of mean core_pause_mean_s
+        (the box's interrupts and, on a VM, the host running something else: calibration.probes
+        measures them on a spinning thread). The thread keeps its core and whatever it holds (the GIL
+        too) and makes no progress meanwhile; a pause on an idle core is never seen."""
+        nxt = core.next_pause
+        rng = self.pause_rng
+        if nxt < now:
+            nxt = now + rng.expovariate(self.pause_rate)
+        while nxt < now + t:
+            t += rng.expovariate(1.0 / self.pause_mean)
+            nxt += rng.expovariate(self.pause_rate)
+        core.next_pause = nxt
+        return t
 
     def _wake_ev(self, ev) -> None:
         th = ev._value

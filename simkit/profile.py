@@ -75,6 +75,9 @@ PARAM_DOCS: dict[str, tuple[float, str]] = {
     "idle_wakeup_slow_p": (0.0, "share of wake-ups from a long idle that are slow (a VM's halted vCPU the "
                                 "host has descheduled): slow_p x (1 - exp(-idle / idle_wakeup_tau_s))"),
     "idle_wakeup_slow_s": (1e-3, "mean extra delay of a slow wake-up (exponentially distributed)"),
+    # 0 until probed: a busy core's pauses long enough to matter (>= calibration.probes.PAUSE_MIN_S).
+    "core_pauses_per_s": (0.0, "pauses of a busy core per second (interrupts, a VM's host running others)"),
+    "core_pause_mean_s": (0.0, "mean length of one such pause (exponentially distributed)"),
     "rss_process_bytes": (20 * 2**20, "RSS of an idle Python server process"),
     "rss_worker_bytes": (16 * 2**20, "RSS a worker forked from the server adds (its parent's anonymous pages "
                                      "counted again, only the file pages it touches)"),
@@ -89,7 +92,8 @@ PARAM_NAMES: tuple[str, ...] = tuple(PARAM_DOCS)
 # missing parameter means a damaged file and is an error.
 ADDED_LATER: tuple[str, ...] = ("cpu_work_cv", "gil_work_cv", "idle_wakeup_s", "idle_wakeup_tau_s",
                                 "close_s", "idle_wakeup_slow_p", "idle_wakeup_slow_s",
-                                "rss_worker_bytes", "client_cpu_per_wake_s", "client_cpu_per_conn_s")
+                                "rss_worker_bytes", "client_cpu_per_wake_s", "client_cpu_per_conn_s",
+                                "core_pauses_per_s", "core_pause_mean_s")
 
 
 @dataclass(frozen=True)

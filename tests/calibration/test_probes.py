@@ -70,3 +70,13 @@ def test_linear_probe_fits_base_and_slope():
     out = {r.name: r for r in probes.probe_send_recv(scale=0.3)}
     assert out["send_base_s"].value > 0 and out["recv_base_s"].value > 0
     assert out["send_base_s"].detail["sizes"] == [64, 1024, 8192, 32768]
+
+
+def test_pauses_from_gaps_counts_only_the_long_gaps():
+    from calibration.probes import PAUSE_MIN_S, pauses_from_gaps
+
+    gaps = [60e-6] * 100 + [PAUSE_MIN_S, 3 * PAUSE_MIN_S]
+    rate, mean = pauses_from_gaps(gaps, 2.0)
+    assert rate == pytest.approx(1.0)
+    assert mean == pytest.approx(2 * PAUSE_MIN_S)
+    assert pauses_from_gaps([60e-6], 2.0) == (0.0, 0.0)

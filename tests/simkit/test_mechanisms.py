@@ -385,3 +385,15 @@ def test_a_load_generator_on_its_own_cpu_bounds_short_connections_by_its_cost():
                                                 .throughput_rps, rel=0.1)
     with pytest.raises(ValueError, match="loadgen_cores"):
         simulate(s, p, loadgen_cores=1, loadgen_on_server_cores=True)
+
+
+def test_a_busy_cores_pauses_lengthen_the_tail_not_the_median():
+    # The host takes a busy vCPU now and then (calibration.probes.probe_core_pauses): a request in
+    # service meanwhile waits the pause out, so the p99 grows by about a pause and the p50 hardly moves.
+    s = BASE.replace(model="m3_reactor", connections=8, mode="open", rate_rps=2000.0, arrival="poisson", cpu_us=100,
+                     duration_s=2.0, warmup_s=0.2)
+    calm = simulate(s, PROFILE)
+    paused = simulate(s, PROFILE.with_params("probe", core_pauses_per_s=20.0, core_pause_mean_s=5e-3))
+    assert paused.latency_p99_s > calm.latency_p99_s + 2e-3
+    assert paused.latency_p50_s < calm.latency_p50_s + 0.5e-3
+    assert paused.completed == pytest.approx(calm.completed, rel=0.05)
