@@ -60,6 +60,14 @@ __all__ = [
 ]
 
 
+def file_tail(f, n: int = 2000) -> str:
+    """The last `n` bytes written to the binary file `f` (a server's captured output), as text."""
+    f.flush()
+    f.seek(0, os.SEEK_END)
+    f.seek(max(0, f.tell() - n))
+    return f.read().decode("utf-8", "replace")
+
+
 class ServerStartError(RuntimeError):
     """The server did not start (exited, or printed no port in time)."""
 
@@ -121,11 +129,7 @@ class ServerProcess:
         self._drain: threading.Thread | None = None
 
     def stderr_tail(self, n: int = 2000) -> str:
-        self._stderr.flush()
-        self._stderr.seek(0, os.SEEK_END)
-        size = self._stderr.tell()
-        self._stderr.seek(max(0, size - n))
-        return self._stderr.read().decode("utf-8", "replace")
+        return file_tail(self._stderr, n)
 
     def start(self) -> int:
         cmd = server_command(self.scenario, self.cpus)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from realkit.runner import ServerStartError, _server_preexec
+from realkit.runner import ServerStartError, _server_preexec, file_tail
 from simkit import registry
 from simkit.scenario import ModelSpec, Scenario
 
@@ -204,11 +204,7 @@ class TargetProcess:
 
     def stderr_tail(self, n: int = 2000) -> str:
         """The last `n` bytes of what the target wrote (stdout and stderr together)."""
-        self._output.flush()
-        self._output.seek(0, os.SEEK_END)
-        size = self._output.tell()
-        self._output.seek(max(0, size - n))
-        return self._output.read().decode("utf-8", "replace")
+        return file_tail(self._output, n)
 
     def _fail(self, what: str) -> ServerStartError:
         self.kill()
