@@ -37,11 +37,13 @@ def loadgen_shares_cores(scenario: Scenario, host_cores: int | None = None) -> b
 
 def loadgen_own_cores(scenario: Scenario, host_cores: int | None = None) -> int:
     """The CPUs realkit's runner gives the load generator beside the server's (0: it shares them), as
-    many as it starts processes for (realkit.runner: one per CPU, at most 8, at most one per client)."""
+    many as it starts processes for (realkit.runner.generator_processes)."""
     if loadgen_shares_cores(scenario, host_cores):
         return 0
+    from realkit.runner import generator_processes
+
     rest = (host_cores or available_cores()) - scenario.hardware.cores
-    return max(1, min(rest, 8, scenario.workload.connections))
+    return generator_processes(scenario.workload.connections, rest, shared=False)
 
 
 def sim_scenario(real: Result, target_requests: int | None) -> Scenario:

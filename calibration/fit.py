@@ -212,9 +212,8 @@ def loadgen_from_probe(profile: CostProfile, simulate: SimulateFn | None = None)
     if simulate is None:
         from simkit.sim import simulate
     x = dict(zip((label for label, _c, _k in LOADGEN_RUNS), per, strict=True))
-    (_l1, c1, k1), (_l2, c2, k2), (_l3, c3, k3) = LOADGEN_RUNS
-    one, many, conn = (loadgen_scenario(c, k, 0.4).replace(duration_s=0.3, warmup_s=0.1)
-                       for c, k in ((c1, k1), (c2, k2), (c3, k3)))
+    runs = {label: loadgen_scenario(c, k, 0.4).replace(duration_s=0.3, warmup_s=0.1) for label, c, k in LOADGEN_RUNS}
+    many, conn = runs["many"], runs["conn"]  # "one" needs no simulation: it is wake-up + request
 
     def split(f: float, c_conn: float = 0.0) -> CostProfile:
         return profile.with_params("probe", client_cpu_per_wake_s=f * x["one"],

@@ -255,11 +255,14 @@ def check_server_caps(scenario: Scenario) -> None:
                          f"{MAX_HEADER_BYTES} bytes (realkit.protocol); every request would get a 431")
 
 
+def generator_processes(connections: int, loadgen_cpus: int, shared: bool) -> int:
+    """One generator process per CPU it may use (each runs one event loop), at most 8, at most one per
+    client; one where it shares the server's CPUs."""
+    return max(1, min(1 if shared else loadgen_cpus, 8, connections))
+
+
 def _loadgen_processes(scenario: Scenario, plan: CpuPlan) -> int:
-    """One generator process per CPU it may use (each runs one event loop), no more than useful."""
-    w = scenario.workload
-    want = len(plan.loadgen_cpus) if not plan.shared else 1
-    return max(1, min(want, 8, w.connections))
+    return generator_processes(scenario.workload.connections, len(plan.loadgen_cpus), plan.shared)
 
 
 def measure(

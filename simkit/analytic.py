@@ -56,7 +56,7 @@ def model_stations(scenario: Scenario, profile: CostProfile | None = None) -> li
     # Each GIL acquisition of a request may be a hand-off from a waiting thread: gil_handoff_s, and
     # on more than one core the new holder is woken on another core (wakeup_s) with the GIL held.
     per = profile["gil_handoff_s"] + (profile["wakeup_s"] if cores > 1 else 0.0)
-    handoff = gil_acquisitions(profile, scenario.workload) * per
+    handoff = gil_acquisitions(scenario.workload) * per
     st = list(registry.get(scenario.model.name).stations(scenario, profile, d, handoff))
     if d.rtt_s:
         st.append(Station("network", d.rtt_s, None))

@@ -296,25 +296,28 @@ class Clients:
             self.lg_wake_t = float("inf")
             self.lg_armed = True
             if jobs:
-                steps.append((CPU, self.client_wake, None))
-            while jobs:
-                self._lg_job(steps, jobs.popleft())
+                self._lg_batch(steps, jobs)
             steps.append((CALL, self._lg_arm, None))
             return True
         if not jobs:
             return False
+        self._lg_batch(steps, jobs)
+        return True
+
+    def _lg_batch(self, steps, jobs: deque) -> None:
+        """One wake-up of the generator's loop sending every job queued. On the server's cores each send
+        waits for the generator's CPU (as calibrated there); on CPUs of its own the sends go first and
+        their CPU follows, which delays the sends after them: the loopback round trip (probed with a
+        client) already holds a request's own path."""
+        wake = (CPU, self.client_wake, None)
         if self.lg_shared:
-            steps.append((CPU, self.client_wake, None))
+            steps.append(wake)
         while jobs:
             self._lg_job(steps, jobs.popleft())
         if not self.lg_shared:
-            steps.append((CPU, self.client_wake, None))  # after its sends (_lg_job)
-        return True
+            steps.append(wake)
 
     def _lg_job(self, steps, req: Request) -> None:
-        """On the server's cores the send waits for the generator's CPU (as calibrated there); on CPUs
-        of its own the send goes first and the rest of its CPU follows, which delays the sends after
-        it: the loopback round trip (probed with a client) already holds a request's own path."""
         conn = req.slot.conn if req.slot is not None else None
         opens = conn is None or conn.eof or conn.closed
         cost = (CPU, self.client_cpu + (self.client_conn if opens else 0.0), None)

@@ -111,7 +111,7 @@ def demands(scenario: Any, p: Costs) -> Demands:
     )
 
 
-def gil_acquisitions(p: Costs, wl: Any) -> int:
+def gil_acquisitions(wl: Any) -> int:
     """GIL acquisitions a request makes on the inline path (simkit.models.base serve steps): parse,
     after GIL-free cpu work, after the sleep, after send. Every release hands the GIL to a waiter,
     however short the syscall (simkit.machine), so each counts."""

@@ -9,8 +9,8 @@ Signature (stable; other areas code against it)::
   one with a warning); profile.warn_if_foreign() is called. Result.profile is the profile's label.
 - seed None -> scenario.seed. Same (scenario, profile, seed) -> the same Result, bit for bit.
 - loadgen_on_server_cores: the load generator is modelled as one more thread on the server's cores,
-  spending profile client_cpu_per_request_s per request; its busy time is Result.loadgen_cpu_util
-  (and is NOT part of cpu_util, which is the server's alone).
+  spending the profile's client CPU per wake-up, request and connection (simkit.clients); its busy
+  time is Result.loadgen_cpu_util (and is NOT part of cpu_util, which is the server's alone).
 - loadgen_cores: the load generator has that many CPUs of its own (realkit's runner gives it the box's
   CPUs the server does not get): modelled as a thread there (simkit.clients), its CPU the ceiling of
   what it can send, e.g. connections per second with requests_per_conn = 1; its busy time is
@@ -256,6 +256,7 @@ def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_
     machine.finish()
     if loadgen_cores:
         lg_machine.finish()
+    loadgen_busy = machine.loadgen_busy + (lg_machine.loadgen_busy if loadgen_cores else 0.0)
     in_flight = clients.finish(w1)
 
     ledger = machine.ledger
@@ -293,7 +294,7 @@ def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_
         processes_peak=ledger.procs_peak,
         rss_peak_bytes=ledger.rss_peak,
         fds_peak=ledger.fds_peak,
-        loadgen_cpu_util=(machine.loadgen_busy + (lg_machine.loadgen_busy if loadgen_cores else 0.0)) / duration,
+        loadgen_cpu_util=loadgen_busy / duration,
         failure=failure,
     )
     stats = SimStats(
@@ -304,7 +305,7 @@ def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_
         mean_in_system=clients.area / duration,
         core_busy_s=core_busy,
         window_s=duration,
-        loadgen_busy_s=machine.loadgen_busy + (lg_machine.loadgen_busy if loadgen_cores else 0.0),
+        loadgen_busy_s=loadgen_busy,
         gil_busy_s=tuple(p.gil_busy for p in machine.procs if p.gil_tracked),
         ctx_switches=machine.ctx_count,
         events=next(env._eid),
