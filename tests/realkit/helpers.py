@@ -263,6 +263,18 @@ def server_peer_ports(server: ServerProcess) -> set[int]:
     return ports
 
 
+def running(pids) -> list[int]:
+    """The pids among `pids` still running (zombies waiting for a reaper count as gone)."""
+    left = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                left.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return left
+
+
 def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout_s
     while True:

@@ -362,17 +362,6 @@ def test_sigterm_exits_within_the_shutdown_limit_whatever_is_in_flight(config, s
     assert h.wait_until(lambda: not h.group_members(server.pid), 5), h.group_members(server.pid)
 
 
-def _live(pids) -> list[int]:
-    out = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.append(pid)
-        except psutil.NoSuchProcess:
-            continue
-    return out
-
-
 @MODELS
 @pytest.mark.timeout(90)
 def test_a_failed_answer_under_a_memory_limit_costs_only_its_connection(config, server_factory):
@@ -431,7 +420,7 @@ def test_m6_workers_exit_when_the_master_is_killed(config, server_factory):
         assert h.ResponseReader(idle).read().mismatch(exp) is None
         os.kill(server.pid, signal.SIGKILL)
         server.proc.wait(10)
-        gone = h.wait_until(lambda: not _live(workers), 3.0)
-        assert gone, f"workers {_live(workers)} of {workers} alive 3 s after the master died"
+        gone = h.wait_until(lambda: not h.running(workers), 3.0)
+        assert gone, f"workers {h.running(workers)} of {workers} alive 3 s after the master died"
     with pytest.raises(OSError):
         h.fetch(server.port, h.build_request("/"), timeout_s=2)

@@ -16,6 +16,7 @@ import warnings
 
 import psutil
 import pytest
+import realkit_conformance_helpers as h
 
 from realkit.loadgen import LoadSpec, run_load
 from realkit.runner import ServerStartError, measure
@@ -33,18 +34,6 @@ UVICORN = (f"{PY} -m uvicorn realkit.recipes:asgi_app --host 127.0.0.1 --port {{
 def _scenario(target: Target, connections: int = 4, **knobs) -> Scenario:
     return Scenario(model=target.model_spec(**knobs), hardware=Hardware(cores=1),
                     workload=Workload(connections=connections, duration_s=0.3, warmup_s=0.2, timeout_s=5.0))
-
-
-def _running(pids: list[int]) -> list[int]:
-    """The pids among `pids` still running (zombies waiting for a reaper count as gone)."""
-    left = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                left.append(pid)
-        except psutil.Error:
-            pass
-    return left
 
 
 # -- validation ----------------------------------------------------------------------------------------
@@ -104,7 +93,7 @@ def _start_fails(tmp_path, script: str, match: str, timeout_s: float = 1.0) -> N
     finally:
         tp.close()
     assert time.monotonic() - t0 < timeout_s + 8
-    assert pids and not _running(pids)
+    assert pids and not h.running(pids)
 
 
 @pytest.mark.timeout(30)
@@ -158,7 +147,7 @@ def test_a_server_that_ignores_sigterm_is_killed_with_its_escaped_child(tmp_path
         assert time.monotonic() - t0 < 8
     finally:
         tp.close()
-    assert not _running(pids)
+    assert not h.running(pids)
 
 
 @pytest.mark.timeout(30)
@@ -187,7 +176,7 @@ def _measure_recipe(target: Target, **knobs):
     assert result.failure == "", result.failure  # no_graceful_stop, http_errors, server_died ...
     assert result.scenario.workload.resp_bytes == 3  # "ok\n": the body the target answered with
     assert result.scenario.model.gil is target.gil
-    assert not _running([p.pid for p in psutil.Process().children(recursive=True)
+    assert not h.running([p.pid for p in psutil.Process().children(recursive=True)
                       if any(k in " ".join(p.cmdline()) for k in ("nginx", "recipes", "uvicorn"))])
     return result
 
