@@ -57,7 +57,7 @@ import heapq
 import random
 from collections import deque
 
-from simpy.events import Timeout
+from simkit.events import at
 
 from simkit import costs
 from simkit.kernel import SYN_RETRY_DELAYS_S, Conn
@@ -172,8 +172,7 @@ class Clients:
                 self._at(i * gap, self._start_slot, slot)
 
     def _at(self, delay: float, fn, value) -> None:
-        ev = Timeout(self.env, delay, value)
-        ev.callbacks.append(fn)
+        at(self.env, delay, fn, value)
 
     def _start_slot(self, ev) -> None:
         self._issue(ev._value)

@@ -2,7 +2,7 @@
 process, and a memory ledger (docs/DESIGN.md §6).
 
 Speed is a design constraint (a 100k-connection, 64-core scenario must run in seconds), so this is
-not one SimPy process per thread. It is a callback engine on a plain simpy.Environment:
+not one SimPy process per thread. It is a callback engine on a simpy.Environment (simkit.events):
 
 - A Thread owns a deque of STEPS, tuples (kind, a, b):
     (CPU, seconds, _)     on-core work with the GIL released (syscalls, cpu_us work)
@@ -51,7 +51,7 @@ import math
 import random
 from collections import deque
 
-from simpy.events import Timeout
+from simkit.events import at
 
 CPU, GIL, SLEEP, CALL, SEND = range(5)
 
@@ -325,8 +325,7 @@ class Machine:
                 th.pending += self.wake_s
             delay = self._idle_wakeup(core, th) if woken else 0.0
             if delay > 1e-6:  # below a microsecond it is noise, not worth an event
-                ev = Timeout(self.env, delay, (core, th))  # the core is taken, not yet running anything
-                ev.callbacks.append(self._assign_ev)
+                at(self.env, delay, self._assign_ev, (core, th))  # the core is taken, not yet running anything
                 return
             self._assign(core, th)
         elif woken:
@@ -501,8 +500,7 @@ class Machine:
                     break
                 steps.popleft()
                 self._block(th)
-                ev = Timeout(self.env, a, th)
-                ev.callbacks.append(self._wake_ev)
+                at(self.env, a, self._wake_ev, th)
                 return
             else:  # CALL
                 if t > 0.0:
@@ -518,8 +516,7 @@ class Machine:
         th.gen += 1
         th.burst_end = now + t
         th.burst_gil = bg is True
-        ev = Timeout(self.env, t, (th, th.gen))
-        ev.callbacks.append(self._burst_done)
+        at(self.env, t, self._burst_done, (th, th.gen))
 
     def _paused(self, core: Core, now: float, t: float) -> float:
         """A burst from `now` that has reached `t`, lengthened by the core's pauses that start inside it:
@@ -567,8 +564,7 @@ class Machine:
 
     def _arm_settle(self, proc: Proc, delay: float) -> None:
         proc.settle_armed = True
-        ev = Timeout(self.env, delay, proc)
-        ev.callbacks.append(self._settle_ev)
+        at(self.env, delay, self._settle_ev, proc)
 
     def _settle_ev(self, ev) -> None:
         proc = ev._value
@@ -608,8 +604,7 @@ class Machine:
 
     def _gil_arm(self, proc: Proc) -> None:
         proc.gil_timer = True
-        ev = Timeout(self.env, self.gil_interval, (proc, proc.gil_switches))
-        ev.callbacks.append(self._gil_timeout)
+        at(self.env, self.gil_interval, self._gil_timeout, (proc, proc.gil_switches))
 
     def _gil_timeout(self, ev) -> None:
         """A waiter waited a switch interval: if no hand-off happened meanwhile, force a drop."""

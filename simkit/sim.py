@@ -212,6 +212,7 @@ def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_
     import simpy
 
     from simkit.clients import Clients
+    from simkit.events import at, run
     from simkit.machine import Machine, StartupFailure
 
     wl = scenario.workload
@@ -247,12 +248,10 @@ def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_
         sampled[0] = max(sampled[0], led.threads)
         sampled[1] = max(sampled[1], led.rss)
         sampled[2] = max(sampled[2], led.fds)
-        nxt = simpy.events.Timeout(env, SAMPLE_S)
-        nxt.callbacks.append(sample)
+        at(env, SAMPLE_S, sample)
 
-    first = simpy.events.Timeout(env, w0)
-    first.callbacks.append(sample)
-    env.run(until=w1)
+    at(env, w0, sample)
+    run(env, w1)
     machine.finish()
     if loadgen_cores:
         lg_machine.finish()

@@ -4,7 +4,7 @@ and clients retry at 1 s, 3 s, ..."""
 
 from __future__ import annotations
 
-from simpy.events import Timeout
+from simkit.events import at
 
 from simkit.kernel import Conn
 from simkit.machine import CPU
@@ -55,8 +55,7 @@ class Model(ModelBase):
                 # blocked in recv() on the one connection; the keep-alive timer bounds the wait
                 conn.busy = False
                 self.wait_token += 1
-                ev = Timeout(self.env, self.spec.keepalive_timeout_s, (conn, self.wait_token))
-                ev.callbacks.append(self._keepalive)
+                at(self.env, self.spec.keepalive_timeout_s, self._keepalive, (conn, self.wait_token))
                 return False
             q = self.listener.queue
             if q and not self.accept_blocked:
