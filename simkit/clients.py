@@ -57,9 +57,8 @@ import heapq
 import random
 from collections import deque
 
-from simkit.events import at
-
 from simkit import costs
+from simkit.events import at
 from simkit.kernel import SYN_RETRY_DELAYS_S, Conn
 from simkit.machine import CALL, CPU, Proc
 from simkit.sendtimer import SHARED_TIMER_RESOLUTION_S, loop_timer_fire_s, wake_delay_s

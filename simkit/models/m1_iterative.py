@@ -5,7 +5,6 @@ and clients retry at 1 s, 3 s, ..."""
 from __future__ import annotations
 
 from simkit.events import at
-
 from simkit.kernel import Conn
 from simkit.machine import CPU
 from simkit.models.base import ModelBase

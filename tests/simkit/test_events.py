@@ -18,14 +18,19 @@ def test_events_fire_in_time_order_and_ties_in_scheduling_order_like_timeouts():
     assert env.now == 5.0
 
 
+def _until_one(runner) -> list[str]:
+    env = simpy.Environment()
+    seen = []
+    at(env, 1.0, lambda ev: seen.append("due at until"))
+    at(env, 0.5, lambda ev: at(env, 0.25, lambda ev2: seen.append("scheduled from a callback")))
+    runner(env)
+    assert env.now == 1.0
+    return seen
+
+
 def test_run_stops_before_an_event_due_at_until_as_simpy_does():
-    for runner in (lambda env: run(env, 1.0), lambda env: env.run(until=1.0)):
-        env = simpy.Environment()
-        seen = []
-        at(env, 1.0, lambda ev: seen.append("due at until"))
-        at(env, 0.5, lambda ev: at(env, 0.25, lambda ev2: seen.append("scheduled from a callback")))
-        runner(env)
-        assert seen == ["scheduled from a callback"] and env.now == 1.0
+    assert _until_one(lambda env: run(env, 1.0)) == _until_one(lambda env: env.run(until=1.0)) == [
+        "scheduled from a callback"]
 
 
 def test_a_negative_delay_is_refused():
