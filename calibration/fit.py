@@ -201,7 +201,7 @@ def loadgen_from_probe(profile: CostProfile, simulate: SimulateFn | None = None)
     probe's CPU per request with one client is a wake-up and a request (wake + req = x_one); with 50
     clients a wake-up serves several requests, and the split of x_one whose simulated run spends the
     probe's x_many per request is the one kept (bisection: the simulated figure falls as the wake-up's
-    share grows); with one request per connection, what the simulated run lacks per request is the
+    share grows; a request keeps at least a send and a recv); with one request per connection, what the simulated run lacks per request is the
     connection's cost. A profile without the probe's runs is returned unchanged."""
     from calibration.probes import LOADGEN_RUNS, loadgen_scenario
 
@@ -219,7 +219,11 @@ def loadgen_from_probe(profile: CostProfile, simulate: SimulateFn | None = None)
         return profile.with_params("probe", client_cpu_per_wake_s=f * x["one"],
                                    client_cpu_per_request_s=(1 - f) * x["one"], client_cpu_per_conn_s=c_conn)
 
-    lo, hi = 0.0, 1.0
+    # A request costs the generator at least a send and a recv of its own, whatever its wake-ups
+    # batch: the per-wake-up share stops there (unbounded, the split ran to all per wake-up and a
+    # busy server's generator came out nearly free per request; docs/external-servers.md).
+    floor = min(x["one"], profile["send_base_s"] + profile["recv_base_s"])
+    lo, hi = 0.0, 1.0 - floor / x["one"] if x["one"] > 0 else 1.0
     if _loadgen_cpu(split(hi), many, simulate) >= x["many"]:
         lo = hi  # even all of it per wake-up costs more than measured: all of it per wake-up
     elif _loadgen_cpu(split(lo), many, simulate) <= x["many"]:

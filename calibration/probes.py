@@ -378,29 +378,53 @@ def probe_epoll(scale: float = 1.0) -> list[ProbeResult]:
 
 
 # -- thread hand-offs and the GIL --------------------------------------------------------------
-def probe_queue_handoff(scale: float = 1.0) -> ProbeResult:
-    """A queue.Queue round trip between two threads (unpinned, as the servers run), halved."""
+def _queue_hop(n: int, cpu: int | None) -> float:
+    """Seconds per one-way hop of an item between two threads through two queue.Queue, both threads
+    pinned to `cpu` (None: unpinned)."""
+    q1: queue.Queue = queue.Queue()
+    q2: queue.Queue = queue.Queue()
+    ready = threading.Barrier(2)
 
-    def batch() -> float:
-        n = 300
-        q1: queue.Queue = queue.Queue()
-        q2: queue.Queue = queue.Queue()
+    def peer() -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        ready.wait()
+        for _ in range(n):
+            q2.put(q1.get())
 
-        def peer() -> None:
-            for _ in range(n):
-                q2.put(q1.get())
-
-        t = threading.Thread(target=peer, daemon=True)
-        t.start()
+    old = os.sched_getaffinity(0)
+    t = threading.Thread(target=peer, daemon=True)
+    t.start()
+    try:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        ready.wait()
         t0 = perf()
         for i in range(n):
             q1.put(i)
             q2.get()
         dt = perf() - t0
+    finally:
+        os.sched_setaffinity(0, old)
         t.join(5)
-        return dt / n / 2
+    return dt / n / 2
 
-    return _result("queue_handoff_s", stable_median(batch, budget_s=1.0 * scale))
+
+def probe_queue_handoff(scale: float = 1.0) -> ProbeResult:
+    """The CPU a hand-off between Python threads through a queue.Queue costs beyond the context switch
+    (the machine charges ctx_switch_s, and wakeup_s when the wakee runs on another core): a queue hop
+    with both threads pinned to one CPU, less a pinned pipe hop's switch (a pipe hop less its
+    syscalls, as probe_context_switches). Unpinned, the same hop is a latency that moves with the
+    other core's idle state (30-190 us on the 2-core VM from one run to the next, against 15-17 us
+    pinned), and charged as CPU it counted the wake-ups the machine models a second time."""
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    n = max(100, int(300 * scale))
+    hop = stable_median(lambda: _queue_hop(n, cpu), budget_s=0.6 * scale)
+    switch = stable_median(lambda: _pingpong_hop(n, cpu, cpu), budget_s=0.3 * scale)
+    syscalls = stable_median(lambda: _pipe_pair_cost(2000), budget_s=0.2 * scale)
+    ctx = max(switch.median - syscalls.median, 0.0)
+    return _result("queue_handoff_s", hop, max(hop.median - ctx, 0.25 * hop.median), hop_s=hop.median,
+                   switch_s=ctx)
 
 
 def _lock_pingpong_hop(n: int, cpu: int | None) -> float:

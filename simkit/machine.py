@@ -27,6 +27,9 @@ not one SimPy process per thread. It is a callback engine on a simpy.Environment
   thread-per-connection with 2 ms of io on 2 cores ran at 4,276-4,756 req/s, 244-274 us of CPU and
   ~9.5 voluntary switches per request; barging in the simulator gave 2.6x that throughput, the
   FIFO hand-off within 10% (calibration's GIL mechanism rows and docs/DESIGN.md keep the figures).
+  On one core, a waiter signalled by a thread that keeps the core cannot run, so that thread takes
+  the GIL back (a reactor with a worker pool switched 4 times a request under the hand-off, real
+  ones 0.3-0.4 times).
   Single-thread processes (m1, m3, m6 workers) never contend, so their bursts merge across GIL
   states (the GIL costs nothing there, as in CPython).
 - Scheduling: a runnable thread takes a free core (its last core if free: no cache/IPI cost),
@@ -236,6 +239,8 @@ class Machine:
         self.pauses = self.pause_rate > 0.0 and self.pause_mean > 0.0
         self.pause_rng = random.Random(seed + 0x9A05E)  # its own stream, as the slow wake-ups'
         self.cores = [Core(i) for i in range(hardware.cores)]
+        # one core: a waiter signalled while the releaser keeps running cannot run (_gil_release)
+        self.one_core = hardware.cores == 1
         self.free: set[int] = set(range(hardware.cores))
         # Run queue as two FIFOs of (thread, key); the core takes the smaller key. Woken threads (from
         # I/O, sleep, a GIL hand-off) have key = when they woke; preempted ones key = when preempted +
@@ -397,7 +402,7 @@ class Machine:
         new holder hands th, a worker, a job at once) is kept in th.rewake, not lost."""
         th.blocked = True
         if th.has_gil:
-            self._gil_release(th)
+            self._gil_release(th, leaving=True)
         self._release(th)
         if th.rewake:
             th.rewake = False
@@ -475,7 +480,7 @@ class Machine:
                 if th.drop_req:
                     th.drop_req = False
                     if proc.gil_waiters and t == 0.0:
-                        self._gil_release(th)
+                        self._gil_release(th, leaving=True)
                         self._gil_wait(th)
                         return
                 bg = True
@@ -571,9 +576,14 @@ class Machine:
         proc.settle_armed = False
         self._settle(proc)
 
-    def _gil_release(self, th: Thread, at: float | None = None) -> None:
-        """Release; with waiters, a FIFO hand-off to the first (it holds the GIL while it waits for a
-        core: the convoy; the module docstring says why not CPython's barging)."""
+    def _gil_release(self, th: Thread, at: float | None = None, leaving: bool = False) -> None:
+        """Release (at: the virtual time it happened inside th's burst). With waiters, the first is
+        signalled and takes the GIL: a FIFO hand-off (it holds the GIL while it gets going: the
+        convoy; the module docstring says why not CPython's barging). Except on one core when th
+        keeps running (a short syscall, GIL-free work; not leaving: blocking, a forced drop): the
+        waiter cannot run before th leaves the core, so th takes the free GIL back at its next Python
+        step; the waiter wakes into the run queue without it and, when it runs, takes the GIL if it
+        is free, else waits again."""
         proc = th.proc
         th.has_gil = False
         th.vrel = False
@@ -582,10 +592,14 @@ class Machine:
         if proc.gil_waiters:
             nxt = proc.gil_waiters.popleft()
             nxt.gil_wait = False
-            proc.gil_switches += 1
-            self._gil_take(proc, nxt)
-            nxt.pending += self.gil_handoff
-            self.wake(nxt, th.core or th.last_core)
+            src = th.core or th.last_core
+            if leaving or not self.one_core:
+                proc.gil_switches += 1
+                self._gil_take(proc, nxt)
+                nxt.pending += self.gil_handoff
+            else:
+                proc.gil_holder = None
+            self.wake(nxt, src)
         else:
             proc.gil_holder = None
 
@@ -628,7 +642,7 @@ class Machine:
             holder.gen += 1
             holder.burst_gil = False
             holder.steps.appendleft((GIL, holder.burst_end - now, None))
-            self._gil_release(holder)
+            self._gil_release(holder, leaving=True)
             self._gil_wait(holder)
         else:
             holder.drop_req = True  # it drops at its next GIL step (e.g. when it gets a core)

@@ -53,7 +53,7 @@ PARAM_DOCS: dict[str, tuple[float, str]] = {
     "epoll_wait_base_s": (4e-6, "epoll_wait / selector.select fixed cost, from Python"),
     "epoll_per_event_s": (1.5e-6, "per ready event returned, incl. Python dispatch"),
     "epoll_ctl_s": (2e-6, "epoll_ctl register/modify/unregister"),
-    "queue_handoff_s": (15e-6, "hand-off between Python threads through a queue + wake-up"),
+    "queue_handoff_s": (15e-6, "CPU of a hand-off between Python threads through a queue (its wake-up and switch are the machine's)"),
     "parse_s": (20e-6, "parse one request and build its response in Python (holds the GIL)"),
     "gil_switch_interval_s": (5e-3, "sys.getswitchinterval(): a waiter forces the holder to drop the GIL"),
     "gil_handoff_s": (8e-6, "cost of passing the GIL to another thread (condvar signal + wake-up)"),

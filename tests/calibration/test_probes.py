@@ -80,3 +80,18 @@ def test_pauses_from_gaps_counts_only_the_long_gaps():
     assert rate == pytest.approx(1.0)
     assert mean == pytest.approx(2 * PAUSE_MIN_S)
     assert pauses_from_gaps([60e-6], 2.0) == (0.0, 0.0)
+
+
+def test_queue_handoff_is_the_pinned_cpu_cost_less_the_switch_and_restores_affinity():
+    """The hand-off's CPU (both threads on one CPU) less the context switch the machine charges
+    itself; the calling thread's CPU set is what it was."""
+    import os
+
+    from calibration.probes import probe_queue_handoff
+
+    before = os.sched_getaffinity(0)
+    r = probe_queue_handoff(0.2)
+    assert os.sched_getaffinity(0) == before
+    assert r.detail["switch_s"] > 0
+    assert 0 < r.value < r.detail["hop_s"]
+    assert r.value >= 0.25 * r.detail["hop_s"]

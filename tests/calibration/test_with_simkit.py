@@ -88,6 +88,10 @@ def test_tiny_end_to_end_calibration_with_real_servers_and_simulator(tmp_path):
     for name in ("client_cpu_per_request_s", "client_cpu_per_wake_s", "client_cpu_per_conn_s"):
         assert p.params[name].source == "probe", name
     assert p.params["client_cpu_per_wake_s"].value + p.params["client_cpu_per_request_s"].value > 0
+    # a request costs the generator at least its own send and recv, however its wake-ups batch
+    assert p.params["client_cpu_per_request_s"].value >= min(
+        p["send_base_s"] + p["recv_base_s"],
+        p.params["client_cpu_per_wake_s"].value + p.params["client_cpu_per_request_s"].value) * 0.999
     assert p.failed_runs == [] or all(f["attempts"] == 2 for f in p.failed_runs)
     ok_heldout = sum(1 for r in report.runs if r.ok and r.point.role != "train")
     assert len({(v["model"], v["role"], v["connections"], v["cores"]) for v in p.validation}) == ok_heldout
