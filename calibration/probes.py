@@ -163,9 +163,15 @@ def probe_context_switches(scale: float = 1.0) -> list[ProbeResult]:
                 hop_s=same.median, syscalls_s=base.median)
     ]
     if len(cpus) >= 2:
+        # The fastest batch, not the median: the simulator charges wakeup_s as CPU on every cross-core
+        # wake, and on a shared VM a batch is 2-5x slower while the host has descheduled the other
+        # vCPU (batches of 32-177 us in one probe, medians 53-208 us from one minute to the next,
+        # the fastest 32-40 us). That delay is not the wake-up's cost; the core pauses and the slow
+        # wake-ups from idle are the host's share in the model.
         cross = stable_median(lambda: _pingpong_hop(n, cpus[0], cpus[1]), budget_s=1.0 * scale)
-        out.append(_result("wakeup_s", cross, max(cross.median - base.median, 0.05 * cross.median),
-                           hop_s=cross.median, syscalls_s=base.median))
+        fastest = min(cross.samples)
+        out.append(_result("wakeup_s", cross, max(fastest - base.median, 0.05 * fastest),
+                           hop_s=cross.median, fastest_hop_s=fastest, syscalls_s=base.median))
     return out
 
 
