@@ -204,8 +204,9 @@ def loadgen_from_probe(profile: CostProfile, simulate: SimulateFn | None = None)
     probe's CPU per request with one client is a wake-up and a request (wake + req = x_one); with 50
     clients a wake-up serves several requests, and the split of x_one whose simulated run spends the
     probe's x_many per request is the one kept (bisection: the simulated figure falls as the wake-up's
-    share grows; a request keeps at least a send and a recv); with one request per connection, what the simulated run lacks per request is the
-    connection's cost. A profile without the probe's runs is returned unchanged."""
+    share grows; a request keeps at least a send and a recv); with one request per connection, what
+    the simulated run lacks per request is the connection's cost. A profile without the probe's runs
+    is returned unchanged."""
     from calibration.probes import LOADGEN_RUNS, loadgen_scenario
 
     probe = ((profile.notes.get("probes") or {}).get("client_cpu_per_request_s") or {})

@@ -119,38 +119,54 @@ def _pipe_pair_cost(n: int) -> float:
         os.close(w)
 
 
-def _pingpong_hop(n: int, cpu_a: int | None, cpu_b: int | None) -> float:
-    """Seconds per one-way hop of a byte between two threads pinned to cpu_a / cpu_b."""
-    r1, w1 = os.pipe()
-    r2, w2 = os.pipe()
+def _pinned_pair(main: Callable[[], None], peer: Callable[[], None], cpu_a: int | None,
+                 cpu_b: int | None) -> float:
+    """Seconds `main()` takes in this thread pinned to cpu_a while `peer()` runs in a new thread pinned
+    to cpu_b (None: unpinned), both started together; this thread's CPU set is restored after. The
+    two pass a token back and forth, so the time over 2 n is a one-way hop."""
     ready = threading.Barrier(2)
 
-    def peer() -> None:
+    def run_peer() -> None:
         if cpu_b is not None:
             os.sched_setaffinity(0, {cpu_b})  # 0 = the calling thread on Linux
         ready.wait()
-        for _ in range(n):
-            os.read(r1, 1)
-            os.write(w2, b"x")
+        peer()
 
     old = os.sched_getaffinity(0)
-    t = threading.Thread(target=peer, daemon=True)
+    t = threading.Thread(target=run_peer, daemon=True)
     t.start()
     try:
         if cpu_a is not None:
             os.sched_setaffinity(0, {cpu_a})
         ready.wait()
         t0 = perf()
-        for _ in range(n):
-            os.write(w1, b"x")
-            os.read(r2, 1)
-        dt = perf() - t0
+        main()
+        return perf() - t0
     finally:
         os.sched_setaffinity(0, old)
         t.join(5)
+
+
+def _pingpong_hop(n: int, cpu_a: int | None, cpu_b: int | None) -> float:
+    """Seconds per one-way hop of a byte between two threads pinned to cpu_a / cpu_b."""
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+
+    def peer() -> None:
+        for _ in range(n):
+            os.read(r1, 1)
+            os.write(w2, b"x")
+
+    def main() -> None:
+        for _ in range(n):
+            os.write(w1, b"x")
+            os.read(r2, 1)
+
+    try:
+        return _pinned_pair(main, peer, cpu_a, cpu_b) / n / 2
+    finally:
         for fd in (r1, w1, r2, w2):
             os.close(fd)
-    return dt / n / 2
 
 
 def probe_context_switches(scale: float = 1.0) -> list[ProbeResult]:
@@ -389,31 +405,17 @@ def _queue_hop(n: int, cpu: int | None) -> float:
     pinned to `cpu` (None: unpinned)."""
     q1: queue.Queue = queue.Queue()
     q2: queue.Queue = queue.Queue()
-    ready = threading.Barrier(2)
 
     def peer() -> None:
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-        ready.wait()
         for _ in range(n):
             q2.put(q1.get())
 
-    old = os.sched_getaffinity(0)
-    t = threading.Thread(target=peer, daemon=True)
-    t.start()
-    try:
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-        ready.wait()
-        t0 = perf()
+    def main() -> None:
         for i in range(n):
             q1.put(i)
             q2.get()
-        dt = perf() - t0
-    finally:
-        os.sched_setaffinity(0, old)
-        t.join(5)
-    return dt / n / 2
+
+    return _pinned_pair(main, peer, cpu, cpu) / n / 2
 
 
 def probe_queue_handoff(scale: float = 1.0) -> ProbeResult:
@@ -441,32 +443,18 @@ def _lock_pingpong_hop(n: int, cpu: int | None) -> float:
     a, b = threading.Lock(), threading.Lock()
     a.acquire()
     b.acquire()
-    ready = threading.Barrier(2)
 
     def peer() -> None:
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-        ready.wait()
         for _ in range(n):
             a.acquire()
             b.release()
 
-    old = os.sched_getaffinity(0)
-    t = threading.Thread(target=peer, daemon=True)
-    t.start()
-    try:
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-        ready.wait()
-        t0 = perf()
+    def main() -> None:
         for _ in range(n):
             a.release()
             b.acquire()
-        dt = perf() - t0
-    finally:
-        os.sched_setaffinity(0, old)
-        t.join(5)
-    return dt / n / 2
+
+    return _pinned_pair(main, peer, cpu, cpu) / n / 2
 
 
 def probe_gil_handoff(scale: float = 1.0) -> ProbeResult:
