@@ -227,7 +227,7 @@ def loadgen_from_probe(profile: CostProfile, simulate: SimulateFn | None = None)
     # batch: the per-wake-up share stops there (unbounded, the split ran to all per wake-up and a
     # busy server's generator came out nearly free per request; docs/external-servers.md).
     floor = min(x["one"], profile["send_base_s"] + profile["recv_base_s"])
-    lo, hi = 0.0, 1.0 - floor / x["one"] if x["one"] > 0 else 1.0
+    lo, hi = 0.0, (1.0 - floor / x["one"] if x["one"] > 0 else 1.0)
     if _loadgen_cpu(split(hi), many, simulate) >= x["many"]:
         lo = hi  # even all of it per wake-up costs more than measured: all of it per wake-up
     elif _loadgen_cpu(split(lo), many, simulate) <= x["many"]:

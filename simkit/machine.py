@@ -576,8 +576,8 @@ class Machine:
         proc.settle_armed = False
         self._settle(proc)
 
-    def _gil_release(self, th: Thread, at: float | None = None, leaving: bool = False) -> None:
-        """Release (at: the virtual time it happened inside th's burst). With waiters, the first is
+    def _gil_release(self, th: Thread, when: float | None = None, leaving: bool = False) -> None:
+        """Release (when: the virtual time it happened inside th's burst). With waiters, the first is
         signalled and takes the GIL: a FIFO hand-off (it holds the GIL while it gets going: the
         convoy; the module docstring says why not CPython's barging). Except on one core when th
         keeps running (a short syscall, GIL-free work; not leaving: blocking, a forced drop): the
@@ -588,18 +588,17 @@ class Machine:
         th.has_gil = False
         th.vrel = False
         now = self.env.now
-        proc.gil_busy += overlap(proc.gil_since, now if at is None else at, self.w0, self.w1)
+        proc.gil_busy += overlap(proc.gil_since, now if when is None else when, self.w0, self.w1)
         if proc.gil_waiters:
             nxt = proc.gil_waiters.popleft()
             nxt.gil_wait = False
-            src = th.core or th.last_core
             if leaving or not self.one_core:
                 proc.gil_switches += 1
                 self._gil_take(proc, nxt)
                 nxt.pending += self.gil_handoff
             else:
                 proc.gil_holder = None
-            self.wake(nxt, src)
+            self.wake(nxt, th.core or th.last_core)
         else:
             proc.gil_holder = None
 
