@@ -399,6 +399,79 @@ def probe_epoll(scale: float = 1.0) -> list[ProbeResult]:
             w.close()
 
 
+def probe_uring(scale: float = 1.0) -> list[ProbeResult]:
+    """m8's primitives through realkit's own ring (realkit.servers.m8_proactor.Ring): one
+    io_uring_enter (the intercept of a batch of k NOPs per enter), and a 64-byte send and recv on a
+    loopback TCP pair as m8 does them (prepare the SQE, the kernel's work inside the enter, reap the
+    completion, dispatch on its token, and for a recv the bytes object), per operation: a batch of
+    k per enter, less that enter. io_uring missing: the probe raises and the defaults stay."""
+    from realkit.servers.m8_proactor import OP_NOP, OP_RECV, OP_SEND, Ring, _address
+
+    ring = Ring(256)
+    a, b = _tcp_pair()
+    payload, size = b"x" * 64, 64
+    buf = bytearray(4096)
+    import ctypes
+
+    addr = ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+    ops: dict[int, Any] = {}
+
+    def rounds(prep: Callable[[int], None], k: int, after: Callable[[], None] = lambda: None) -> float:
+        n = 100 // k + 1
+        t0 = perf()
+        for _ in range(n):
+            for i in range(k):
+                ops[i + 1] = prep
+                prep(i + 1)
+            got = 0
+            while got < k:
+                for token, res, _flags in ring.enter(k - got):
+                    ops.pop(token)
+                    if res > 0 and prep is recv:
+                        bytes(buf[:res])
+                    got += 1
+            after()
+        return (perf() - t0) / n
+
+    def nop(token: int) -> None:
+        ring.prep(OP_NOP, -1, token)
+
+    def send(token: int) -> None:
+        ring.prep(OP_SEND, a.fileno(), token, addr=_address(payload), length=size)
+
+    def recv(token: int) -> None:
+        ring.prep(OP_RECV, b.fileno(), token, addr=addr, length=size)
+
+    try:
+        counts = [1, 4, 16]
+        meds = [stable_median(lambda k=k: rounds(nop, k), budget_s=0.2 * scale) for k in counts]
+        enter, per_nop = _line(counts, [m.median for m in meds])
+        enter = max(enter, 0.5 * meds[0].median)
+        k = 16
+
+        def pair() -> tuple[float, float]:
+            ts = rounds(send, k)
+            tr = rounds(recv, k)
+            return (ts - enter) / k, (tr - enter) / k
+
+        pairs: list[tuple[float, float]] = []
+        st = stable_median(lambda: (pairs.append(pair()), pairs[-1][0])[1], budget_s=0.3 * scale)
+        recvs = [p[1] for p in pairs]
+        rmed = statistics.median(recvs)
+        q1, q3 = np.percentile(recvs, [25, 75])
+    finally:
+        a.close()
+        b.close()
+        ring.close()
+    spread = statistics.median(m.spread for m in meds)
+    return [
+        ProbeResult("uring_enter_s", enter, spread, min(m.repeats for m in meds),
+                    {"nops_per_enter": counts, "medians_s": [m.median for m in meds], "per_nop_s": per_nop}),
+        _result("uring_send_s", st, max(st.median, 0.0)),
+        ProbeResult("uring_recv_s", max(rmed, 0.0), float((q3 - q1) / rmed) if rmed > 0 else 0.0, len(recvs)),
+    ]
+
+
 # -- thread hand-offs and the GIL --------------------------------------------------------------
 def _queue_hop(n: int, cpu: int | None) -> float:
     """Seconds per one-way hop of an item between two threads through two queue.Queue, both threads
@@ -1093,6 +1166,7 @@ PROBES: tuple[tuple[str, Callable[[float], Any]], ...] = (
     ("accept", probe_accept),
     ("send/recv vs bytes", probe_send_recv),
     ("epoll", probe_epoll),
+    ("io_uring", probe_uring),
     ("queue hand-off", probe_queue_handoff),
     ("GIL hand-off", probe_gil_handoff),
     ("request parse", probe_parse),

@@ -53,6 +53,10 @@ PARAM_DOCS: dict[str, tuple[float, str]] = {
     "epoll_wait_base_s": (4e-6, "epoll_wait / selector.select fixed cost, from Python"),
     "epoll_per_event_s": (1.5e-6, "per ready event returned, incl. Python dispatch"),
     "epoll_ctl_s": (2e-6, "epoll_ctl register/modify/unregister"),
+    # m8_proactor's ring, as realkit's ctypes layer drives it (calibration.probes.probe_uring)
+    "uring_enter_s": (3e-6, "one io_uring_enter from Python that submits and reaps, beyond its operations"),
+    "uring_send_s": (6e-6, "one send through the ring: its SQE, the kernel's send, its completion"),
+    "uring_recv_s": (4e-6, "one recv through the ring: its SQE, the kernel's recv, its completion, the bytes"),
     "queue_handoff_s": (15e-6, "CPU of a hand-off between Python threads through a queue (its wake-up and switch are the machine's)"),
     "parse_s": (20e-6, "parse one request and build its response in Python (holds the GIL)"),
     "gil_switch_interval_s": (5e-3, "sys.getswitchinterval(): a waiter forces the holder to drop the GIL"),
@@ -93,7 +97,8 @@ PARAM_NAMES: tuple[str, ...] = tuple(PARAM_DOCS)
 ADDED_LATER: tuple[str, ...] = ("cpu_work_cv", "gil_work_cv", "idle_wakeup_s", "idle_wakeup_tau_s",
                                 "close_s", "idle_wakeup_slow_p", "idle_wakeup_slow_s",
                                 "rss_worker_bytes", "client_cpu_per_wake_s", "client_cpu_per_conn_s",
-                                "core_pauses_per_s", "core_pause_mean_s")
+                                "core_pauses_per_s", "core_pause_mean_s", "uring_enter_s", "uring_send_s",
+                                "uring_recv_s")
 
 
 @dataclass(frozen=True)

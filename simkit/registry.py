@@ -311,6 +311,14 @@ def _m7_costs(spec: Any, p: Any) -> ExtraCosts:
     return ExtraCosts(syscall_s=2 * p["epoll_ctl_s"] + p["thread_spawn_s"])
 
 
+def _m8_costs(spec: Any, p: Any) -> ExtraCosts:
+    # Completions instead of readiness: a recv and a send through the ring, and one io_uring_enter
+    # per request (no batching credit, as epoll_wait for the reactors), replace recv(), send() and
+    # epoll_wait (blocking_sockets=True leaves the last out). Negative where the ring is cheaper.
+    ring = p["uring_recv_s"] + p["uring_send_s"] + p["uring_enter_s"]
+    return ExtraCosts(syscall_s=ring - p["recv_base_s"] - p["send_base_s"])
+
+
 _THREADS_KNOB = "I/O threads, each with its own epoll loop"
 
 BUILTIN: tuple[Architecture, ...] = (
@@ -382,6 +390,18 @@ BUILTIN: tuple[Architecture, ...] = (
         threads=(Threads("acceptor"), Threads("loop", "threads"), Threads("per_request", "in_service", work=True)),
         stations=_loops_spawning_threads,
         extra_costs=_m7_costs,
+        calibration=CalibrationSpec(knobs={"threads": 2}),
+    ),
+    Architecture(
+        name="m8_proactor",
+        summary="completion-based I/O on io_uring: N loops, each with its own ring and SO_REUSEPORT socket",
+        colour="#e377c2",
+        knobs=(Knob("threads", default=1, help="proactor loops, each with its own io_uring and listen socket"),),
+        threads=(Threads("loop", "threads", work=True),),
+        stations=_one_loop_per_executor,
+        extra_costs=_m8_costs,
+        blocking_sockets=True,  # no readiness round trip: nothing like epoll_wait per request
+        ctx_switches_per_request=0.0,
         calibration=CalibrationSpec(knobs={"threads": 2}),
     ),
 )

@@ -21,7 +21,8 @@ def fake_simulate(scenario, profile=None, *, seed=None):
     gil = (wl.gil_us + OVERHEAD_US * 0.5) * 1e-6
     io = wl.io_us * 1e-6
     threads = {"m1_iterative": 1, "m2_thread_per_conn": n + 1, "m3_reactor": 1, "m4_reactor_workers": 1 + m.pool,
-               "m5_multi_reactor": 1 + m.threads, "m6_prefork": m.processes, "m7_reactor_spawn": 1 + m.threads}[m.name]
+               "m5_multi_reactor": 1 + m.threads, "m6_prefork": m.processes, "m7_reactor_spawn": 1 + m.threads,
+               "m8_proactor": m.threads}[m.name]
     if m.name in ("m1_iterative", "m3_reactor"):
         x_max = 1.0 / (cpu + io)
     elif m.name == "m6_prefork":

@@ -45,6 +45,7 @@ BREAKS = {
     "m5_multi_reactor": (dict(latency_p99_s=0.2, cpu_util=7.9), "cpu"),
     "m6_prefork": (dict(rss_peak_bytes=5 * 2**30), "memory"),
     "m7_reactor_spawn": (dict(failure="fd_limit"), "fd_limit"),
+    "m8_proactor": (dict(rss_peak_bytes=5 * 2**30), "memory"),
 }
 
 

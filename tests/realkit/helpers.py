@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import importlib
 import os
 import re
 import signal
@@ -23,6 +24,9 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import psutil
+import pytest
+
+from simkit import registry
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -72,6 +76,7 @@ MODELS: tuple[ServerConfig, ...] = (
     ServerConfig("m6-reuseport", "m6_prefork", ("--processes", "2", "--dispatch", "reuseport")),
     ServerConfig("m6-fdpass", "m6_prefork", ("--processes", "2", "--dispatch", "fdpass")),
     ServerConfig("m7-threads3", "m7_reactor_spawn", ("--threads", "3")),
+    ServerConfig("m8-threads2", "m8_proactor", ("--threads", "2")),
 )
 MODEL_IDS = [m.id for m in MODELS]
 
@@ -167,6 +172,16 @@ def _die_with_parent() -> None:
         pass  # not Linux: teardown still reaps the group
 
 
+def require(config: ServerConfig) -> None:
+    """Skip the test where this host cannot run the configuration's server: its real module's
+    available() says why (m8_proactor without io_uring)."""
+    module = importlib.import_module(registry.get(config.model).real_module_name)
+    check = getattr(module, "available", None)
+    reason = check() if check is not None else None
+    if reason:
+        pytest.skip(f"{config.model} cannot run here: {reason}")
+
+
 def start_server(
     config: ServerConfig,
     extra_args: Sequence[str] = (),
@@ -178,6 +193,7 @@ def start_server(
 ) -> ServerProcess:
     """Start `python -m serverlab.cli serve ...` (or `python <entry> ...`) and wait for the port line.
     `env`: variables added to this process's environment for the server (e.g. its time limits)."""
+    require(config)
     outdir = Path(tempfile.mkdtemp(prefix=f"realkit-{config.id}-"))
     stdout_path, stderr_path = outdir / "stdout", outdir / "stderr"
     host_args = ["--host", HOST] if pass_host else []  # without: the default must be loopback

@@ -122,6 +122,7 @@ def test_an_exception_on_the_request_path_closes_only_its_connection(config, mon
     memory limit): that connection closes unanswered, every loop, I/O thread and spawned thread goes
     on serving (8 marked connections reach every I/O thread), and the server still stops on request.
     In process, so the fault can be injected; m6's workers run the same Reactor as m3."""
+    h.require(config)
     real_feed = RequestParser.feed
 
     def feed(self, data):
