@@ -401,8 +401,9 @@ def probe_epoll(scale: float = 1.0) -> list[ProbeResult]:
 
 def probe_uring(scale: float = 1.0) -> list[ProbeResult]:
     """m8's primitives through realkit's own ring (realkit.servers.m8_proactor.Ring): one
-    io_uring_enter (the intercept of a batch of k NOPs per enter), and a 64-byte send and recv on a
-    loopback TCP pair as m8 does them (prepare the SQE, the kernel's work inside the enter, reap the
+    io_uring_enter (the intercept of batches of k NOPs per enter), Python's share of one operation
+    (the slope per NOP: prepare its SQE, reap its CQE, dispatch on its token; the kernel's NOP is
+    nothing), and a 64-byte send and recv on a loopback TCP pair as m8 does them (prepare the SQE, the kernel's work inside the enter, reap the
     completion, dispatch on its token, and for a recv the bytes object), per operation: a batch of
     k per enter, less that enter. io_uring missing: the probe raises and the defaults stay."""
     from realkit.servers.m8_proactor import OP_NOP, OP_RECV, OP_SEND, Ring, _address
@@ -464,9 +465,11 @@ def probe_uring(scale: float = 1.0) -> list[ProbeResult]:
         b.close()
         ring.close()
     spread = statistics.median(m.spread for m in meds)
+    reps = min(m.repeats for m in meds)
     return [
-        ProbeResult("uring_enter_s", enter, spread, min(m.repeats for m in meds),
-                    {"nops_per_enter": counts, "medians_s": [m.median for m in meds], "per_nop_s": per_nop}),
+        ProbeResult("uring_enter_s", enter, spread, reps,
+                    {"nops_per_enter": counts, "medians_s": [m.median for m in meds]}),
+        ProbeResult("uring_op_s", max(per_nop, 0.0), spread, reps),
         _result("uring_send_s", st, max(st.median, 0.0)),
         ProbeResult("uring_recv_s", max(rmed, 0.0), float((q3 - q1) / rmed) if rmed > 0 else 0.0, len(recvs)),
     ]

@@ -55,6 +55,7 @@ PARAM_DOCS: dict[str, tuple[float, str]] = {
     "epoll_ctl_s": (2e-6, "epoll_ctl register/modify/unregister"),
     # m8_proactor's ring, as realkit's ctypes layer drives it (calibration.probes.probe_uring)
     "uring_enter_s": (3e-6, "one io_uring_enter from Python that submits and reaps, beyond its operations"),
+    "uring_op_s": (1.5e-6, "Python's share of one ring operation (GIL held): prepare its SQE, reap its CQE, dispatch"),
     "uring_send_s": (6e-6, "one send through the ring: its SQE, the kernel's send, its completion"),
     "uring_recv_s": (4e-6, "one recv through the ring: its SQE, the kernel's recv, its completion, the bytes"),
     "queue_handoff_s": (15e-6, "CPU of a hand-off between Python threads through a queue (its wake-up and switch are the machine's)"),
@@ -97,8 +98,8 @@ PARAM_NAMES: tuple[str, ...] = tuple(PARAM_DOCS)
 ADDED_LATER: tuple[str, ...] = ("cpu_work_cv", "gil_work_cv", "idle_wakeup_s", "idle_wakeup_tau_s",
                                 "close_s", "idle_wakeup_slow_p", "idle_wakeup_slow_s",
                                 "rss_worker_bytes", "client_cpu_per_wake_s", "client_cpu_per_conn_s",
-                                "core_pauses_per_s", "core_pause_mean_s", "uring_enter_s", "uring_send_s",
-                                "uring_recv_s")
+                                "core_pauses_per_s", "core_pause_mean_s", "uring_enter_s", "uring_op_s",
+                                "uring_send_s", "uring_recv_s")
 
 
 @dataclass(frozen=True)

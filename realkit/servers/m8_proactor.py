@@ -134,34 +134,49 @@ class Ring:
         """Queue one SQE; the next enter() publishes the tail and submits it. Every enter submits all
         that is queued, so the kernel has consumed every slot before this one's turn comes again."""
         if self.pending >= self.sq_entries:
-            self.enter(0)
+            self.submit()
+            if self.pending >= self.sq_entries:  # the kernel took none (EBUSY: completions back up)
+                raise OSError(errno.EBUSY, "io_uring: the submission queue is full")
         tail = self.sq_tail
         SQE.pack_into(self.sqes, (tail & self.sq_mask) << 6, op, flags, ioprio, fd, 0, addr, length, op_flags,
                       user_data, 0, 0, 0, 0, 0)
         self.sq_tail = (tail + 1) & 0xFFFFFFFF
         self.pending += 1
 
+    def submit(self) -> None:
+        """Submit what is queued, wait for nothing, reap nothing (the completions stay for enter())."""
+        self._u32_tail()
+        ret = _syscall(SYS_IO_URING_ENTER, self.fd, self.pending, 0, 0, _ZERO, _ZERO)
+        self._submitted(ret)
+
+    def _u32_tail(self) -> None:
+        if self.pending:
+            self.u32[self.sq_tail_at] = self.sq_tail
+
+    def _submitted(self, ret: int) -> None:
+        if ret >= 0:
+            self.pending -= min(ret, self.pending)
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ETIME, errno.EINTR, errno.EAGAIN, errno.EBUSY):
+            raise OSError(err, f"io_uring_enter: {os.strerror(err)}")
+
     def enter(self, wait: int, timeout_s: float | None = None) -> list[tuple[int, int, int]]:
         """Submit what is queued; wait for `wait` completions (at most timeout_s); return every
         completion posted so far."""
-        pending = self.pending
-        if pending:
-            self.u32[self.sq_tail_at] = self.sq_tail
         if not wait:
-            ret = _syscall(SYS_IO_URING_ENTER, self.fd, pending, 0, 0, _ZERO, _ZERO)
-        elif timeout_s is None:
+            self.submit()
+            return self.reap()
+        pending = self.pending
+        self._u32_tail()
+        if timeout_s is None:
             ret = _syscall(SYS_IO_URING_ENTER, self.fd, pending, wait, ENTER_GETEVENTS, _ZERO, _ZERO)
         else:
             timeout_s = max(0.0, timeout_s)
             TIMESPEC.pack_into(self._ts, 0, int(timeout_s), int(timeout_s % 1.0 * 1e9))
             ret = _syscall(SYS_IO_URING_ENTER, self.fd, pending, wait, ENTER_GETEVENTS | ENTER_EXT_ARG,
                            self._arg_ptr, self._arg_size)
-        if ret >= 0:
-            self.pending = pending - min(ret, pending)
-        else:
-            err = ctypes.get_errno()
-            if err not in (errno.ETIME, errno.EINTR, errno.EAGAIN, errno.EBUSY):
-                raise OSError(err, f"io_uring_enter: {os.strerror(err)}")
+        self._submitted(ret)
         return self.reap()
 
     def reap(self) -> list[tuple[int, int, int]]:

@@ -10,6 +10,11 @@ There is no readiness round trip (no epoll_wait, no recv() or send() system call
 epoll_ctl): the ring's per-operation costs (uring_recv_s, uring_send_s) and one uring_enter_s per
 iteration replace them. Completions come in the order they happened (no level-triggered re-queue).
 
+The GIL: an operation's Python share (uring_op_s: its SQE, its CQE, the dispatch) holds it, and the
+kernel's share runs in the enter, which releases it. So a loop lets go of the GIL once per batch
+(and in cpu_us work and sleeps), not around every recv() and send() as an epoll loop does: with
+several loops in one process, far fewer hand-offs than m5's.
+
 Each connection pins realkit's RECV_BYTES receive buffer while its recv is in flight, i.e. always
 while it is idle: RSS per connection is rss_conn_bytes plus that buffer.
 """
@@ -19,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 
 from simkit.costs import RESP_HEADER_BYTES
-from simkit.machine import CPU
+from simkit.machine import CPU, GIL
 from simkit.models.base import ModelBase, _ListenerWatcher
 
 RECV_BUFFER_BYTES = 4096  # realkit.servers.m8_proactor.RECV_BYTES (a test keeps them equal)
@@ -31,10 +36,14 @@ class Model(ModelBase):
     def __init__(self, env, scenario, profile, rng) -> None:
         super().__init__(env, scenario, profile, rng)
         p, wl = self.p, self.wl
-        self.recv_s = p["uring_recv_s"] + p["recv_per_byte_s"] * wl.request_bytes
-        self.send_s = p["uring_send_s"] + p["send_per_byte_s"] * (wl.resp_bytes + RESP_HEADER_BYTES)
+        # Each operation's Python share (its SQE, its CQE, the dispatch) holds the GIL; the kernel's
+        # part runs inside io_uring_enter, with the GIL released.
+        self.op_s = p["uring_op_s"]
+        recv = p["uring_recv_s"] + p["recv_per_byte_s"] * wl.request_bytes
+        send = p["uring_send_s"] + p["send_per_byte_s"] * (wl.resp_bytes + RESP_HEADER_BYTES)
+        self.recv_kernel_s = max(0.0, recv - self.op_s)
+        self.send_kernel_s = max(0.0, send - self.op_s)
         self.enter_s = p["uring_enter_s"]
-        self.eof_s = p["uring_recv_s"] + p["close_s"]  # the recv completes with 0; cancel nothing, close()
 
     def build(self) -> None:
         m = self.machine
@@ -46,12 +55,16 @@ class Model(ModelBase):
         return self.listeners[self.rng.randrange(len(self.listeners))]
 
     def handle_ready(self, loop, conn, steps) -> None:
-        """Serve inline (base's steps, which end: CPU send, SEND, GIL back from send()), but the
-        answer only queues its send SQE: the send and its SEND step move to the next enter."""
+        """Serve inline with base's steps, but the socket calls are ring operations: the recv's
+        completion and the send's SQE are Python work holding the GIL (base: a CPU recv first; CPU
+        send, SEND and the GIL back from send() last), and the send itself, with its SEND step,
+        moves to the next enter."""
+        first = len(steps)
         self.serve_steps(steps, conn)
+        steps[first] = (GIL, self.op_s, None)
         del steps[-1]
         loop.sends.append(steps.pop())
-        del steps[-1]
+        steps[-1] = (GIL, self.op_s, None)
 
 
 class Loop(_ListenerWatcher):
@@ -79,11 +92,16 @@ class Loop(_ListenerWatcher):
             self.idle = True
             return False
         steps = th.steps
+        # One io_uring_enter, the GIL released: it runs the sends the last batch queued, one after the
+        # other, then the kernel's part of each recv that completed (requests and closes alike).
         steps.append((CPU, model.enter_s, None))
-        for send in self.sends:  # each runs in the kernel during this enter, in order
-            steps.append((CPU, model.send_s, None))
+        for send in self.sends:
+            steps.append((CPU, model.send_kernel_s, None))
             steps.append(send)
         self.sends = []
+        batch, self.ready = self.ready, deque()
+        if batch:
+            steps.append((CPU, model.recv_kernel_s * len(batch), None))
         if can_accept:
             q = lst.queue
             while q:
@@ -97,13 +115,13 @@ class Loop(_ListenerWatcher):
                 self.conns += 1
                 if conn.eof or conn.req is not None:
                     conn.busy = True
-                    self.ready.append(conn)
-        batch, self.ready = self.ready, deque()
+                    self.ready.append(conn)  # its first recv, armed now, completes at the next enter
         for conn in batch:
             if conn.closed:
                 continue
             if conn.eof:
-                steps.append((CPU, model.eof_s, None))
+                steps.append((GIL, model.op_s, None))
+                steps.append((CPU, model.p["close_s"], None))
                 model.close_conn(conn)
             elif conn.req is not None:
                 model.handle_ready(self, conn, steps)
