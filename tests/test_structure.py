@@ -16,7 +16,7 @@ PACKAGES = ("serverlab", "simkit", "realkit", "calibration", "experiments", "ben
 # user's choice, not a branch on names).
 MAY_NAME_MODELS = re.compile(r"^(simkit/registry\.py|simkit/models/m\d+_\w+\.py|realkit/servers/m\d+_\w+\.py"
                              r"|simkit/scenario\.py|simkit/result\.py"
-                             r"|experiments/(cores_for_50k_clients|threads_vs_reactor_db|gil_cost_m4)\.py"
+                             r"|experiments/(cores_for_50k_clients|threads_vs_reactor_db|gil_cost_m4|proactor_vs_reactors)\.py"
                              r"|benchmarks/bench_sim\.py)$")
 
 
