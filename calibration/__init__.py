@@ -40,6 +40,7 @@ from calibration.fit import (
     loadgen_from_probe,
     parse_from_server,
     probe_floors,
+    uring_from_server,
 )
 from calibration.fit import fit as fit_params  # not `fit`: that would hide the calibration.fit module
 from calibration.grid import ROLES, GridPoint, build_grid
@@ -226,6 +227,7 @@ def calibrate(
         else:
             profile = replace(profile, fingerprint=host_fingerprint())
         profile = parse_from_server(profile)  # a real reactor's CPU per request, beyond the probed syscalls
+        profile = uring_from_server(profile)  # a real m8's CPU per request, beyond parse_s and its ring
         profile = loadgen_from_probe(profile)  # the load generator's CPU per wake-up, request and connection
 
         # 2. real runs: the grid and the off-grid design (its open-loop rates from the probed profile)

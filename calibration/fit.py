@@ -194,6 +194,29 @@ def parse_from_server(profile: CostProfile, simulate: SimulateFn | None = None) 
     return replace(profile, params=params)
 
 
+def uring_from_server(profile: CostProfile, simulate: SimulateFn | None = None) -> CostProfile:
+    """uring_request_s measured, not fitted, as parse_s is: the ring probe's real m8 run (one loop, no
+    work, back to back; calibration.probes.ring_server_scenario) gives that server's CPU per request;
+    the same run simulated with uring_request_s = 0 gives what parse_s and the ring's probed costs
+    already account for; the rest is m8's own Python per request. A profile without that run is
+    returned unchanged."""
+    from calibration.probes import ring_server_scenario
+
+    probe = (profile.notes.get("probes") or {}).get("ring_server_cpu_per_request_s") or {}
+    measured = probe.get("value")
+    if not measured:
+        return profile
+    if simulate is None:
+        from simkit.sim import simulate
+    r = simulate(ring_server_scenario().replace(duration_s=0.3), profile.with_params("probe", uring_request_s=0.0))
+    if r.throughput_rps <= 0:
+        return profile
+    value = max(0.0, measured - r.cpu_util / r.throughput_rps)
+    params = dict(profile.params)
+    params["uring_request_s"] = Param(value, 0.1 * value, "probe")
+    return replace(profile, params=params)
+
+
 def _loadgen_cpu(profile: CostProfile, scenario, simulate: SimulateFn) -> float:
     r = simulate(scenario, profile, loadgen_cores=1)
     return r.loadgen_cpu_util / r.throughput_rps if r.throughput_rps > 0 else math.nan

@@ -471,8 +471,10 @@ def probe_uring(scale: float = 1.0) -> list[ProbeResult]:
             x.close()
             y.close()
         ring.close()
+    server = ring_server_cpu_per_request(scale)
     spread = statistics.median(m.spread for m in meds)
     return [
+        server,
         ProbeResult("uring_enter_s", enter, spread, min(m.repeats for m in meds),
                     {"nops_per_enter": counts, "medians_s": [m.median for m in meds]}),
         ProbeResult("uring_op_s", max(per_nop, 0.0), spread, min(m.repeats for m in meds)),
@@ -937,6 +939,32 @@ def sleep_sweep_scenario(gap_s: float, scale: float = 1.0):
 
     wl = Workload(connections=20, io_us=gap_s * 1e6, duration_s=max(0.4, 0.8 * scale), warmup_s=0.3)
     return Scenario(model=ModelSpec.for_model(single_reactor()), hardware=Hardware(cores=1), workload=wl)
+
+
+def ring_server_scenario(scale: float = 1.0):
+    """The sleep sweep's back-to-back run (gap 0) served by realkit's io_uring server (one loop): a
+    request's bare serving cost there."""
+    from realkit.servers import m8_proactor
+    from simkit import registry
+    from simkit.scenario import ModelSpec
+
+    name = next(a.name for a in registry.architectures() if a.real_module_name == m8_proactor.__name__)
+    return sleep_sweep_scenario(0.0, scale).replace(model=ModelSpec.for_model(name))
+
+
+def ring_server_cpu_per_request(scale: float = 1.0) -> ProbeResult:
+    """A real m8 server's own CPU per request (/proc), back to back, median of 2 runs (1 in --quick):
+    calibration.fit.uring_from_server takes from it what the probed costs already account for."""
+    from realkit.runner import measure
+
+    per = []
+    for _ in range(2 if scale >= 1 else 1):
+        r = measure(ring_server_scenario(scale))
+        if r.throughput_rps > 0 and r.cpu_util > 0:
+            per.append(r.cpu_util / r.throughput_rps)
+    if not per:
+        raise RuntimeError("the io_uring server answered none of its probe's runs")
+    return ProbeResult("ring_server_cpu_per_request_s", statistics.median(per), 0.0, len(per), {"runs_s": per})
 
 
 def _idle_cpu_sweep(scale: float) -> tuple[float, float, dict[str, Any]]:

@@ -58,6 +58,9 @@ PARAM_DOCS: dict[str, tuple[float, str]] = {
     "uring_op_s": (1.5e-6, "Python's share of one ring operation (GIL held): prepare its SQE, reap its CQE, dispatch"),
     "uring_send_s": (6e-6, "one send through the ring: its SQE, the kernel's send, its completion"),
     "uring_recv_s": (4e-6, "one recv through the ring: its SQE, the kernel's recv, its completion, the bytes"),
+    # 0 until measured: calibration.fit.uring_from_server, as parse_s is for the reactor
+    "uring_request_s": (0.0, "m8's Python per request beyond parse_s and its ring operations (GIL held): the "
+                             "Reactor's parked-answer path over RingSockets, measured on a real m8 server"),
     "queue_handoff_s": (15e-6, "CPU of a hand-off between Python threads through a queue (its wake-up and switch are the machine's)"),
     "parse_s": (20e-6, "parse one request and build its response in Python (holds the GIL)"),
     "gil_switch_interval_s": (5e-3, "sys.getswitchinterval(): a waiter forces the holder to drop the GIL"),
@@ -99,7 +102,7 @@ ADDED_LATER: tuple[str, ...] = ("cpu_work_cv", "gil_work_cv", "idle_wakeup_s", "
                                 "close_s", "idle_wakeup_slow_p", "idle_wakeup_slow_s",
                                 "rss_worker_bytes", "client_cpu_per_wake_s", "client_cpu_per_conn_s",
                                 "core_pauses_per_s", "core_pause_mean_s", "uring_enter_s", "uring_op_s",
-                                "uring_send_s", "uring_recv_s")
+                                "uring_send_s", "uring_recv_s", "uring_request_s")
 
 
 @dataclass(frozen=True)

@@ -316,9 +316,9 @@ def _m8_costs(spec: Any, p: Any) -> ExtraCosts:
     # per request (no batching credit, as epoll_wait for the reactors), replace recv(), send() and
     # epoll_wait (blocking_sockets=True leaves the last out); the two operations' Python shares hold
     # the GIL. Negative where the ring is cheaper.
-    python = 2 * p["uring_op_s"]
+    python = 2 * p["uring_op_s"] + p["uring_request_s"]
     ring = p["uring_recv_s"] + p["uring_send_s"] + p["uring_enter_s"]
-    return ExtraCosts(python_s=python, syscall_s=ring - python - p["recv_base_s"] - p["send_base_s"])
+    return ExtraCosts(python_s=python, syscall_s=ring - 2 * p["uring_op_s"] - p["recv_base_s"] - p["send_base_s"])
 
 
 _THREADS_KNOB = "I/O threads, each with its own epoll loop"

@@ -39,6 +39,7 @@ class Model(ModelBase):
         # Each operation's Python share (its SQE, its CQE, the dispatch) holds the GIL; the kernel's
         # part runs inside io_uring_enter, with the GIL released.
         self.op_s = p["uring_op_s"]
+        self.request_py_s = p["uring_request_s"]  # m8's own Python per request, beyond parse_s
         recv = p["uring_recv_s"] + p["recv_per_byte_s"] * wl.request_bytes
         send = p["uring_send_s"] + p["send_per_byte_s"] * (wl.resp_bytes + RESP_HEADER_BYTES)
         self.recv_kernel_s = max(0.0, recv - self.op_s)
@@ -61,7 +62,7 @@ class Model(ModelBase):
         moves to the next enter."""
         first = len(steps)
         self.serve_steps(steps, conn)
-        steps[first] = (GIL, self.op_s, None)
+        steps[first] = (GIL, self.op_s + self.request_py_s, None)
         del steps[-1]
         loop.sends.append(steps.pop())
         steps[-1] = (GIL, self.op_s, None)

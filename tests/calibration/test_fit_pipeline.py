@@ -200,3 +200,27 @@ def test_parse_cost_is_the_real_servers_cpu_per_request_beyond_the_probed_costs(
     floored = replace(base, notes={"probes": {"idle_wakeup_s": run, "parse_s": {"value": 40e-6}}})
     assert parse_from_server(floored, simulate=sim)["parse_s"] == pytest.approx(40e-6)
     assert parse_from_server(base, simulate=sim) is base
+
+
+def test_the_ring_servers_own_python_is_its_cpu_per_request_beyond_the_simulated_costs():
+    """The ring probe's real m8 run spent 40 us of server CPU per request; the same run simulated with
+    uring_request_s = 0 spends 25 us (parse_s, the ring's operations, the enter): uring_request_s is
+    the other 15 us; a profile without that run keeps its value."""
+    from dataclasses import replace
+
+    from calibration.fit import uring_from_server
+    from calibration.probes import ring_server_scenario
+
+    seen = []
+
+    def sim(scenario, profile):
+        seen.append((scenario.model.name, profile["uring_request_s"]))
+        return Result(scenario=scenario, source="sim", throughput_rps=1000.0, completed=300, cpu_util=0.025)
+
+    base = CostProfile.default().with_params("probe", uring_request_s=9e-6)
+    with_run = replace(base, notes={"probes": {"ring_server_cpu_per_request_s": {"value": 40e-6}}})
+    got = uring_from_server(with_run, simulate=sim)
+    assert seen == [(ring_server_scenario().model.name, 0.0)]
+    assert got.params["uring_request_s"].value == pytest.approx(15e-6)
+    assert got.params["uring_request_s"].source == "probe"
+    assert uring_from_server(base, simulate=sim) is base
