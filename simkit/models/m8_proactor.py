@@ -71,7 +71,7 @@ class Model(ModelBase):
 class Loop(_ListenerWatcher):
     """One proactor thread: enter (submit the queued sends, reap), then serve what completed."""
 
-    __slots__ = ("model", "thread", "proc", "ready", "idle", "listener", "accept_blocked", "sends", "conns")
+    __slots__ = ("model", "thread", "proc", "ready", "idle", "listener", "accept_blocked", "sends")
 
     def __init__(self, model: Model, proc, listener) -> None:
         self.model = model
@@ -81,7 +81,6 @@ class Loop(_ListenerWatcher):
         self.listener = listener
         self.accept_blocked = False
         self.sends: list = []  # (SEND, conn, req) steps queued as SQEs, submitted by the next enter
-        self.conns = 0
         listener.watchers.append(self)
         self.thread = model.machine.new_thread(proc, self.program, self)
 
@@ -113,7 +112,6 @@ class Loop(_ListenerWatcher):
                     self.proc.fd_waiters.append(self._unblock_accept)
                     break
                 steps.append((CPU, model.accept_s, None))
-                self.conns += 1
                 if conn.eof or conn.req is not None:
                     conn.busy = True
                     self.ready.append(conn)  # its first recv, armed now, completes at the next enter
