@@ -907,15 +907,18 @@ class Reactor:
                         handler(ev)
                 except Exception as exc:  # noqa: BLE001 - the loop outlives any one request
                     self.on_error(fd, exc)
-            if self.now >= self.next_sweep:
-                try:
-                    self.sweep()
-                except Exception as exc:  # noqa: BLE001
-                    self.on_error(None, exc)
-                self.next_sweep = self.now + self.sweep_every_s
-                if self.finished():
-                    break
+            if self.now >= self.next_sweep and self.timers_done():
+                break
         self.close()
+
+    def timers_done(self) -> bool:
+        """The sweep, once it is due (run() checks): True when the loop has finished stopping."""
+        try:
+            self.sweep()
+        except Exception as exc:  # noqa: BLE001 - the loop outlives a failed sweep
+            self.on_error(None, exc)
+        self.next_sweep = self.now + self.sweep_every_s
+        return self.finished()
 
     def close(self) -> None:
         for conn in list(self.conns.values()):

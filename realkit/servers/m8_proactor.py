@@ -432,22 +432,12 @@ class Proactor(Reactor):
                 except Exception as exc:  # noqa: BLE001 - the loop outlives any one request
                     conn = getattr(obj, "conn", None)
                     self.on_error(conn.fd if conn is not None else None, exc)
-            if self.now >= self.next_sweep:
-                try:
-                    self.sweep()
-                except Exception as exc:  # noqa: BLE001
-                    self.on_error(None, exc)
-                self.next_sweep = self.now + self.sweep_every_s
-                if self.finished():
-                    break
+            if self.now >= self.next_sweep and self.timers_done():
+                break
         self.close()
 
     def close(self) -> None:
-        for conn in list(self.conns.values()):
-            self.close_conn(conn)
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
+        super().close()  # connections (each cancels its operations), listener, wake-up fd
         for token in list(self.ops):
             self.cancel(token)
         # The ring may still write into a buffer until its operation completes: wait (briefly) for them.
@@ -457,7 +447,6 @@ class Proactor(Reactor):
                 if not flags & CQE_F_MORE:
                     self.ops.pop(token, None)
         self.ring.close()
-        os.close(self.wake_fd)
 
 
 def _new_loop(index: int, spec, listener: socket.socket, stopper) -> Proactor:

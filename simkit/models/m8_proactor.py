@@ -25,7 +25,7 @@ from collections import deque
 
 from simkit.costs import RESP_HEADER_BYTES
 from simkit.machine import CPU, GIL
-from simkit.models.base import ModelBase, _ListenerWatcher
+from simkit.models.base import ModelBase, Reactor
 
 RECV_BUFFER_BYTES = 4096  # realkit.servers.m8_proactor.RECV_BYTES (a test keeps them equal)
 
@@ -68,21 +68,15 @@ class Model(ModelBase):
         steps[-1] = (GIL, self.op_s, None)
 
 
-class Loop(_ListenerWatcher):
-    """One proactor thread: enter (submit the queued sends, reap), then serve what completed."""
+class Loop(Reactor):
+    """One proactor thread: enter (submit the queued sends, reap), then serve what completed. A
+    Reactor's thread, listener watch and ready list; its own iteration (program)."""
 
-    __slots__ = ("model", "thread", "proc", "ready", "idle", "listener", "accept_blocked", "sends")
+    __slots__ = ("sends",)
 
     def __init__(self, model: Model, proc, listener) -> None:
-        self.model = model
-        self.proc = proc
-        self.ready: deque = deque()
-        self.idle = False
-        self.listener = listener
-        self.accept_blocked = False
         self.sends: list = []  # (SEND, conn, req) steps queued as SQEs, submitted by the next enter
-        listener.watchers.append(self)
-        self.thread = model.machine.new_thread(proc, self.program, self)
+        super().__init__(model, proc, listener)
 
     def program(self, th) -> bool:
         model = self.model
