@@ -2,7 +2,7 @@
 
 `calibrate()` is the whole pipeline: probes -> the off-grid design (calibration.offgrid: its open-loop
 rates need the probed profile) -> real runs of the grid and the off-grid points, shuffled together ->
-parameters measured from the runs -> least-squares fit on the training points -> held-out validation
+the per-operation probes again (each figure the lower of the two passes) -> parameters measured from the runs -> least-squares fit on the training points -> held-out validation
 against the USL baseline -> the refit -> the off-grid validation with the final profile -> profile JSON
 (fingerprint, calibrated=True, validation table, failed runs, the off-grid seed, summary and rows in
 its notes) and both tables in one CSV (its "set" column: grid | offgrid). Then the prediction bands'
@@ -38,9 +38,7 @@ from calibration.fit import (
     FitResult,
     apply_measured,
     loadgen_from_probe,
-    parse_from_server,
     probe_floors,
-    uring_from_server,
 )
 from calibration.fit import fit as fit_params  # not `fit`: that would hide the calibration.fit module
 from calibration.grid import ROLES, GridPoint, build_grid
@@ -58,15 +56,16 @@ from calibration.offgrid import (
     scenario_facts,
     summarize_offgrid,
 )
-from calibration.probes import run_probes
+from calibration.probes import REPEATED, run_probes
 from calibration.runs import Run, load_runs, run_grid, save_runs
 from calibration.validate import USLBaseline, json_safe, summarize, validate, write_csv
+from simkit import registry
 from simkit.profile import CostProfile, default_profile_path, host_fingerprint
 from simkit.scenario import available_cores
 
 # progress(stage, detail, done, total)
 StageProgress = Callable[[str, str, int, int], None]
-STAGES = ("probes", "real runs", "fit", "validation", "refit", "off-grid", "mechanisms")
+STAGES = ("probes", "real runs", "re-probe", "fit", "validation", "refit", "off-grid", "mechanisms")
 # Roles the fit and the parameters measured from runs may see (never the held-out or off-grid ones).
 FIT_ROLES = ("train",)
 MEASURED_ROLES = ("train", "cores")
@@ -153,6 +152,15 @@ def _pinned_again(work_rate: str | None):
     return work.pinned(work.Calibration.from_env(work_rate))
 
 
+def from_servers(profile: CostProfile) -> CostProfile:
+    """The costs derived from the probes' real server runs: each architecture's own (the registry's
+    CalibrationSpec.from_server, in architecture order: m8's uses m3's parse_s), then the load
+    generator's CPU per wake-up, request and connection."""
+    for arch in registry.architectures():
+        profile = arch.calibration.derive(profile)
+    return loadgen_from_probe(profile)
+
+
 def calibrate(
     out: str | Path | None = None,
     quick: bool = False,
@@ -221,14 +229,13 @@ def calibrate(
         if real_runs:
             work_rate = pin.enter_context(pinned_work_rate())
         # 1. probes
-        profile = base or CostProfile.default()
+        probed = base or CostProfile.default()
+        first: list = []
         if probes:
-            profile, _results = run_probes(profile, quick=quick, progress=stage_cb("probes"))
+            probed, first = run_probes(probed, quick=quick, progress=stage_cb("probes"))
         else:
-            profile = replace(profile, fingerprint=host_fingerprint())
-        profile = parse_from_server(profile)  # a real reactor's CPU per request, beyond the probed syscalls
-        profile = uring_from_server(profile)  # a real m8's CPU per request, beyond parse_s and its ring
-        profile = loadgen_from_probe(profile)  # the load generator's CPU per wake-up, request and connection
+            probed = replace(probed, fingerprint=host_fingerprint())
+        profile = from_servers(probed)
 
         # 2. real runs: the grid and the off-grid design (its open-loop rates from the probed profile)
         points = list(grid) if grid is not None else build_grid(quick, models)
@@ -244,6 +251,13 @@ def calibrate(
             runs = load_runs(runs_from)
         else:
             runs = run_grid(every, measure, progress=stage_cb("real runs"))
+        if probes and real_runs:
+            # A busy spell during the first probes over-prices every per-operation time (issue 11's
+            # campaign 13: spawn 823 us, 166-216 us in the campaigns before): probe those again now
+            # and keep the lower figure of the two passes.
+            probed, _again = run_probes(probed, quick=quick, progress=stage_cb("re-probe"), only=REPEATED,
+                                        earlier=first)
+            profile = from_servers(probed)
     failed = [r.failure_record() for r in runs if not r.ok]
     train = [r for r in runs if r.ok and r.point.role in FIT_ROLES]
     heldout = [r for r in runs if r.ok and r.point.role in ROLES and r.point.role not in FIT_ROLES]

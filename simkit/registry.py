@@ -70,6 +70,20 @@ class CalibrationSpec:
     knobs: Mapping[str, int] = field(default_factory=dict)  # a typical small-box configuration
     quick_extrapolation: bool = False  # --quick also measures its 5,000-connection point
     rss_slope: str = ""  # "conn" | "thread": its runs measure RSS per connection / per thread
+    # "module:function", (profile) -> profile: a cost derived from the probes' real run of this server
+    # (its CPU per request beyond the probed primitives); run after the probes, in architecture order.
+    from_server: str = ""
+
+    def __post_init__(self) -> None:
+        module, colon, function = self.from_server.partition(":")
+        if self.from_server and not (module and colon and function.isidentifier()):
+            raise ValueError(f"from_server: expected 'module:function', got {self.from_server!r}")
+
+    def derive(self, profile: Any) -> Any:
+        if not self.from_server:
+            return profile
+        module, _, function = self.from_server.partition(":")
+        return getattr(importlib.import_module(module), function)(profile)
 
 
 # (scenario, profile, demands, gil_handoff_per_request_s) -> [Station]; see simkit.analytic
@@ -351,7 +365,8 @@ BUILTIN: tuple[Architecture, ...] = (
         threads=(Threads("loop", 1, work=True),),
         stations=_one_loop_per_executor,
         ctx_switches_per_request=0.0,
-        calibration=CalibrationSpec(quick_extrapolation=True, rss_slope="conn"),
+        calibration=CalibrationSpec(quick_extrapolation=True, rss_slope="conn",
+                                    from_server="calibration.fit:parse_from_server"),
     ),
     Architecture(
         name="m4_reactor_workers",
@@ -404,7 +419,7 @@ BUILTIN: tuple[Architecture, ...] = (
         extra_costs=_m8_costs,
         blocking_sockets=True,  # no readiness round trip: nothing like epoll_wait per request
         ctx_switches_per_request=0.0,
-        calibration=CalibrationSpec(knobs={"threads": 2}),
+        calibration=CalibrationSpec(knobs={"threads": 2}, from_server="calibration.fit:uring_from_server"),
     ),
 )
 

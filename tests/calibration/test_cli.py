@@ -16,6 +16,8 @@ def test_calibrate_quick_writes_profile_and_tables(tmp_path, monkeypatch):
     truth = CostProfile.default().with_params("probe", parse_s=40e-6, gil_handoff_s=25e-6)
     monkeypatch.setattr(calibration, "_default_measure", lambda: FakeMeasure(truth))
     monkeypatch.setattr(calibration, "_default_simulate", lambda: fake_simulate)
+    # real probes have tests of their own (tests/calibration/test_probes.py, the tiny end-to-end one)
+    monkeypatch.setattr(calibration, "run_probes", lambda base, **kw: (base, []))
     out = tmp_path / "box.json"
     result = CliRunner().invoke(main, ["calibrate", "--quick", "--out", str(out), "--model", "3", "--model", "m6"])
     assert result.exit_code == 0, result.output

@@ -7,6 +7,7 @@ import random
 import pandas as pd
 import pytest
 
+import calibration
 from calibration import calibrate
 from calibration.compare import _sim_one, loadgen_own_cores, loadgen_shares_cores
 from calibration.fit import fit
@@ -36,12 +37,12 @@ def _synthetic(truth: CostProfile, scenarios, noise: float, seed: int = 3) -> li
 def test_fit_recovers_known_parameters_from_noisy_simkit_data_within_10_percent():
     truth = CostProfile.default().with_params("probe", parse_s=60e-6, gil_handoff_s=30e-6)
     # Points where each parameter shows: parse_s everywhere, gil_handoff_s where threads contend
-    # for the GIL (m4's loop and workers; m5/m7 on two cores).
+    # for the GIL (m4's loop and workers; m5 on two cores).
     scenarios = [
-        make_scenario(model, mix, c, cores, 0.3, 0.05, max_duration_s=0.3, max_warmup_s=0.05)
-        for model in ("m3_reactor", "m4_reactor_workers", "m5_multi_reactor", "m7_reactor_spawn")
+        make_scenario(model, mix, 32, cores, 0.3, 0.05, max_duration_s=0.3, max_warmup_s=0.05)
+        for model in ("m3_reactor", "m4_reactor_workers", "m5_multi_reactor")
         for mix in ("cpu", "gil")
-        for c, cores in ((4, 1), (32, 1), (32, 2))
+        for cores in (1, 2)
     ]
     reals = _synthetic(truth, scenarios, noise=0.03)
     start = CostProfile.default()  # parse_s 20 us, gil_handoff_s 8 us: far from the truth
@@ -63,7 +64,7 @@ def test_simulate_with_a_profile_from_another_host_names_the_differing_fields():
 
 
 @pytest.mark.timeout(170)
-def test_tiny_end_to_end_calibration_with_real_servers_and_simulator(tmp_path):
+def test_tiny_end_to_end_calibration_with_real_servers_and_simulator(tmp_path, monkeypatch):
     def pt(model, role, c, cores):
         return GridPoint(make_scenario(model, "cpu", c, cores, 0.3, 0.2, max_duration_s=0.6, max_warmup_s=0.4),
                          role, "cpu")
@@ -73,10 +74,13 @@ def test_tiny_end_to_end_calibration_with_real_servers_and_simulator(tmp_path):
         grid += [pt(model, "train", c, 1) for c in (4, 16, 48)]
         grid += [pt(model, "cores", 16, 2), pt(model, "interp", 30, 1), pt(model, "connections", 200, 1)]
     out = tmp_path / "tiny.json"
+    # The per-operation probes' second pass after the real runs: one probe of it, to keep this short
+    monkeypatch.setattr(calibration, "REPEATED", ("accept",))
     report = calibrate(out, quick=True, grid=grid, max_evaluations=6, workers=1, target_requests=400)
     p = CostProfile.load(out)
     assert p.calibrated and p.fingerprint == host_fingerprint()
     assert p.params["ctx_switch_s"].source == "probe"
+    assert len(p.notes["probes"]["accept_s"]["passes"]) == 2 and "passes" not in p.notes["probes"]["fork_s"]
     default = CostProfile.default()
     assert p.params["cpu_work_scale"].source == "fit" and p.params["cpu_work_scale"].sd > 0
     assert p.params["gil_handoff_s"].source == "probe"  # probed, not fitted
