@@ -2,7 +2,7 @@
 
 `calibrate()` is the whole pipeline: probes -> the off-grid design (calibration.offgrid: its open-loop
 rates need the probed profile) -> real runs of the grid and the off-grid points, shuffled together ->
-the per-operation probes again (each figure the lower of the two passes) -> parameters measured from the runs -> least-squares fit on the training points -> held-out validation
+the per-operation probes again (each probe keeps its faster pass) -> parameters measured from the runs -> least-squares fit on the training points -> held-out validation
 against the USL baseline -> the refit -> the off-grid validation with the final profile -> profile JSON
 (fingerprint, calibrated=True, validation table, failed runs, the off-grid seed, summary and rows in
 its notes) and both tables in one CSV (its "set" column: grid | offgrid). Then the prediction bands'
@@ -254,7 +254,7 @@ def calibrate(
         if probes and real_runs:
             # A busy spell during the first probes over-prices every per-operation time (issue 11's
             # campaign 13: spawn 823 us, 166-216 us in the campaigns before): probe those again now
-            # and keep the lower figure of the two passes.
+            # and keep, probe by probe, the faster pass.
             probed, _again = run_probes(probed, quick=quick, progress=stage_cb("re-probe"), only=REPEATED,
                                         earlier=first)
             profile = from_servers(probed)

@@ -1220,8 +1220,8 @@ PROBES: tuple[tuple[str, Callable[[float], Any]], ...] = (
 
 
 # The probes of a per-operation time, which a busy spell of the host (another tenant on the cores)
-# can only inflate: calibrate() runs them again after its real runs and keeps, figure by figure, the
-# lower of the two passes. Memory slopes, the interpreter's settings, the work rates (pinned for the
+# can only inflate: calibrate() runs them again after its real runs and keeps, probe by probe, the
+# pass with the lower figure (lower_of). Memory slopes, the interpreter's settings, the work rates (pinned for the
 # campaign) and the core pauses (what a busy neighbour does to the runs themselves) are measured once.
 REPEATED = ("context switches", "thread spawn", "fork", "accept", "send/recv vs bytes", "epoll", "io_uring",
             "queue hand-off", "GIL hand-off", "request parse", "loopback RTT", "wake-up from idle",
@@ -1229,17 +1229,30 @@ REPEATED = ("context switches", "thread spawn", "fork", "accept", "send/recv vs 
 
 
 def lower_of(first: Sequence[ProbeResult], second: Sequence[ProbeResult]) -> list[ProbeResult]:
-    """Per figure (by name), the pass with the lower value, its details with it; `passes` in its
-    details records both values. A figure in one pass only is kept as it is."""
-    again = {r.name: r for r in second}
-    out = [r for r in second if r.name not in {f.name for f in first}]
-    for r in first:
-        other = again.get(r.name)
-        if other is None:
-            out.append(r)
+    """Per probe (the `probe` label in each result's details), the pass whose first figure is lower,
+    every figure of that probe with it: a line's intercept and slope, or the wake-up's ceiling and its
+    tail, come from one fit and stay together. Each kept figure's details record both passes' values
+    (`passes`). A probe in one pass only is kept as it is."""
+    def by_probe(results: Sequence[ProbeResult]) -> dict[str, list[ProbeResult]]:
+        groups: dict[str, list[ProbeResult]] = {}
+        for r in results:
+            groups.setdefault(r.detail.get("probe", r.name), []).append(r)
+        return groups
+
+    one, two = by_probe(first), by_probe(second)
+    out: list[ProbeResult] = []
+    for label in dict.fromkeys([*one, *two]):
+        a, b = one.get(label), two.get(label)
+        if a is None or b is None:
+            out.extend(a or b or [])
             continue
-        kept = other if math.isfinite(other.value) and other.value < r.value else r
-        out.append(replace(kept, detail={**kept.detail, "passes": [r.value, other.value]}))
+        kept, other = (b, a) if math.isfinite(b[0].value) and b[0].value < a[0].value else (a, b)
+        values = {r.name: r.value for r in other}
+        for r in kept:
+            if r.name in values:
+                both = [r.value, values[r.name]] if kept is a else [values[r.name], r.value]
+                r = replace(r, detail={**r.detail, "passes": both})
+            out.append(r)
     return out
 
 
@@ -1253,7 +1266,7 @@ def run_probes(
 ) -> tuple[CostProfile, list[ProbeResult]]:
     """Run every probe (or the labels in `only`); return the profile with probed values (source
     "probe") and the raw results. With `earlier` (a previous pass's results), each figure is the lower
-    of the two passes (lower_of).
+    of the two passes (lower_of: per probe, all its figures from one pass).
 
     A probe that raises keeps its parameter's previous value and is listed in notes["probe_errors"]:
     one broken probe must not cost the whole calibration.
@@ -1273,7 +1286,7 @@ def run_probes(
         except Exception as exc:  # noqa: BLE001 - recorded, not hidden
             errors[label] = f"{type(exc).__name__}: {exc}"
             continue
-        results.extend(got if isinstance(got, list) else [got])
+        results.extend(replace(r, detail={**r.detail, "probe": label}) for r in (got if isinstance(got, list) else [got]))
     if progress:
         progress("done", len(todo), len(todo))
     if earlier:

@@ -31,6 +31,18 @@ def test_each_figure_keeps_the_lower_pass_with_its_details_and_both_values():
     assert got["fork_s"].value == 1e-3
 
 
+def test_a_probes_figures_come_from_one_pass_the_one_whose_first_figure_is_lower():
+    def line(base, slope):
+        return [ProbeResult("epoll_wait_base_s", base, 0.1, 5, {"probe": "epoll"}),
+                ProbeResult("epoll_per_event_s", slope, 0.1, 5, {"probe": "epoll"})]
+
+    got = {r.name: r for r in lower_of(line(1.2e-6, 0.2e-6), line(0.6e-6, 0.4e-6))}
+    assert got["epoll_wait_base_s"].value == 0.6e-6 and got["epoll_per_event_s"].value == 0.4e-6
+    assert got["epoll_per_event_s"].detail["passes"] == [0.2e-6, 0.4e-6]
+    got = {r.name: r for r in lower_of(line(0.6e-6, 0.4e-6), line(1.2e-6, 0.2e-6))}
+    assert got["epoll_wait_base_s"].value == 0.6e-6 and got["epoll_per_event_s"].value == 0.4e-6
+
+
 def test_a_second_pass_runs_only_the_named_probes_and_keeps_the_first_pass_elsewhere(monkeypatch):
     calls: list[str] = []
     spawn = iter([800e-6, 200e-6])
