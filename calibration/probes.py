@@ -1221,7 +1221,7 @@ PROBES: tuple[tuple[str, Callable[[float], Any]], ...] = (
 
 # The probes of a per-operation time, which a busy spell of the host (another tenant on the cores)
 # can only inflate: calibrate() runs them again after its real runs and keeps, probe by probe, the
-# pass with the lower figure (lower_of). Memory slopes, the interpreter's settings, the work rates (pinned for the
+# faster pass (lower_of). Memory slopes, the interpreter's settings, the work rates (pinned for the
 # campaign) and the core pauses (what a busy neighbour does to the runs themselves) are measured once.
 REPEATED = ("context switches", "thread spawn", "fork", "accept", "send/recv vs bytes", "epoll", "io_uring",
             "queue hand-off", "GIL hand-off", "request parse", "loopback RTT", "wake-up from idle",
@@ -1265,8 +1265,8 @@ def run_probes(
     earlier: Sequence[ProbeResult] = (),
 ) -> tuple[CostProfile, list[ProbeResult]]:
     """Run every probe (or the labels in `only`); return the profile with probed values (source
-    "probe") and the raw results. With `earlier` (a previous pass's results), each figure is the lower
-    of the two passes (lower_of: per probe, all its figures from one pass).
+    "probe") and the raw results, each labelled with its probe (detail "probe"). With `earlier` (a
+    previous pass's results), each probe keeps the faster of the two passes (lower_of).
 
     A probe that raises keeps its parameter's previous value and is listed in notes["probe_errors"]:
     one broken probe must not cost the whole calibration.
@@ -1286,7 +1286,8 @@ def run_probes(
         except Exception as exc:  # noqa: BLE001 - recorded, not hidden
             errors[label] = f"{type(exc).__name__}: {exc}"
             continue
-        results.extend(replace(r, detail={**r.detail, "probe": label}) for r in (got if isinstance(got, list) else [got]))
+        for r in got if isinstance(got, list) else [got]:
+            results.append(replace(r, detail={**r.detail, "probe": label}))
     if progress:
         progress("done", len(todo), len(todo))
     if earlier:
