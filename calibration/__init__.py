@@ -252,9 +252,8 @@ def calibrate(
         else:
             runs = run_grid(every, measure, progress=stage_cb("real runs"))
         if probes and real_runs:
-            # A busy spell during the first probes over-prices every per-operation time (issue 11's
-            # campaign 13: spawn 823 us, 166-216 us in the campaigns before): probe those again now
-            # and keep, probe by probe, the faster pass.
+            # A busy spell during the first probes over-prices every per-operation time: probe those
+            # again now and keep, probe by probe, the faster pass.
             probed, _again = run_probes(probed, quick=quick, progress=stage_cb("re-probe"), only=REPEATED,
                                         earlier=first)
             profile = from_servers(probed)
