@@ -168,6 +168,22 @@ def robust_cost(r: np.ndarray) -> float:
     return float(np.sum(2.0 * (np.sqrt(1.0 + z) - 1.0)) * F_SCALE**2)
 
 
+def _beyond_simulated(profile: CostProfile, name: str, scenario, measured: float, floor: float,
+                      simulate: SimulateFn | None) -> CostProfile:
+    """`name` measured, not fitted: a real server's CPU per request (`measured`) beyond what the same
+    run, simulated with `name` = 0, already charges; never below `floor`. A run the simulator does not
+    serve leaves the profile unchanged."""
+    if simulate is None:
+        from simkit.sim import simulate
+    r = simulate(scenario.replace(duration_s=0.3), profile.with_params("probe", **{name: 0.0}))
+    if r.throughput_rps <= 0:
+        return profile
+    value = max(floor, measured - r.cpu_util / r.throughput_rps)
+    params = dict(profile.params)
+    params[name] = Param(value, 0.1 * value, "probe", params[name].spread)
+    return replace(profile, params=params)
+
+
 def parse_from_server(profile: CostProfile, simulate: SimulateFn | None = None) -> CostProfile:
     """parse_s measured, not fitted: the wake-up probe's back-to-back run (a realkit reactor, no work,
     no sleep; calibration.probes.sleep_sweep_scenario) gives the real server's CPU per request. The
@@ -181,17 +197,9 @@ def parse_from_server(profile: CostProfile, simulate: SimulateFn | None = None) 
     gaps, per = probe.get("gaps_s"), probe.get("cpu_per_request_s")
     if not gaps or not per or 0.0 not in gaps:
         return profile
-    measured = float(per[gaps.index(0.0)])
-    if simulate is None:
-        from simkit.sim import simulate
-    r = simulate(sleep_sweep_scenario(0.0).replace(duration_s=0.3), profile.with_params("probe", parse_s=0.0))
-    if r.throughput_rps <= 0:
-        return profile
     floor = (probes.get("parse_s") or {}).get("value", 0.0)
-    value = max(floor, measured - r.cpu_util / r.throughput_rps)
-    params = dict(profile.params)
-    params["parse_s"] = Param(value, 0.1 * value, "probe", params["parse_s"].spread)
-    return replace(profile, params=params)
+    return _beyond_simulated(profile, "parse_s", sleep_sweep_scenario(0.0), float(per[gaps.index(0.0)]), floor,
+                             simulate)
 
 
 def uring_from_server(profile: CostProfile, simulate: SimulateFn | None = None) -> CostProfile:
@@ -202,19 +210,10 @@ def uring_from_server(profile: CostProfile, simulate: SimulateFn | None = None) 
     returned unchanged."""
     from calibration.probes import ring_server_scenario
 
-    probe = (profile.notes.get("probes") or {}).get("ring_server_cpu_per_request_s") or {}
-    measured = probe.get("value")
+    measured = ((profile.notes.get("probes") or {}).get("ring_server_cpu_per_request_s") or {}).get("value")
     if not measured:
         return profile
-    if simulate is None:
-        from simkit.sim import simulate
-    r = simulate(ring_server_scenario().replace(duration_s=0.3), profile.with_params("probe", uring_request_s=0.0))
-    if r.throughput_rps <= 0:
-        return profile
-    value = max(0.0, measured - r.cpu_util / r.throughput_rps)
-    params = dict(profile.params)
-    params["uring_request_s"] = Param(value, 0.1 * value, "probe")
-    return replace(profile, params=params)
+    return _beyond_simulated(profile, "uring_request_s", ring_server_scenario(), measured, 0.0, simulate)
 
 
 def _loadgen_cpu(profile: CostProfile, scenario, simulate: SimulateFn) -> float:
