@@ -41,7 +41,9 @@
   thread at their summed speed. On CPUs of its own it polls for its send times (realkit's does):
   no wake-up costs there, only its CPU. Without either flag the clients cost nothing.
 - With loadgen_on_server_cores the load generator is that thread on the server's cores (the real
-  one is a single uvloop process). There it does
+  one is a single uvloop process). An answer wakes it from the core that sent it (loopback processes
+  the packet there), so the machine charges wakeup_s when it runs on another core; the probed
+  client_cpu_per_wake_s holds that cross-core wake-up already and is charged less wakeup_s. There it does
   not poll for send times (that would take the server's CPU): open-loop arrivals, and closed-loop
   clients whose think time is over, wait for its next wake, which it sleeps for on its event loop's
   millisecond timer, at least SHARED_TIMER_RESOLUTION_S after the last (simkit.sendtimer, the rule
@@ -68,7 +70,7 @@ RECONNECT_BACKOFF_S = 1.0
 
 
 class Request:
-    __slots__ = ("t", "state", "close", "cpu", "gil", "io", "slot", "conn")
+    __slots__ = ("t", "state", "close", "cpu", "gil", "io", "slot", "conn", "src")
 
     def __init__(self, t: float, slot) -> None:
         self.t = t
@@ -76,6 +78,7 @@ class Request:
         self.close = False
         self.slot = slot
         self.conn = None
+        self.src = None  # the core its answer was sent from, where the generator shares the server's cores
 
 
 class Slot:
@@ -116,6 +119,12 @@ class Clients:
         self.fast_closed = not self.open and not loadgen_machine
         self.client_cpu = profile["client_cpu_per_request_s"]
         self.client_wake = profile["client_cpu_per_wake_s"]
+        if loadgen_machine is not None and loadgen_shared:
+            # The probed wake-up (calibration.probes.probe_loadgen: the generator on a CPU of its own,
+            # woken by the server's answer from another core) holds a cross-core wake-up. On the server's
+            # cores the machine charges that itself (wakeup_s) when the answer's core is not the one the
+            # generator wakes on, so it is taken out here: a same-core wake-up costs less, as it does.
+            self.client_wake = max(0.0, self.client_wake - profile["wakeup_s"])
         self.client_conn = profile["client_cpu_per_conn_s"]
         self.client_step = client_step_s(profile)  # one unbatched request's turn of its loop
         # counters over the cohort (requests issued in [w0, w1))
@@ -403,6 +412,8 @@ class Clients:
         request is issued at t_recv + think_s directly (one event per request on the client side)."""
         now = self.env.now
         t_recv = t + self.half_rtt
+        if self.lg is not None and self.lg_shared:
+            req.src = self.lg_machine.src  # loopback processes the answer on the sender's core
         # (Open loop has no fast path: its slot must not look free before t_recv, or arrivals would be
         # sent to a connection whose server thread is still busy.)
         if (self.fast_closed and req.state == PENDING and t_recv < self.w1 and t_recv - req.t < self.timeout_s
@@ -438,6 +449,15 @@ class Clients:
         req = ev._value
         if req.state != PENDING:
             return  # timed out earlier; the client had moved on
+        if req.src is None:
+            self._received(req)
+            return
+        m = self.lg_machine
+        prev, m.src = m.src, req.src  # the generator is woken from the core that processed the answer
+        self._received(req)
+        m.src = prev
+
+    def _received(self, req: Request) -> None:
         self._complete(req, self.env.now)
         slot = req.slot
         if req.close:

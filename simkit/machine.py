@@ -499,7 +499,9 @@ class Machine:
                 steps.popleft()
                 if self.pauses:
                     t = self._paused(th.core, now, t)
+                prev, self.src = self.src, th.core  # the answer's packet is processed on this core
                 self.send_cb(a, b, now + t)
+                self.src = prev
             elif kind == SLEEP:
                 if t > 0.0:
                     break

@@ -409,3 +409,24 @@ def test_a_busy_cores_pauses_lengthen_the_tail_not_the_median():
     assert paused.latency_p99_s > calm.latency_p99_s + 2e-3
     assert paused.latency_p50_s < calm.latency_p50_s + 0.5e-3
     assert paused.completed == pytest.approx(calm.completed, rel=0.05)
+
+
+
+def test_a_shared_load_generator_pays_the_cross_core_wakeup_its_probe_holds():
+    # client_cpu_per_wake_s is probed with the generator on a CPU of its own, woken by the answer from
+    # the server's core: a cross-core wake-up is inside it. Sharing the server's cores, the answer's
+    # packet wakes the generator from the core that sent it: across cores the machine charges wakeup_s
+    # (the probed figure again), on the same core nothing (a same-core wake-up is cheaper).
+    p = PROFILE.with_params("probe", client_cpu_per_wake_s=60e-6, wakeup_s=40e-6)
+
+    def per_request(r):
+        return r.loadgen_cpu_util / r.throughput_rps
+
+    one = BASE.replace(model="m3_reactor", cores=1, connections=1, gil_us=50)
+    own = per_request(simulate(one, p, loadgen_cores=1))
+    same_core = per_request(simulate(one, p, loadgen_on_server_cores=True))
+    assert own - same_core == pytest.approx(40e-6, rel=0.2)
+    # a reactor kept busy by 16 clients on one core of two: the generator runs on the other
+    busy = BASE.replace(model="m3_reactor", cores=2, connections=16, gil_us=100)
+    assert per_request(simulate(busy, p, loadgen_on_server_cores=True)) == pytest.approx(
+        per_request(simulate(busy, p, loadgen_cores=1)), rel=0.15)
