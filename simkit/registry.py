@@ -293,8 +293,10 @@ def _loops_spawning_threads(scenario: Any, profile: Any, d: Any, handoff: float)
     from simkit.queueing import Station
 
     p = profile
-    loop_py = p["epoll_per_event_s"]
-    loop_s = loop_py + p["epoll_wait_base_s"] + 2 * p["epoll_ctl_s"] + p["thread_spawn_s"]
+    # per request, two turns of the loop: the ready socket (spawn) and the thread's post (the wake-up
+    # fd's read, the hand-off, the re-arm); their dispatch and the hand-off hold the GIL
+    loop_py = 2 * p["epoll_per_event_s"] + p["queue_handoff_s"]
+    loop_s = loop_py + 2 * p["epoll_wait_base_s"] + p["thread_spawn_s"] + p["recv_base_s"] + p["epoll_ctl_s"]
     return [Station("loops", loop_s, scenario.model.threads),
             *_thread_per_executor(scenario, d, handoff, counted=loop_s, loop_py_s=loop_py)]
 
@@ -321,8 +323,11 @@ def _m6_costs(spec: Any, p: Any) -> ExtraCosts:
 
 
 def _m7_costs(spec: Any, p: Any) -> ExtraCosts:
-    # Thread.start() is mostly clone() and scheduling: CPU time with the GIL released; disarm + re-arm
-    return ExtraCosts(syscall_s=2 * p["epoll_ctl_s"] + p["thread_spawn_s"])
+    # Thread.start() is mostly clone() and scheduling: CPU time with the GIL released. The thread posts
+    # back to its loop, which reads its wake-up fd in one more turn and re-arms the socket (the
+    # hand-off, in Python); EPOLLONESHOT disarmed it by itself.
+    return ExtraCosts(python_s=p["queue_handoff_s"] + p["epoll_per_event_s"],
+                      syscall_s=p["epoll_ctl_s"] + p["thread_spawn_s"] + p["recv_base_s"] + p["epoll_wait_base_s"])
 
 
 def _m8_costs(spec: Any, p: Any) -> ExtraCosts:

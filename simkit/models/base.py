@@ -210,7 +210,7 @@ class Reactor(_ListenerWatcher):
     fixed when epoll_wait returns; work arriving meanwhile waits for the next iteration."""
 
     __slots__ = ("model", "thread", "proc", "ready", "idle", "listener", "accept_blocked", "inbox",
-                 "completions", "conns", "inbox_cost", "batches")
+                 "completions", "posted", "conns", "inbox_cost", "batches")
 
     def __init__(self, model: ModelBase, proc, listener=None) -> None:
         self.model = model
@@ -221,6 +221,7 @@ class Reactor(_ListenerWatcher):
         self.accept_blocked = False
         self.inbox: deque = deque()
         self.completions: deque = deque()
+        self.posted: deque = deque()  # (fn, arg) calls other threads post to the loop (m7)
         self.conns = 0
         self.batches = 0
         # registering a handed-over fd: queue get + epoll_ctl(ADD); m6 fdpass sets recvmsg instead
@@ -233,7 +234,8 @@ class Reactor(_ListenerWatcher):
         model = self.model
         lst = self.listener
         can_accept = lst is not None and lst.queue and not self.accept_blocked
-        n = len(self.ready) + (1 if can_accept else 0) + (1 if self.inbox else 0) + (1 if self.completions else 0)
+        n = (len(self.ready) + (1 if can_accept else 0) + (1 if self.inbox else 0)
+             + (1 if self.completions or self.posted else 0))
         if n == 0:
             self.idle = True
             return False
@@ -257,15 +259,20 @@ class Reactor(_ListenerWatcher):
             while inbox:
                 steps.append((CPU, cost, None))
                 self.adopt(inbox.popleft())
-        if self.completions:
-            # the results' way back: one read of the wake-up fd, then each result off a deque and sent
-            # (the eventfd is written once per batch: realkit's Reactor.post coalesces wake-ups)
-            comp = self.completions
+        if self.completions or self.posted:
+            # the way back from other threads: one read of the wake-up fd (the eventfd is written once
+            # per batch: realkit's Reactor.post coalesces wake-ups), then each result off a deque and
+            # sent (m4), each posted call run on the loop (m7)
             steps.append((CPU, model.recv_s, None))
+            comp = self.completions
             while comp:
                 conn, req = comp.popleft()
                 steps.append((CPU, model.send_s, None))
                 steps.append((SEND, conn, req))
+            posted = self.posted
+            while posted:
+                fn, arg = posted.popleft()
+                fn(self, arg, steps)
         if self.ready:
             batch = self.ready
             self.ready = deque()

@@ -1,13 +1,16 @@
-"""m7_reactor_spawn: like m5 (an acceptor hands fds round-robin to `threads` epoll loops), but on
-readiness the loop disarms the fd (EPOLLONESHOT) and spawns a short-lived thread that does
-recv/work/send, re-arms the fd and exits. Each request pays a thread spawn and holds a thread
-(and its RSS, and a threads_max slot) while it runs. Thread.start() returns only after the new
-thread has taken the GIL once, so the loop waits for that hand-shake (without it a loop would spawn
-threads as fast as it could, far more than the real server holds)."""
+"""m7_reactor_spawn: like m5 (an acceptor hands fds round-robin to `threads` epoll loops), but a
+readiness event disarms the fd (EPOLLONESHOT) and the loop spawns a short-lived thread that does
+recv/work/send, posts back to its loop (a queue and the loop's wake-up fd, realkit's Reactor.post)
+and exits; the loop, woken by the post, re-arms the fd (epoll_ctl). Until then the connection stays
+with the thread: a request arriving meanwhile waits for the re-arm. Each request pays a thread spawn,
+holds a thread (and its RSS, and a threads_max slot) while it runs, and wakes its loop once more.
+Thread.start() returns only after the new thread has taken the GIL once, so the loop waits for that
+hand-shake (without it a loop would spawn threads as fast as it could, far more than the real server
+holds)."""
 
 from __future__ import annotations
 
-from simkit.machine import CALL, CPU
+from simkit.machine import CALL, CPU, GIL
 from simkit.models.base import Acceptor, ModelBase, Reactor
 
 
@@ -21,6 +24,9 @@ class Model(ModelBase):
         self.rr = 0
         self.acceptor = Acceptor(self, self.proc, self.new_listener(), self.accept_s, self.hand)
         self.spawn_s = self.p["thread_spawn_s"]
+        # the post's way back, as a handed-over fd's (Reactor.inbox_cost): the queue hand-off, then
+        # _finish re-arms with epoll_ctl(MOD), in Python on the loop (the GIL held)
+        self.finish_s = self.p["queue_handoff_s"] + self.ctl_s
 
     def hand(self, conn) -> None:
         loop = self.loops[self.rr]
@@ -29,7 +35,7 @@ class Model(ModelBase):
         loop.notify()
 
     def handle_ready(self, reactor, conn, steps) -> None:
-        steps.append((CPU, self.ctl_s + self.spawn_s, None))  # epoll_ctl(disarm) + Thread.start()
+        steps.append((CPU, self.spawn_s, None))  # Thread.start() (EPOLLONESHOT disarmed the fd itself)
         steps.append((CALL, self.spawn, conn))
 
     def spawn(self, th, conn) -> None:
@@ -44,6 +50,29 @@ class Model(ModelBase):
             self.machine.exit_thread(th)
             return False
         state[1] = True
-        self.serve_steps(th.steps, state[0])
-        th.steps.append((CPU, self.ctl_s, None))  # epoll_ctl(re-arm)
+        conn = state[0]
+        self.serve_steps(th.steps, conn)
+        th.steps.append((CALL, self.post, conn))  # Reactor.post: its hand-off is priced on the loop
         return True
+
+    def on_send(self, conn, req, t: float) -> None:
+        """The answer leaves; the connection stays with its thread until the loop re-arms it."""
+        self.clients.respond(conn, req, t)
+
+    def post(self, th, conn) -> None:
+        loop = conn.owner
+        loop.posted.append((self.finish, conn))
+        loop.notify()
+
+    def finish(self, loop, conn, steps) -> None:
+        """On the loop: the thread's report, then epoll_ctl to re-arm the connection."""
+        steps.append((GIL, self.finish_s, None))
+        steps.append((CALL, self.rearmed, conn))
+
+    def rearmed(self, th, conn) -> None:
+        conn.busy = False
+        if conn.closed:
+            return
+        if conn.eof or conn.req is not None:
+            conn.busy = True
+            conn.owner.ready.append(conn)  # the loop is running: it sees the fd at its next epoll_wait

@@ -217,6 +217,18 @@ def test_m7_spawns_a_thread_per_request():
     assert r.throughput_rps < m5.throughput_rps  # each request pays a thread spawn
 
 
+def test_m7_threads_post_back_and_the_loop_rearms_each_connection():
+    # realkit's spawned thread posts its report to its loop (a queue and the loop's wake-up fd); the
+    # loop, woken, re-arms the connection. So every request pays one queue hand-off on the loop, and the
+    # next request waits for the re-arm.
+    s = BASE.replace(model="m7_reactor_spawn", threads=1, connections=8, cpu_us=50)
+    dear = PROFILE.with_params("probe", queue_handoff_s=200e-6)
+    base = simulate(s, PROFILE)
+    slow = simulate(s, dear)
+    extra = slow.cpu_util / slow.throughput_rps - base.cpu_util / base.throughput_rps
+    assert extra == pytest.approx(200e-6 - PROFILE["queue_handoff_s"], rel=0.25)
+
+
 def test_server_that_cannot_start_reports_why():
     r = run(model="m6_prefork", processes=8, memory_bytes=64 * 2**20)  # 9 processes x 20 MiB > 64 MiB
     assert r.failure == "memory"
