@@ -3,7 +3,8 @@
 `calibrate()` is the whole pipeline: probes -> the off-grid design (calibration.offgrid: its open-loop
 rates need the probed profile) -> real runs of the grid and the off-grid points, shuffled together ->
 the per-operation probes again (each probe keeps its faster pass) -> parameters measured from the runs
--> least-squares fit on the training points -> held-out validation against the USL baseline -> the refit -> the off-grid validation with the final profile -> profile JSON
+-> least-squares fit on the training points -> held-out validation against the USL baseline -> the
+refit -> the off-grid validation with the final profile -> profile JSON
 (fingerprint, calibrated=True, validation table, failed runs, the off-grid seed, summary and rows in
 its notes) and both tables in one CSV (its "set" column: grid | offgrid). Then the prediction bands'
 coverage of the held-out points (calibration.coverage: experiments.intervals' rule, leave-one-out), in

@@ -92,6 +92,10 @@ class ModelBase:
         # A short-lived connection's last request carries no `Connection: close` (realkit's load
         # generator just closes after its k-th answer): the server keeps the connection until the
         # client's FIN shows up as EOF (an m1 server sits idle in recv() meanwhile).
+        self.serve_next(conn)
+
+    def serve_next(self, conn) -> None:
+        """A connection its server is done with: what already arrived on it (a request, EOF) is ready."""
         if conn.eof or conn.req is not None:
             conn.busy = True
             self.readable(conn)

@@ -71,8 +71,5 @@ class Model(ModelBase):
 
     def rearmed(self, th, conn) -> None:
         conn.busy = False
-        if conn.closed:
-            return
-        if conn.eof or conn.req is not None:
-            conn.busy = True
-            conn.owner.ready.append(conn)  # the loop is running: it sees the fd at its next epoll_wait
+        if not conn.closed:
+            self.serve_next(conn)  # the loop is running: it sees the fd at its next epoll_wait

@@ -219,8 +219,7 @@ def test_m7_spawns_a_thread_per_request():
 
 def test_m7_threads_post_back_and_the_loop_rearms_each_connection():
     # realkit's spawned thread posts its report to its loop (a queue and the loop's wake-up fd); the
-    # loop, woken, re-arms the connection. So every request pays one queue hand-off on the loop, and the
-    # next request waits for the re-arm.
+    # loop, woken, re-arms the connection. So every request pays one queue hand-off on the loop.
     s = BASE.replace(model="m7_reactor_spawn", threads=1, connections=8, cpu_us=50)
     dear = PROFILE.with_params("probe", queue_handoff_s=200e-6)
     base = simulate(s, PROFILE)
