@@ -438,7 +438,7 @@ def _spawn_figure(field: str) -> Callable[[Lab], tuple[float, float, str]]:
                 f"warm-up {s.workload.warmup_s:g} s: p99 real {_get(real, 'latency_p99_s', 1e3):.0f} / sim "
                 f"{_get(sim, 'latency_p99_s', 1e3):.0f} ms, RSS real {_mib(_get(real, 'rss_peak_bytes'))} / sim "
                 f"{_mib(_get(sim, 'rss_peak_bytes'))} MiB; the profile's thread_spawn_s "
-                f"{lab.profile['thread_spawn_s'] * 1e6:.0f} us")
+                f"{lab.profile['thread_spawn_s'] * 1e6:.0f} us + thread_boot_s {lab.profile['thread_boot_s'] * 1e6:.0f} us")
         return _get(real, field), _get(sim, field), note
 
     return run

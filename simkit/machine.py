@@ -334,8 +334,10 @@ class Machine:
                 return
             self._assign(core, th)
         elif woken:
-            if src is not None and src is not th.last_core:
-                th.pending += self.wake_s  # queued on a busy core: the IPI and remote wake-up all the same
+            if src is not None and th.last_core is not None and src is not th.last_core:
+                # queued on a busy core: the IPI and remote wake-up all the same (a new thread, with
+                # no core yet, queues on its parent's)
+                th.pending += self.wake_s
             self.wokenq.append((th, self.env.now))
         else:
             self.runq.append((th, self.env.now + self.runq_delay))

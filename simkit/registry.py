@@ -294,9 +294,9 @@ def _loops_spawning_threads(scenario: Any, profile: Any, d: Any, handoff: float)
 
     p = profile
     # per request, two turns of the loop: the ready socket (spawn) and the thread's post (the wake-up
-    # fd's read, the hand-off, the re-arm); their dispatch and the hand-off hold the GIL
-    loop_py = 2 * p["epoll_per_event_s"] + p["queue_handoff_s"]
-    loop_s = loop_py + 2 * p["epoll_wait_base_s"] + p["thread_spawn_s"] + p["recv_base_s"] + p["epoll_ctl_s"]
+    # fd's read, the hand-off, the re-arm); their dispatch, the spawn and the hand-off hold the GIL
+    loop_py = 2 * p["epoll_per_event_s"] + p["queue_handoff_s"] + p["thread_spawn_s"]
+    loop_s = loop_py + 2 * p["epoll_wait_base_s"] + p["recv_base_s"] + p["epoll_ctl_s"]
     return [Station("loops", loop_s, scenario.model.threads),
             *_thread_per_executor(scenario, d, handoff, counted=loop_s, loop_py_s=loop_py)]
 
@@ -304,7 +304,7 @@ def _loops_spawning_threads(scenario: Any, profile: Any, d: Any, handoff: float)
 # -- the seven ---------------------------------------------------------------------------------------
 def _m2_costs(spec: Any, p: Any) -> ExtraCosts:
     # the connection's thread sleeps in recv: a switch and a cross-core wake-up per request
-    return ExtraCosts(syscall_s=p["ctx_switch_s"] + p["wakeup_s"], per_conn_s=p["thread_spawn_s"])
+    return ExtraCosts(syscall_s=p["ctx_switch_s"] + p["wakeup_s"], per_conn_s=p["thread_spawn_s"] + p["thread_boot_s"])
 
 
 def _m4_costs(spec: Any, p: Any) -> ExtraCosts:
@@ -323,11 +323,11 @@ def _m6_costs(spec: Any, p: Any) -> ExtraCosts:
 
 
 def _m7_costs(spec: Any, p: Any) -> ExtraCosts:
-    # Thread.start() is mostly clone() and scheduling: CPU time with the GIL released. The thread posts
-    # back to its loop, which reads its wake-up fd in one more turn and re-arms the socket (the
-    # hand-off, in Python); EPOLLONESHOT disarmed it by itself.
-    return ExtraCosts(python_s=p["queue_handoff_s"] + p["epoll_per_event_s"],
-                      syscall_s=p["epoll_ctl_s"] + p["thread_spawn_s"] + p["recv_base_s"] + p["epoll_wait_base_s"])
+    # A spawn holds the GIL, on the loop (Thread(), start(): pthread_create) and in the new thread (its
+    # bootstrap and exit). The thread posts back to its loop, which reads its wake-up fd in one more
+    # turn and re-arms the socket (the hand-off, in Python); EPOLLONESHOT disarmed it by itself.
+    return ExtraCosts(python_s=p["queue_handoff_s"] + p["epoll_per_event_s"] + p["thread_spawn_s"] + p["thread_boot_s"],
+                      syscall_s=p["epoll_ctl_s"] + p["recv_base_s"] + p["epoll_wait_base_s"])
 
 
 def _m8_costs(spec: Any, p: Any) -> ExtraCosts:

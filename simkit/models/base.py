@@ -85,6 +85,11 @@ class ModelBase:
         """Default: serve the request inline in the loop thread (m3, m5, m6)."""
         self.serve_steps(steps, conn)
 
+    def handle_eof(self, reactor, conn, steps) -> None:
+        """Default: the loop reads the client's FIN itself, unregisters and closes the socket."""
+        steps.append((CPU, self.eof_s, None))
+        self.close_conn(conn)
+
     def on_send(self, conn, req, t: float) -> None:
         """A SEND step: the response leaves at time t (resolved inside a burst, t >= now)."""
         conn.busy = False
@@ -121,15 +126,19 @@ class ModelBase:
         """Thread.start() called by `parent` (from one of its CALL steps): a new thread running
         `program`, or None when threads_max or memory refuses it. Thread.start() returns only once the
         new thread has run its bootstrap, which needs the GIL, so `parent` waits for that: under GIL
-        contention a server starts threads no faster than they get the GIL."""
+        contention a server starts threads no faster than they get the GIL. The bootstrap is
+        thread_boot_s of the new thread's CPU with the GIL (its exit's share too). The new thread is
+        woken while `parent` still holds its core (clone() places it before the parent blocks), so
+        the kernel's fork balancing puts it on an idle core where there is one: a cross-core wake-up
+        there, and another when it wakes the parent back."""
         m = self.machine
         th = m.new_thread(proc, program, obj, start=False)
         if th is None:
             return None
-        th.steps.append((GIL, 0.0, None))  # _bootstrap_inner sets the started event
+        th.steps.append((GIL, self.p["thread_boot_s"], None))  # _bootstrap_inner sets the started event
         th.steps.append((CALL, self._started, parent))
-        m.park(parent)
         m.wake(th)
+        m.park(parent)
         return th
 
     def _started(self, th, parent) -> None:
@@ -295,8 +304,7 @@ class Reactor(_ListenerWatcher):
                 if conn.closed:
                     continue
                 if conn.eof:
-                    steps.append((CPU, model.eof_s, None))
-                    model.close_conn(conn)
+                    model.handle_eof(self, conn, steps)
                 elif conn.req is not None:
                     model.handle_ready(self, conn, steps)
                 else:
@@ -316,15 +324,18 @@ class Acceptor(_ListenerWatcher):
     """A thread blocked in accept() on one listen socket that hands each connection to `handoff`
     (m2: spawn a thread; m5/m7: round-robin to a loop; m6 fdpass: sendmsg to a worker)."""
 
-    __slots__ = ("model", "thread", "proc", "listener", "idle", "accept_blocked", "cost", "handoff", "target_proc")
+    __slots__ = ("model", "thread", "proc", "listener", "idle", "accept_blocked", "cost", "gil_s", "handoff",
+                 "target_proc")
 
-    def __init__(self, model: ModelBase, proc, listener, cost: float, handoff, target_proc=None) -> None:
+    def __init__(self, model: ModelBase, proc, listener, cost: float, handoff, target_proc=None,
+                 gil_s: float = 0.0) -> None:
         self.model = model
         self.proc = proc
         self.listener = listener
         self.idle = False
         self.accept_blocked = False
-        self.cost = cost
+        self.cost = cost  # accept() and what else runs with the GIL released
+        self.gil_s = gil_s  # the Python around it, GIL held (m2: starting the connection's thread)
         self.handoff = handoff  # handoff(conn) -> bool (False: refused; the connection was reset)
         self.target_proc = target_proc  # target_proc(conn) -> the process whose fd table gets the conn
         listener.watchers.append(self)
@@ -345,7 +356,7 @@ class Acceptor(_ListenerWatcher):
                 break
             q.popleft()
             steps.append((CPU, self.cost, None))
-            steps.append((GIL, 0.0, None))  # the Python around accept() runs with the GIL
+            steps.append((GIL, self.gil_s, None))  # the Python around accept() runs with the GIL
             steps.append((CALL, self._hand, conn))
         if not steps:
             self.idle = True

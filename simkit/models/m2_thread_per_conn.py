@@ -3,6 +3,8 @@ thread serves the connection until it closes, then exits. Every connection costs
 time, RSS, a threads_max slot): past threads_max the server cannot start one and drops the
 connection (the client sees a reset; failure "threads_max").
 
+Starting a thread holds the GIL on both sides: thread_spawn_s in the acceptor (Thread(), start(),
+pthread_create included), thread_boot_s in the new thread (its bootstrap and exit).
 Thread.start() waits for the new thread's bootstrap, which needs the GIL. m7 models that wait
 (ModelBase.start_thread); m2 does not: behind the simulator's FIFO GIL the acceptor would wait a
 whole round of the GIL queue per thread and start far fewer threads than the real server, while
@@ -10,7 +12,7 @@ without the wait it starts more (the README's calibration section has the figure
 
 from __future__ import annotations
 
-from simkit.machine import CPU
+from simkit.machine import CPU, GIL
 from simkit.models.base import Acceptor, ModelBase
 
 
@@ -20,16 +22,21 @@ class Model(ModelBase):
     def build(self) -> None:
         m = self.machine
         self.proc = m.new_proc(self.spec.gil)
-        self.acceptor = Acceptor(self, self.proc, self.new_listener(), self.accept_s + self.p["thread_spawn_s"],
-                                 self.spawn)
+        # Thread() and start() hold the GIL (pthread_create included); the new thread's bootstrap and
+        # exit too, on its side
+        self.acceptor = Acceptor(self, self.proc, self.new_listener(), self.accept_s, self.spawn,
+                                 gil_s=self.p["thread_spawn_s"])
 
     def spawn(self, conn) -> None:
-        th = self.machine.new_thread(self.proc, self.conn_program, conn)
+        m = self.machine
+        th = m.new_thread(self.proc, self.conn_program, conn, start=False)
         if th is None:  # threads_max or memory: RuntimeError("can't start new thread"); close it
             self.clients.reset(conn)
             self.close_conn(conn)
             return
+        th.steps.append((GIL, self.p["thread_boot_s"], None))
         conn.owner = th
+        m.wake(th)
 
     def readable(self, conn) -> None:
         self.machine.wake(conn.owner)

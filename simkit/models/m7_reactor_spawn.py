@@ -4,9 +4,10 @@ recv/work/send, posts back to its loop (a queue and the loop's wake-up fd, realk
 and exits; the loop, woken by the post, re-arms the fd (epoll_ctl). Until then the connection stays
 with the thread: a request arriving meanwhile waits for the re-arm. Each request pays a thread spawn,
 holds a thread (and its RSS, and a threads_max slot) while it runs, and wakes its loop once more.
-Thread.start() returns only after the new thread has taken the GIL once, so the loop waits for that
-hand-shake (without it a loop would spawn threads as fast as it could, far more than the real server
-holds)."""
+A spawn holds the GIL on both sides (thread_spawn_s on the loop, thread_boot_s on the new thread), so
+loops that spawn do not spawn in parallel. Thread.start() returns only after the new thread has taken
+the GIL once, so the loop waits for that hand-shake (without it a loop would spawn threads as fast as
+it could, far more than the real server holds)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class Model(ModelBase):
         # the post's way back, as a handed-over fd's (Reactor.inbox_cost): the queue hand-off, then
         # _finish re-arms with epoll_ctl(MOD), in Python on the loop (the GIL held)
         self.finish_s = self.p["queue_handoff_s"] + self.ctl_s
+        self.close_s = self.p["close_s"]
 
     def hand(self, conn) -> None:
         loop = self.loops[self.rr]
@@ -35,8 +37,13 @@ class Model(ModelBase):
         loop.notify()
 
     def handle_ready(self, reactor, conn, steps) -> None:
-        steps.append((CPU, self.spawn_s, None))  # Thread.start() (EPOLLONESHOT disarmed the fd itself)
+        # Thread() and start(): pthread_create runs with the GIL held (EPOLLONESHOT disarmed the fd itself)
+        steps.append((GIL, self.spawn_s, None))
         steps.append((CALL, self.spawn, conn))
+
+    # realkit's m7 arms EPOLLIN only: the client's FIN is a readable event like a request; a thread
+    # reads it (recv() returns b"") and posts back, and the loop closes the socket
+    handle_eof = handle_ready
 
     def spawn(self, th, conn) -> None:
         if self.start_thread(th, self.proc, self.request_program, [conn, False]) is None:
@@ -51,17 +58,23 @@ class Model(ModelBase):
             return False
         state[1] = True
         conn = state[0]
-        self.serve_steps(th.steps, conn)
-        th.steps.append((CALL, self.post, conn))  # Reactor.post: its hand-off is priced on the loop
+        if conn.req is not None:
+            self.serve_steps(th.steps, conn)
+            th.steps.append((CALL, self.post, self.finish))  # Reactor.post: its hand-off is priced on the loop
+        else:  # the client's FIN
+            th.steps.append((CPU, self.recv_s, None))
+            th.steps.append((GIL, 0.0, None))
+            th.steps.append((CALL, self.post, self.finish_eof))
         return True
 
     def on_send(self, conn, req, t: float) -> None:
         """The answer leaves; the connection stays with its thread until the loop re-arms it."""
         self.clients.respond(conn, req, t)
 
-    def post(self, th, conn) -> None:
+    def post(self, th, finish) -> None:
+        conn = th.obj[0]
         loop = conn.owner
-        loop.posted.append((self.finish, conn))
+        loop.posted.append((finish, conn))
         loop.notify()
 
     def finish(self, loop, conn, steps) -> None:
@@ -69,7 +82,16 @@ class Model(ModelBase):
         steps.append((GIL, self.finish_s, None))
         steps.append((CALL, self.rearmed, conn))
 
+    def finish_eof(self, loop, conn, steps) -> None:
+        """On the loop: the thread's report of EOF, then unregister and close() the socket."""
+        steps.append((GIL, self.finish_s + self.close_s, None))
+        steps.append((CALL, self.closed, conn))
+
     def rearmed(self, th, conn) -> None:
         conn.busy = False
         if not conn.closed:
             self.serve_next(conn)  # the loop is running: it sees the fd at its next epoll_wait
+
+    def closed(self, th, conn) -> None:
+        conn.busy = False
+        self.close_conn(conn)

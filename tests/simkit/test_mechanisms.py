@@ -228,6 +228,37 @@ def test_m7_threads_post_back_and_the_loop_rearms_each_connection():
     assert extra == pytest.approx(200e-6 - PROFILE["queue_handoff_s"], rel=0.25)
 
 
+def test_a_thread_spawn_holds_the_gil_so_loops_that_spawn_do_not_spawn_in_parallel():
+    # CPython calls pthread_create holding the GIL and the new thread's bootstrap takes it: two m7 loops
+    # on two cores spawn no faster than one (measured: two threads spawning at once on this project's
+    # 2-core box, 8,505 spawns/s; one, 8,572/s).
+    dear = PROFILE.with_params("probe", thread_spawn_s=300e-6, thread_boot_s=300e-6)
+    s = BASE.replace(model="m7_reactor_spawn", cores=2, connections=32)
+    one, two = (simulate(s.replace(threads=k), dear) for k in (1, 2))
+    assert two.throughput_rps < 1.15 * one.throughput_rps
+    assert two.throughput_rps < 1.0 / 600e-6
+
+
+def test_m7_spawns_a_thread_for_the_clients_close():
+    # realkit's m7 watches EPOLLIN only, so a client's FIN is a readable event: the loop spawns a thread
+    # that reads b"" and posts back, and the loop closes. A connection per request costs two spawns.
+    dear = PROFILE.with_params("probe", thread_spawn_s=200e-6, thread_boot_s=200e-6)
+    s = BASE.replace(model="m7_reactor_spawn", threads=1, connections=8)
+    keep, short = (simulate(s.replace(requests_per_conn=k), dear) for k in (None, 1))
+    per_req = [r.cpu_util / r.throughput_rps for r in (keep, short)]
+    assert per_req[0] == pytest.approx(400e-6, rel=0.25)
+    assert per_req[1] - per_req[0] > 0.9 * 400e-6
+
+
+def test_a_new_thread_on_one_core_pays_no_cross_core_wakeup():
+    # m7's spawned thread queues on its parent's core when every core is busy: on one core there is
+    # no IPI to charge, whatever wakeup_s is.
+    s = BASE.replace(model="m7_reactor_spawn", threads=1, connections=8)
+    base = simulate(s, PROFILE)
+    ipi = simulate(s, PROFILE.with_params("probe", wakeup_s=500e-6))
+    assert ipi.cpu_util / ipi.throughput_rps == pytest.approx(base.cpu_util / base.throughput_rps, rel=0.05)
+
+
 def test_server_that_cannot_start_reports_why():
     r = run(model="m6_prefork", processes=8, memory_bytes=64 * 2**20)  # 9 processes x 20 MiB > 64 MiB
     assert r.failure == "memory"
