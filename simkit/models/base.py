@@ -130,12 +130,16 @@ class ModelBase:
         thread_boot_s of the new thread's CPU with the GIL (its exit's share too). The new thread is
         woken while `parent` still holds its core (clone() places it before the parent blocks), so
         the kernel's fork balancing puts it on an idle core where there is one: a cross-core wake-up
-        there, and another when it wakes the parent back."""
+        there, and another when it wakes the parent back. Without a GIL (a C server's
+        pthread_create) nothing waits for the new thread."""
         m = self.machine
         th = m.new_thread(proc, program, obj, start=False)
         if th is None:
             return None
         th.steps.append((GIL, self.p["thread_boot_s"], None))  # _bootstrap_inner sets the started event
+        if not self.spec.gil:
+            m.wake(th)
+            return th
         th.steps.append((CALL, self._started, parent))
         m.wake(th)
         m.park(parent)
@@ -336,7 +340,7 @@ class Acceptor(_ListenerWatcher):
         self.accept_blocked = False
         self.cost = cost  # accept() and what else runs with the GIL released
         self.gil_s = gil_s  # the Python around it, GIL held (m2: starting the connection's thread)
-        self.handoff = handoff  # handoff(conn) -> bool (False: refused; the connection was reset)
+        self.handoff = handoff  # handoff(acceptor thread, conn), a CALL step of the acceptor's
         self.target_proc = target_proc  # target_proc(conn) -> the process whose fd table gets the conn
         listener.watchers.append(self)
         self.thread = model.machine.new_thread(proc, self.program, self)
@@ -367,4 +371,4 @@ class Acceptor(_ListenerWatcher):
         if conn.eof:
             self.model.close_conn(conn)  # the client gave up while queued
             return
-        self.handoff(conn)
+        self.handoff(th, conn)

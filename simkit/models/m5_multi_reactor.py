@@ -17,7 +17,7 @@ class Model(ModelBase):
         self.rr = 0
         self.acceptor = Acceptor(self, proc, self.new_listener(), self.accept_s, self.hand)
 
-    def hand(self, conn) -> None:
+    def hand(self, th, conn) -> None:
         loop = self.loops[self.rr]
         self.rr = (self.rr + 1) % len(self.loops)
         loop.inbox.append(conn)

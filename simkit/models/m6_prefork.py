@@ -46,7 +46,7 @@ class Model(ModelBase):
     def next_proc(self, conn):
         return self.workers[self.rr].proc
 
-    def hand(self, conn) -> None:
+    def hand(self, th, conn) -> None:
         worker = self.workers[self.rr]
         self.rr = (self.rr + 1) % len(self.workers)
         worker.inbox.append(conn)

@@ -30,7 +30,7 @@ class Model(ModelBase):
         self.finish_s = self.p["queue_handoff_s"] + self.ctl_s
         self.close_s = self.p["close_s"]
 
-    def hand(self, conn) -> None:
+    def hand(self, th, conn) -> None:
         loop = self.loops[self.rr]
         self.rr = (self.rr + 1) % len(self.loops)
         loop.inbox.append(conn)
