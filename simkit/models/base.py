@@ -276,6 +276,8 @@ class Reactor(_ListenerWatcher):
             while inbox:
                 steps.append((CPU, cost, None))
                 self.adopt(inbox.popleft())
+        batch = self.ready  # what this epoll_wait returned; a posted call's re-arm is seen at the next
+        self.ready = deque()
         if self.completions or self.posted:
             # the way back from other threads: one read of the wake-up fd (the eventfd is written once
             # per batch: realkit's Reactor.post coalesces wake-ups), then each result off a deque and
@@ -290,9 +292,7 @@ class Reactor(_ListenerWatcher):
             while posted:
                 fn, arg = posted.popleft()
                 fn(self, arg, steps)
-        if self.ready:
-            batch = self.ready
-            self.ready = deque()
+        if batch:
             k = self.batches = self.batches + 1
             if len(batch) > 1 and model.level_triggered:
                 # Level-triggered epoll re-queues each fd it reports at the tail of its ready list at

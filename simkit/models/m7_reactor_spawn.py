@@ -78,19 +78,18 @@ class Model(ModelBase):
         loop.notify()
 
     def finish(self, loop, conn, steps) -> None:
-        """On the loop: the thread's report, then epoll_ctl to re-arm the connection."""
+        """On the loop: the thread's report, then epoll_ctl to re-arm the connection. The re-arm takes
+        effect now, not at the step's end: what arrives on the connection meanwhile is seen at the
+        loop's next epoll_wait either way (this turn's batch is already taken), and one event less."""
         steps.append((GIL, self.finish_s, None))
-        steps.append((CALL, self.rearmed, conn))
+        conn.busy = False
+        if not conn.closed:
+            self.serve_next(conn)
 
     def finish_eof(self, loop, conn, steps) -> None:
         """On the loop: the thread's report of EOF, then unregister and close() the socket."""
         steps.append((GIL, self.finish_s + self.close_s, None))
         steps.append((CALL, self.closed, conn))
-
-    def rearmed(self, th, conn) -> None:
-        conn.busy = False
-        if not conn.closed:
-            self.serve_next(conn)  # the loop is running: it sees the fd at its next epoll_wait
 
     def closed(self, th, conn) -> None:
         conn.busy = False
