@@ -6,9 +6,8 @@ connection (the client sees a reset; failure "threads_max").
 Starting a thread holds the GIL on both sides: thread_spawn_s in the acceptor (Thread(), start(),
 pthread_create included), thread_boot_s in the new thread (its bootstrap and exit), and
 Thread.start() waits for the bootstrap (ModelBase.start_thread), so under GIL contention the acceptor
-starts threads no faster than they get the GIL. With 5,000-10,000 clients on one core the real server
-held 343-351 threads; this model 180-196, and 3,609-3,761 without the wait (campaign 19's runs; while
-the spawn was charged as GIL-free CPU and the wait left out, 1,337-1,482)."""
+starts threads no faster than they get the GIL (the README's calibration section compares the thread
+counts with the real server's)."""
 
 from __future__ import annotations
 
