@@ -47,9 +47,10 @@ class Model(ModelBase):
 
     def spawn(self, th, conn) -> None:
         if self.start_thread(th, self.proc, self.request_program, [conn, False]) is None:
-            # threads_max or memory: the request cannot be served; close the connection
-            self.clients.reset(conn)
-            self.close_conn(conn)
+            # threads_max or memory: realkit's loop serves it inline instead and posts to itself
+            inline: list = []
+            self.thread_steps(inline, conn)
+            th.steps.extendleft(reversed(inline))
 
     def request_program(self, th) -> bool:
         state = th.obj
@@ -57,22 +58,25 @@ class Model(ModelBase):
             self.machine.exit_thread(th)
             return False
         state[1] = True
-        conn = state[0]
-        if conn.req is not None:
-            self.serve_steps(th.steps, conn)
-            th.steps.append((CALL, self.post, self.finish))  # Reactor.post: its hand-off is priced on the loop
-        else:  # the client's FIN
-            th.steps.append((CPU, self.recv_s, None))
-            th.steps.append((GIL, 0.0, None))
-            th.steps.append((CALL, self.post, self.finish_eof))
+        self.thread_steps(th.steps, state[0])
         return True
+
+    def thread_steps(self, steps, conn) -> None:
+        """What the spawned thread does: serve the request, or read the client's FIN, then post back."""
+        if conn.req is not None:
+            self.serve_steps(steps, conn)
+            steps.append((CALL, self.post, (self.finish, conn)))  # Reactor.post: its hand-off is priced on the loop
+        else:  # the client's FIN
+            steps.append((CPU, self.recv_s, None))
+            steps.append((GIL, 0.0, None))
+            steps.append((CALL, self.post, (self.finish_eof, conn)))
 
     def on_send(self, conn, req, t: float) -> None:
         """The answer leaves; the connection stays with its thread until the loop re-arms it."""
         self.clients.respond(conn, req, t)
 
-    def post(self, th, finish) -> None:
-        conn = th.obj[0]
+    def post(self, th, call) -> None:
+        finish, conn = call
         loop = conn.owner
         loop.posted.append((finish, conn))
         loop.notify()

@@ -220,6 +220,14 @@ def test_m7_spawns_a_thread_per_request():
     assert r.throughput_rps < m5.throughput_rps  # each request pays a thread spawn
 
 
+def test_m7_serves_inline_when_it_cannot_start_a_thread():
+    # realkit's m7 loop serves a request itself when Thread.start() fails (threads_max, memory) and
+    # posts the report to itself. threads_max 3: the acceptor and the two loops, no room for a request's.
+    r = run(model="m7_reactor_spawn", threads=2, connections=16, cpu_us=50, threads_max=3)
+    assert r.failure == "threads_max"
+    assert r.errors_reset == 0 and r.completed > 0
+
+
 def test_m7_threads_post_back_and_the_loop_rearms_each_connection():
     # realkit's spawned thread posts its report to its loop (a queue and the loop's wake-up fd); the
     # loop, woken, re-arms the connection. So every request pays one queue hand-off on the loop.
