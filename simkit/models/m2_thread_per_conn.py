@@ -29,8 +29,8 @@ class Model(ModelBase):
     def spawn(self, th, conn) -> None:
         child = self.start_thread(th, self.proc, self.conn_program, conn)
         if child is None:  # threads_max or memory: RuntimeError("can't start new thread"); close it
+            self.close_conn(conn)  # first: the client's reset marks the connection closed
             self.clients.reset(conn)
-            self.close_conn(conn)
             return
         conn.owner = child
 
