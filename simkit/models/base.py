@@ -276,8 +276,8 @@ class Reactor(_ListenerWatcher):
             while inbox:
                 steps.append((CPU, cost, None))
                 self.adopt(inbox.popleft())
-        batch = self.ready  # what this epoll_wait returned; a posted call's re-arm is seen at the next
-        self.ready = deque()
+        batch = self.ready  # what this epoll_wait returned
+        self.ready = deque()  # always a fresh one: a posted call's re-arm lands here, for the next turn
         if self.completions or self.posted:
             # the way back from other threads: one read of the wake-up fd (the eventfd is written once
             # per batch: realkit's Reactor.post coalesces wake-ups), then each result off a deque and
