@@ -40,6 +40,7 @@ from calibration.fit import (
     apply_measured,
     loadgen_from_probe,
     probe_floors,
+    unmeasured,
 )
 from calibration.fit import fit as fit_params  # not `fit`: that would hide the calibration.fit module
 from calibration.grid import ROLES, GridPoint, build_grid
@@ -269,6 +270,7 @@ def calibrate(
 
     # 3. parameters the real runs measure directly, then the fit on the training points only
     profile = apply_measured(profile, measured_runs)
+    fit_names = unmeasured(fit_names, [r.result for r in train])
     floors = probe_floors(profile)
     with SimBatch(simulate, workers) as batch:
         fitted = fit_params([r.result for r in train], profile, names=fit_names, target_requests=target_requests,
@@ -287,7 +289,7 @@ def calibrate(
         #    held-out one, made before the refit saw the 2-core points.
         refit: FitResult | None = None
         final = fitted.profile
-        if refit_all:
+        if refit_all and fit_names:
             if len(measured_runs) > len(train):
                 refit = fit_params(measured_runs, fitted.profile, names=fit_names, target_requests=target_requests,
                             max_evaluations=max(4, max_evaluations // 5), time_budget_s=fit_time_budget_s / 3,

@@ -95,6 +95,21 @@ def as_realkit(sim: Result, stats: Any = None) -> Result:
     return replace(sim, throughput_rps=(sim.completed + sim.in_flight) / d)
 
 
+# The profile's parameter for each Result field a real run measures its work's actual duration in.
+RUN_SPEEDS: tuple[tuple[str, str], ...] = (("work_cpu_scale", "cpu_work_scale"), ("work_gil_scale", "gil_work_scale"))
+
+
+def at_run_speed(profile: CostProfile, real: Result) -> CostProfile:
+    """`profile` with the work scales the real run measured (realkit.work.WorkLedger), where it did.
+
+    This box's speed for interpreted code flips between two rates ~1.9x apart for seconds at a time
+    (hashing does not move): a run's gil_us work took 1.1-1.6x what it asked in one campaign. A
+    simulation of that run is a test of the server's mechanisms at that speed, so it runs at it;
+    a prediction of an unmeasured case takes the runs' median and their spread (fit.apply_measured)."""
+    got = {param: v for field, param in RUN_SPEEDS if math.isfinite(v := getattr(real, field, math.nan)) and v > 0}
+    return profile.with_params("fit", **got) if got else profile
+
+
 def _sim_one(args: tuple) -> Result | str:
     simulate, scenario, profile, seed, shared, own = args
     lg = {"loadgen_cores": own} if own else {"loadgen_on_server_cores": shared}

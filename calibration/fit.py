@@ -1,9 +1,10 @@
 """Parameters the real runs measure, and a least-squares fit of the costs the probes cannot see
 (docs/DESIGN.md §7.3).
 
-Measured, not fitted: the load generator's CPU per request (its CPU over the throughput of the real
-runs) and the RSS figures the probe of the real servers did not measure (from the real runs of the
-architectures whose registry entry names that slope).
+Measured, not fitted: the box's speed for each kind of work (the runs' own work ledgers: median and
+spread), the load generator's CPU per request (its CPU over the throughput of the real runs) and the
+RSS figures the probe of the real servers did not measure (from the real runs of the architectures
+whose registry entry names that slope).
 
 The fit: scipy.optimize.least_squares over value / start of a few parameters (FIT_PARAMS), all
 models at once, on the residuals of calibration.compare (log simulated / measured throughput, p50,
@@ -25,15 +26,27 @@ from typing import Any
 
 import numpy as np
 
-from calibration.compare import METRICS, SimBatch, SimulateFn, loadgen_shares_cores, residuals, sim_scenario
+from calibration.compare import (
+    METRICS,
+    RUN_SPEEDS,
+    SimBatch,
+    SimulateFn,
+    at_run_speed,
+    loadgen_shares_cores,
+    residuals,
+    sim_scenario,
+)
 from simkit import registry
 from simkit.profile import CostProfile, Param
 from simkit.result import Result
 from simkit.scenario import Scenario
 
-# What the fit moves (the probes start them): the box's speed for each kind of work. The work scales
-# are probed, but in a moment, and a shared VM's speed drifts between the probe and the real runs:
-# fitting them to the training runs takes the campaign's own speed. parse_s is measured on a real
+# What the fit may move (the probes start them): the box's speed for each kind of work, and only where
+# the runs did not measure it (unmeasured()): realkit's runs carry their own (Result.work_*_scale),
+# which compare.at_run_speed uses as measured, so a campaign of realkit's servers fits nothing. The
+# probes take these speeds in a moment, and this VM's speed for interpreted code flips between two
+# rates ~1.9x apart: fitted, one scale averaged the spells (1.0-2.3 across campaigns against a probe
+# of ~1.06) and traded them against the mechanisms. parse_s is measured on a real
 # reactor (parse_from_server): fitted, it stood in for the wake-up from idle that the grid's sleeping
 # requests pay (225 us against a real 20-30 us per request) and traded with the work scales. accept_s
 # and loopback_rtt_s stay at their probes: fitted, accept_s became the knob for the start-up
@@ -120,9 +133,39 @@ def memory_from_runs(results: Sequence[Result], probed: Mapping[str, float] | No
     return out
 
 
+def work_speeds_from_runs(results: Sequence[Result]) -> dict[str, tuple[float, float]]:
+    """The work scales the runs measured (compare.RUN_SPEEDS): the median over runs, and as its sd the
+    runs' own spread (IQR / 1.349), not the median's error: the box's speed moves from run to run, and
+    a prediction of a run not yet made faces that whole spread."""
+    out = {}
+    for field_name, param in RUN_SPEEDS:
+        got = [v for r in results if math.isfinite(v := getattr(r, field_name, math.nan)) and v > 0]
+        if got:
+            q1, q3 = np.percentile(got, [25, 75])
+            out[param] = (statistics.median(got), float(q3 - q1) / 1.349)
+    return out
+
+
+def unmeasured(names: Sequence[str], results: Sequence[Result]) -> tuple[str, ...]:
+    """`names` less the work scales every run that asks for that work measured: a measured speed is
+    used as measured (compare.at_run_speed), and fitting it would fit nothing. Runs from before the
+    ledger (or an external server's) measure none, and their scales are fitted as before."""
+    asks = {"cpu_work_scale": lambda w: w.cpu_us > 0, "gil_work_scale": lambda w: w.gil_us > 0}
+    field_of = {param: field_name for field_name, param in RUN_SPEEDS}
+    out = []
+    for name in names:
+        runs = [r for r in results if name in asks and asks[name](r.scenario.workload)]
+        if name in field_of and runs and all(math.isfinite(getattr(r, field_of[name])) for r in runs):
+            continue
+        out.append(name)
+    return tuple(out)
+
+
 def apply_measured(profile: CostProfile, results: Sequence[Result]) -> CostProfile:
     """Set the parameters the real runs measure directly (source "fit": estimated from real runs)."""
     params = dict(profile.params)
+    for name, (value, sd) in work_speeds_from_runs(results).items():
+        params[name] = Param(value, sd, "fit")
     cc = client_cpu_from_runs(results)
     if cc is not None and params["client_cpu_per_request_s"].source != "probe":  # the probe's model wins
         params["client_cpu_per_request_s"] = Param(cc[0], cc[1], "fit")
@@ -326,7 +369,7 @@ class Objective:
             n_scen = len(self.scenarios)
             profiles = [self.profile_at(x) for x in todo]
             flat_s = [s for _x in todo for s in self.scenarios]
-            flat_p = [p for p in profiles for _s in self.scenarios]
+            flat_p = [at_run_speed(p, real) for p in profiles for real in self.reals]
             sims = self.batch.run(flat_s, flat_p)
             for k, x in enumerate(todo):
                 r = residuals(sims[k * n_scen:(k + 1) * n_scen], self.reals)
@@ -421,8 +464,6 @@ def fit(
     if simulate is None:
         from simkit import simulate as simulate  # noqa: PLW0127 - the real simulator by default
     names = tuple(names)
-    if not names:
-        raise ValueError("names: nothing to fit")
     reals = [r for r in results if r.throughput_rps > 0]
     if not reals:
         raise ValueError("results: no real run with throughput > 0 to fit")
@@ -444,6 +485,17 @@ def fit(
                     time_budget_s=time_budget_s, diff_step=diff_step, upper=hi, progress=progress)
 
     x0 = np.ones(len(names))
+    if not names:  # every parameter measured (unmeasured()): the residuals at the base, nothing moved
+        try:
+            r0 = obj.residuals(x0)
+        finally:
+            if own_batch:
+                batch.close()
+        rmse = float(np.sqrt(np.mean(r0**2)))
+        return FitResult(profile=base, names=(), start={}, values={}, sd_jacobian={}, sd_bootstrap={},
+                         rmse_log_start=rmse, rmse_log=rmse, evaluations=obj.evaluations, sim_calls=batch.calls,
+                         elapsed_s=time.monotonic() - obj.t0, status="nothing to fit: every parameter measured",
+                         per_run=_per_run_rows(reals, r0))
     status = "converged"
     try:
         f_start = obj.residuals(x0)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from calibration.compare import SimBatch, loadgen_shares_cores
+from calibration.compare import SimBatch, at_run_speed, loadgen_shares_cores
 from calibration.grid import (
     CALIBRATION_BACKLOG,
     CALIBRATION_CONNECT_RATE_CPS,
@@ -181,7 +181,8 @@ class Lab:
         self.touched.append(("sim", s))
         if s not in self._sim:
             t0 = time.monotonic()
-            got = self.batch.run([s], [self.profile])[0]
+            real = self._real.get(s)  # simulated at the speed its real run measured (compare.at_run_speed)
+            got = self.batch.run([s], [self.profile if real is None else at_run_speed(self.profile, real)])[0]
             self.sim_s += time.monotonic() - t0
             self._sim[s] = got if isinstance(got, Result) else None
             if not isinstance(got, Result):

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from calibration.compare import SimBatch, sim_scenario
+from calibration.compare import SimBatch, at_run_speed, sim_scenario
 from calibration.runs import Run
 from simkit.profile import CostProfile
 from simkit.result import Result
@@ -113,7 +113,7 @@ def validate(heldout: Sequence[Run], profile: CostProfile, batch: SimBatch, base
     off-grid set's settings)."""
     ok = [run for run in heldout if run.ok]
     scen = [sim_scenario(run.result, target_requests) for run in ok]
-    sims = batch.run(scen, [profile] * len(scen))
+    sims = batch.run(scen, [at_run_speed(profile, run.result) for run in ok])
     rows: list[dict[str, Any]] = []
     for point, (run, sim) in enumerate(zip(ok, sims, strict=True)):
         real = run.result

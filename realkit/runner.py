@@ -26,6 +26,7 @@ raises ServerStartError; a load generator that crashes raises LoadGenError (cali
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import resource
 import selectors
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from realkit import work
 from realkit.loadgen import LoadGenError, LoadReport, LoadSpec, raise_nofile, run_load
 from realkit.monitor import ProcessTreeMonitor, TreeStats
 from realkit.servers import server_argument
@@ -127,13 +129,18 @@ class ServerProcess:
         self.port: int | None = None
         self._stderr = tempfile.TemporaryFile()
         self._drain: threading.Thread | None = None
+        self._ledger = tempfile.TemporaryDirectory(prefix="serverlab-work-")
+
+    def work_scales(self) -> tuple[float, float]:
+        """(cpu, gil) actual / asked duration of the work the server's processes did so far."""
+        return work.read_ledger(self._ledger.name)
 
     def stderr_tail(self, n: int = 2000) -> str:
         return file_tail(self._stderr, n)
 
     def start(self) -> int:
         cmd = server_command(self.scenario, self.cpus)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{work.WORK_LEDGER_ENV: self._ledger.name})
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -213,6 +220,7 @@ class ServerProcess:
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
         self._stderr.close()
+        self._ledger.cleanup()
 
 
 def load_spec_for(
@@ -317,6 +325,7 @@ def measure(
         died = not server.alive()
         exit_code = server.stop(stop_timeout_s)
         stats = monitor.summary(report.window_start_s, report.window_end_s)
+        scales = server.work_scales() if target is None else (math.nan, math.nan)
         if died:
             warnings.warn(
                 f"server {scenario.model.name if target is None else target.command} died during the run; "
@@ -331,6 +340,7 @@ def measure(
             died=died,
             stopped_cleanly=exit_code == 0 or died,
             server_fd_limit=fd_limit,
+            work_scales=scales,
         )
     finally:
         server.close()
@@ -361,8 +371,10 @@ def build_result(
     died: bool = False,
     stopped_cleanly: bool = True,
     server_fd_limit: int | None = None,
+    work_scales: tuple[float, float] = (math.nan, math.nan),
 ) -> Result:
-    """Pure: one Result from a load report and the server tree's statistics over the same window."""
+    """Pure: one Result from a load report and the server tree's statistics over the same window, and
+    the (cpu, gil) actual / asked work duration the server's ledger recorded (realkit.work.WorkLedger)."""
     failures = []
     if died:
         failures.append("server_died")
@@ -406,5 +418,7 @@ def build_result(
         rss_peak_bytes=stats.rss_peak_bytes,
         fds_peak=stats.fds_peak,
         loadgen_cpu_util=report.loadgen_cpu_util,
+        work_cpu_scale=work_scales[0],
+        work_gil_scale=work_scales[1],
         failure=",".join(failures),
     )

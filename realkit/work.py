@@ -185,6 +185,12 @@ def do_work(
 
     With `abort`, long work asks it between slices and stops when it returns True. Returns False
     if the work was abandoned so, True if it was all done."""
+    if _ledger is not None:
+        return _ledger.timed(cpu_us, gil_us, io_us, abort)
+    return _do_work(cpu_us, gil_us, io_us, abort)
+
+
+def _do_work(cpu_us: float, gil_us: float, io_us: float, abort: Callable[[], bool] | None) -> bool:
     if abort is None:
         if cpu_us > 0:
             cpu_work(cpu_us)
@@ -227,3 +233,71 @@ def _sleep(seconds: float, abort: Callable[[], bool]) -> bool:
         time.sleep(min(left, IO_CHECK_S))
         if abort() and end - time.monotonic() > 0:
             return False
+
+
+# -- what the work really took -------------------------------------------------------------------
+WORK_LEDGER_ENV = "SERVERLAB_WORK_LEDGER"
+LEDGER_FLUSH_S = 0.25
+
+
+class WorkLedger:
+    """CPU time each kind of work really took against what was asked, in this process.
+
+    The box's speed for interpreted code moves while a campaign runs (on this VM it flips between two
+    speeds about 1.9x apart, for seconds at a time, and hashing does not), so the pinned unit costs give
+    each run a different actual duration. Each process keeps its totals (thread CPU clock around each
+    kind) and rewrites them to `dir/<pid>` at most every LEDGER_FLUSH_S; `read_ledger` sums a server's
+    processes into actual / asked per kind."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.restart()
+        os.register_at_fork(after_in_child=self.restart)  # a forked worker keeps its own file
+
+    def restart(self) -> None:
+        self.path = os.path.join(self.directory, str(os.getpid()))
+        self.totals = [0, 0, 0, 0]  # cpu asked ns, cpu spent ns, gil asked ns, gil spent ns
+        self.lock = threading.Lock()
+        self.flushed = time.monotonic()
+
+    def timed(self, cpu_us: float, gil_us: float, io_us: float, abort: Callable[[], bool] | None) -> bool:
+        t0 = time.thread_time_ns()
+        if cpu_us > 0 and not _do_work(cpu_us, 0.0, 0.0, abort):
+            return False
+        t1 = time.thread_time_ns()
+        if gil_us > 0 and not _do_work(0.0, gil_us, 0.0, abort):
+            return False
+        t2 = time.thread_time_ns()
+        with self.lock:
+            tot = self.totals
+            if cpu_us > 0:
+                tot[0] += int(cpu_us * 1000)
+                tot[1] += t1 - t0
+            if gil_us > 0:
+                tot[2] += int(gil_us * 1000)
+                tot[3] += t2 - t1
+            now = time.monotonic()
+            flush = now - self.flushed >= LEDGER_FLUSH_S
+            if flush:
+                self.flushed = now
+                line = " ".join(map(str, tot))
+        if flush:
+            with contextlib.suppress(OSError), open(self.path, "w") as f:
+                f.write(line + "\n")
+        return io_us <= 0 or _do_work(0.0, 0.0, io_us, abort)
+
+
+def read_ledger(directory: str) -> tuple[float, float]:
+    """(cpu, gil) actual / asked duration summed over the processes that wrote to `directory`; nan
+    for a kind no request asked for."""
+    tot = [0, 0, 0, 0]
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            with contextlib.suppress(OSError, ValueError), open(os.path.join(directory, name)) as f:
+                vals = [int(x) for x in f.read().split()]
+                if len(vals) == 4:
+                    tot = [a + b for a, b in zip(tot, vals, strict=True)]
+    return (tot[1] / tot[0] if tot[0] else float("nan"), tot[3] / tot[2] if tot[2] else float("nan"))
+
+
+_ledger: WorkLedger | None = WorkLedger(os.environ[WORK_LEDGER_ENV]) if os.environ.get(WORK_LEDGER_ENV) else None

@@ -110,8 +110,11 @@ def calibrate(quick: bool, out: str | None, models: tuple[str, ...], workers: in
                       markup=False, highlight=False)
     fit = report.fit
     unit = {n: (" s" if n.endswith("_s") else "") for n in fit.names}  # the work scales are ratios
-    console.print("fitted: " + ", ".join(f"{n} = {fit.values[n]:.3g}{unit[n]} (start {fit.start[n]:.3g})"
-                                         for n in fit.names)
+    prof = report.profile
+    speeds = ", ".join(f"{n} {prof[n]:.3g} +- {prof.params[n].sd:.2g}" for n in ("cpu_work_scale", "gil_work_scale"))
+    console.print(f"work speeds (actual / asked, median of the runs' own +- their spread): {speeds}")
+    console.print("fitted: " + (", ".join(f"{n} = {fit.values[n]:.3g}{unit[n]} (start {fit.start[n]:.3g})"
+                                          for n in fit.names) or "nothing (every run measured its own speeds)")
                   + f"; rms log error {fit.rmse_log_start:.3f} -> {fit.rmse_log:.3f}")
     console.print(format_summary(report.summary), markup=False, highlight=False, soft_wrap=True)
     off = report.profile.notes.get("offgrid") or {}

@@ -17,6 +17,10 @@ Decisions beyond docs/DESIGN.md §5:
 - `profile` names the cost profile a simulated or analytic Result came from (CostProfile.label:
   host, calibration date, short id), so a number can be traced to the costs behind it. A real
   Result has "": it was measured, not priced. Frames written before the field load with "".
+- `work_cpu_scale` / `work_gil_scale`: how long the request work really took against what it asked
+  for (cpu_us, gil_us), as CPU time. A real run measures it (realkit.work.WorkLedger: this box's speed
+  for interpreted code drifts by up to ~2x while a campaign runs); a simulated one reports the
+  profile's value it used. NaN where no request asked for that kind (or the server is not realkit's).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ _FLOAT_METRICS = (
     "cpu_util",
     "ctx_switches_per_s",
     "loadgen_cpu_util",
+    "work_cpu_scale",
+    "work_gil_scale",
 )
 _INT_METRICS = (
     "completed",
@@ -76,6 +82,8 @@ class Result:
     rss_peak_bytes: int = 0
     fds_peak: int = 0
     loadgen_cpu_util: float = 0.0
+    work_cpu_scale: float = math.nan
+    work_gil_scale: float = math.nan
     failure: str = ""
     profile: str = ""
 

@@ -63,6 +63,7 @@ clients.py and models/. Known simplifications, so nobody mistakes them for findi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from simkit import registry
@@ -294,6 +295,8 @@ def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_
         rss_peak_bytes=ledger.rss_peak,
         fds_peak=ledger.fds_peak,
         loadgen_cpu_util=loadgen_busy / duration,
+        work_cpu_scale=profile["cpu_work_scale"] if scenario.workload.cpu_us > 0 else math.nan,
+        work_gil_scale=profile["gil_work_scale"] if scenario.workload.gil_us > 0 else math.nan,
         failure=failure,
     )
     stats = SimStats(

@@ -58,6 +58,8 @@ def test_measure_every_model_fills_every_field(model):
     row = result.to_row()
     assert set(columns()) == set(row)
     assert result.throughput_rps > 0 and result.completed > 0
+    # The work ledger: the cpu_us work's actual / asked duration; no gil_us was asked.
+    assert 0.3 < result.work_cpu_scale < 5 and math.isnan(result.work_gil_scale)
     # A 1 s window (a busy box may stretch it a little).
     assert result.completed / 1.5 <= result.throughput_rps <= result.completed / 0.95
     lat = [result.latency_p50_s, result.latency_p90_s, result.latency_p99_s, result.latency_p999_s]

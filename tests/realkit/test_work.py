@@ -10,6 +10,7 @@ looser bound makes sure the CPU clock is not hiding something (like time spent w
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import statistics
 import threading
@@ -148,3 +149,25 @@ def test_pinned_sets_the_rate_here_and_for_servers_and_puts_back_what_was_there(
         assert os.environ[work.WORK_CALIBRATION_ENV] == value
     assert work.WORK_CALIBRATION_ENV not in os.environ
     assert work._calibration is before
+
+
+def test_the_ledger_records_what_each_kind_of_work_took_and_a_forked_worker_keeps_its_own(tmp_path, monkeypatch):
+    ledger = work.WorkLedger(str(tmp_path))
+    monkeypatch.setattr(work, "_ledger", ledger)
+    monkeypatch.setattr(work, "LEDGER_FLUSH_S", 0.0)
+    for _ in range(5):
+        assert work.do_work(cpu_us=300, gil_us=300)
+    cpu, gil = work.read_ledger(str(tmp_path))
+    assert 0.5 < cpu < 3 and 0.5 < gil < 3, (cpu, gil)  # thread CPU time / asked: about 1 on any box
+    asked = ledger.totals[0]
+    assert asked == 5 * 300_000 and ledger.totals[2] == 5 * 300_000
+    pid = os.fork()
+    if pid == 0:  # the child: its own totals, its own file
+        try:
+            work.do_work(gil_us=100)
+        finally:
+            os._exit(0 if ledger.totals[2] == 100_000 else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert sorted(os.listdir(tmp_path)) == sorted([str(os.getpid()), str(pid)])
+    assert ledger.totals[2] == 5 * 300_000  # the parent's are untouched
+    assert math.isnan(work.read_ledger(str(tmp_path / "none"))[0])
