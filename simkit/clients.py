@@ -182,8 +182,8 @@ class Clients:
     def _at(self, delay: float, fn, value) -> None:
         at(self.env, delay, fn, value)
 
-    def _start_slot(self, ev) -> None:
-        self._issue(ev._value)
+    def _start_slot(self, value) -> None:
+        self._issue(value)
 
     # -- issuing -------------------------------------------------------------------------------
     def _new_request(self, t: float, slot) -> Request:
@@ -209,11 +209,11 @@ class Clients:
 
     def _issue(self, slot: Slot) -> None:
         """Closed loop: the slot sends its next request now."""
-        req = self._new_request(self.env.now, slot)
+        req = self._new_request(self.env._now, slot)
         self._send(slot, req)
 
-    def _arrival(self, ev) -> None:
-        now = self.env.now
+    def _arrival(self, value) -> None:
+        now = self.env._now
         if now >= self.w1:
             return
         rate = self.wl.rate_rps
@@ -290,9 +290,9 @@ class Clients:
     def _lg_program(self, th) -> bool:
         jobs = self.lg_jobs
         steps = th.steps
-        if self.lg_timer and not self.lg_armed and self.env.now >= self.lg_wake_t:
+        if self.lg_timer and not self.lg_armed and self.env._now >= self.lg_wake_t:
             # its timer fired: send the arrivals due by now, then arm the next wake
-            now = self.env.now
+            now = self.env._now
             q, thinking = self.undispatched, self.thinking
             if ((q and q[0].t <= now) or (thinking and thinking[0][0] <= now)) and self.w0 <= now < self.w1:
                 self.lg_wakes += 1
@@ -337,14 +337,14 @@ class Clients:
 
     def _lg_sent(self, th, req) -> None:
         if self.open and self.w0 <= req.t < self.w1:
-            self.send_lag_s.append(self.env.now - req.t)
+            self.send_lag_s.append(self.env._now - req.t)
         self._transmit(req)
 
     def _lg_arm(self, th, _) -> None:
         """The generator arms its loop timer for the next send due (sendtimer's rule), or none: no
         more arrivals come, or no client is thinking."""
         self.lg_armed = False
-        now = self.env.now
+        now = self.env._now
         if self.open:
             due = self.undispatched[0].t if self.undispatched else self.next_arrival_t
             if due >= self.w1 and not self.undispatched:
@@ -357,12 +357,12 @@ class Clients:
         self.lg_wake_t = loop_timer_fire_s(now, delay, self.lg_rng.random())
         self._at(self.lg_wake_t - now, self._lg_timer_fired, None)
 
-    def _lg_timer_fired(self, ev) -> None:
+    def _lg_timer_fired(self, value) -> None:
         self.lg_machine.wake(self.lg)
 
     # -- network events --------------------------------------------------------------------------
-    def _syn_arrives(self, ev) -> None:
-        req = ev._value
+    def _syn_arrives(self, value) -> None:
+        req = value
         conn = req.conn
         if req.state != PENDING or conn.eof:
             self._connect_done()  # the client gave up meanwhile
@@ -380,8 +380,8 @@ class Clients:
         conn.syn_tries = tries + 1
         self._at(SYN_RETRY_DELAYS_S[tries], self._syn_arrives, req)
 
-    def _data_arrives(self, ev) -> None:
-        req = ev._value
+    def _data_arrives(self, value) -> None:
+        req = value
         conn = req.conn
         if req.state != PENDING:
             return  # the client gave up (timeout) before the request went out
@@ -410,7 +410,7 @@ class Clients:
         its receipt at t_recv (it is in time, before the window ends, on a connection that stays
         open), the receipt is booked now at its exact time t_recv, and the closed-loop slot's next
         request is issued at t_recv + think_s directly (one event per request on the client side)."""
-        now = self.env.now
+        now = self.env._now
         t_recv = t + self.half_rtt
         if self.lg is not None and self.lg_shared:
             req.src = self.lg_machine.src  # loopback processes the answer on the sender's core
@@ -445,8 +445,8 @@ class Clients:
             self.latencies.append(t - t0)
         self.area += _overlap(t0, t, self.w0, self.w1)
 
-    def _receipt(self, ev) -> None:
-        req = ev._value
+    def _receipt(self, value) -> None:
+        req = value
         if req.state != PENDING:
             return  # timed out earlier; the client had moved on
         if req.src is None:
@@ -458,7 +458,7 @@ class Clients:
         m.src = prev
 
     def _received(self, req: Request) -> None:
-        self._complete(req, self.env.now)
+        self._complete(req, self.env._now)
         slot = req.slot
         if req.close:
             conn = req.conn
@@ -478,13 +478,13 @@ class Clients:
         if req is not None and req.state == PENDING:
             self._at(self.half_rtt, self._reset_seen, req)
 
-    def _reset_seen(self, ev) -> None:
-        req = ev._value
+    def _reset_seen(self, value) -> None:
+        req = value
         if req.state == PENDING:
             self._fail(req, "reset")
 
     def _fail(self, req: Request, kind: str) -> None:
-        now = self.env.now
+        now = self.env._now
         req.state = FAILED
         if self.w0 <= req.t < self.w1:
             if kind == "timeout":
@@ -508,8 +508,8 @@ class Clients:
                     self._at(self.half_rtt, self._eof_arrives, conn)
         self._next(slot, 0.0 if kind == "timeout" else RECONNECT_BACKOFF_S)
 
-    def _eof_arrives(self, ev) -> None:
-        conn = ev._value
+    def _eof_arrives(self, value) -> None:
+        conn = value
         if not conn.closed:
             self._packet(self.model.on_data, conn)
 
@@ -524,7 +524,7 @@ class Clients:
         delay = self.think_s + backoff
         if delay > 0:
             if self.lg_timer and not backoff:  # its think time ends on the generator's timer
-                self.thinking.append((self.env.now + delay, slot))
+                self.thinking.append((self.env._now + delay, slot))
                 if not self.lg_armed and self.lg_wake_t == float("inf"):
                     self._lg_arm(None, None)
                 return
@@ -532,8 +532,8 @@ class Clients:
         else:
             self._issue(slot)
 
-    def _slot_free(self, ev) -> None:
-        self._free(ev._value)
+    def _slot_free(self, value) -> None:
+        self._free(value)
 
     def _free(self, slot: Slot) -> None:
         q = self.queue
@@ -552,12 +552,12 @@ class Clients:
             heapq.heappop(dq)
         if dq:
             self.sweep_armed = True
-            self._at(max(0.0, dq[0][0] + self.timeout_s - self.env.now), self._sweep, None)
+            self._at(max(0.0, dq[0][0] + self.timeout_s - self.env._now), self._sweep, None)
 
-    def _sweep(self, ev) -> None:
+    def _sweep(self, value) -> None:
         self.sweep_armed = False
         dq = self.deadlines
-        limit = self.env.now - self.timeout_s + 1e-12
+        limit = self.env._now - self.timeout_s + 1e-12
         while dq:
             t, _, req = dq[0]
             if req.state != PENDING:

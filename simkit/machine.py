@@ -53,6 +53,9 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from heapq import heappush
+
+from simpy.events import NORMAL
 
 from simkit.events import at
 
@@ -259,6 +262,7 @@ class Machine:
         self.remote = Core(-1)  # a core outside the server's: the load generator's own CPUs
         self.net_thread: Thread | None = None  # the load generator's thread, where it shares the cores
         self.src: Core | None = None  # the waker's core while a program, CALL or packet runs (wake())
+        self.burst_done_cb = self._burst_done  # bound once: a burst's end is scheduled per step run
 
     # -- processes and threads ---------------------------------------------------------------
     def new_proc(self, gil_tracked: bool, base_fds: int = 6) -> Proc | None:
@@ -338,9 +342,9 @@ class Machine:
                 # queued on a busy core: the IPI and remote wake-up all the same (a new thread, with
                 # no core yet, queues on its parent's)
                 th.pending += self.wake_s
-            self.wokenq.append((th, self.env.now))
+            self.wokenq.append((th, self.env._now))
         else:
-            self.runq.append((th, self.env.now + self.runq_delay))
+            self.runq.append((th, self.env._now + self.runq_delay))
 
     def _idle_wakeup(self, core: Core, th: Thread) -> float:
         """A thread woken onto a core idle since core.idle_from: idle states, a VM's halted vCPU and the
@@ -351,7 +355,7 @@ class Machine:
         idle_wakeup_slow_s, returned here; it is a lightly loaded server's latency tail."""
         if self.idle_wake_s <= 0.0 and self.slow_p <= 0.0:
             return 0.0
-        idle = self.env.now - core.idle_from
+        idle = self.env._now - core.idle_from
         if idle <= 0.0:
             return 0.0
         f = 1.0 if self.idle_tau_s <= 0.0 else -math.expm1(-idle / self.idle_tau_s)
@@ -360,12 +364,12 @@ class Machine:
             return self.wake_rng.expovariate(1.0 / self.slow_s)
         return 0.0
 
-    def _assign_ev(self, ev) -> None:
-        core, th = ev._value
+    def _assign_ev(self, value) -> None:
+        core, th = value
         self._assign(core, th)
 
     def _assign(self, core: Core, th: Thread) -> None:
-        now = self.env.now
+        now = self.env._now
         core.thread = th
         core.since = now
         if core.last is not th:
@@ -379,8 +383,13 @@ class Machine:
     def _release(self, th: Thread) -> None:
         core = th.core
         th.core = None
-        now = self.env.now
-        busy = overlap(core.since, now, self.w0, self.w1)
+        now = self.env._now
+        lo, hi = core.since, now  # overlap(), inlined (a core is released per burst)
+        if lo < self.w0:
+            lo = self.w0
+        if hi > self.w1:
+            hi = self.w1
+        busy = hi - lo if hi > lo else 0.0
         if th.loadgen:
             self.loadgen_busy += busy
         else:
@@ -421,7 +430,7 @@ class Machine:
         if th.vrel:
             self._settle(proc)
         slice_s = self.slice_s
-        now = self.env.now
+        now = self.env._now
         bg = None  # tracked processes: is this burst GIL-held (True) or released (False)?
         while True:
             if not steps:
@@ -523,9 +532,10 @@ class Machine:
         if self.pauses:
             t = self._paused(th.core, now, t)
         th.gen += 1
-        th.burst_end = now + t
+        th.burst_end = end = now + t
         th.burst_gil = bg is True
-        at(self.env, t, self._burst_done, (th, th.gen))
+        env = self.env  # events.at, inlined: the commonest event of all
+        heappush(env._queue, (end, NORMAL, next(env._eid), self.burst_done_cb, (th, th.gen)))
 
     def _paused(self, core: Core, now: float, t: float) -> float:
         """A burst from `now` that has reached `t`, lengthened by the core's pauses that start inside it:
@@ -543,18 +553,18 @@ class Machine:
         core.next_pause = nxt
         return t
 
-    def _wake_ev(self, ev) -> None:
-        th = ev._value
+    def _wake_ev(self, value) -> None:
+        th = value
         self.wake(th, th.last_core)  # a sleep's end: its timer fires on the core it slept on
 
-    def _burst_done(self, ev) -> None:
-        th, gen = ev._value
+    def _burst_done(self, value) -> None:
+        th, gen = value
         if gen != th.gen:
             return  # interrupted (GIL drop): superseded
         th.burst_gil = False
-        if (self.wokenq or self.runq) and self.env.now - th.run_start >= self.slice_s:
+        if (self.wokenq or self.runq) and self.env._now - th.run_start >= self.slice_s:
             # time slice used up while others wait: to the run queue's tail
-            self.runq.append((th, self.env.now + self.runq_delay))
+            self.runq.append((th, self.env._now + self.runq_delay))
             self._release(th)
             return
         self._advance(th)
@@ -562,21 +572,21 @@ class Machine:
     # -- the GIL -----------------------------------------------------------------------------------
     def _gil_take(self, proc: Proc, th: Thread) -> None:
         proc.gil_holder = th
-        proc.gil_since = self.env.now
+        proc.gil_since = self.env._now
         th.has_gil = True
 
     def _settle(self, proc: Proc) -> None:
         """A holder that released the GIL virtually inside its burst: make it real once its time came."""
         holder = proc.gil_holder
-        if holder is not None and holder.vrel and self.env.now >= proc.gil_free_at:
+        if holder is not None and holder.vrel and self.env._now >= proc.gil_free_at:
             self._gil_release(holder, proc.gil_free_at)
 
     def _arm_settle(self, proc: Proc, delay: float) -> None:
         proc.settle_armed = True
         at(self.env, delay, self._settle_ev, proc)
 
-    def _settle_ev(self, ev) -> None:
-        proc = ev._value
+    def _settle_ev(self, value) -> None:
+        proc = value
         proc.settle_armed = False
         self._settle(proc)
 
@@ -591,7 +601,7 @@ class Machine:
         proc = th.proc
         th.has_gil = False
         th.vrel = False
-        now = self.env.now
+        now = self.env._now
         proc.gil_busy += overlap(proc.gil_since, now if when is None else when, self.w0, self.w1)
         if proc.gil_waiters:
             nxt = proc.gil_waiters.popleft()
@@ -615,7 +625,7 @@ class Machine:
         holder = proc.gil_holder
         if holder is not None and holder.vrel and not proc.settle_armed:
             # the holder is past its GIL part at gil_free_at: hand over then
-            self._arm_settle(proc, max(0.0, proc.gil_free_at - self.env.now))
+            self._arm_settle(proc, max(0.0, proc.gil_free_at - self.env._now))
         if not proc.gil_timer:
             self._gil_arm(proc)
 
@@ -623,9 +633,9 @@ class Machine:
         proc.gil_timer = True
         at(self.env, self.gil_interval, self._gil_timeout, (proc, proc.gil_switches))
 
-    def _gil_timeout(self, ev) -> None:
+    def _gil_timeout(self, value) -> None:
         """A waiter waited a switch interval: if no hand-off happened meanwhile, force a drop."""
-        proc, switches = ev._value
+        proc, switches = value
         proc.gil_timer = False
         self._settle(proc)
         if not proc.gil_waiters:
@@ -633,13 +643,13 @@ class Machine:
         holder = proc.gil_holder
         if holder is not None and holder.vrel:
             if not proc.settle_armed:
-                self._arm_settle(proc, max(0.0, proc.gil_free_at - self.env.now))
+                self._arm_settle(proc, max(0.0, proc.gil_free_at - self.env._now))
             self._gil_arm(proc)
             return
         if switches != proc.gil_switches or holder is None:
             self._gil_arm(proc)
             return
-        now = self.env.now
+        now = self.env._now
         if holder.core is not None and holder.burst_gil and holder.burst_end > now:
             # interrupt the holder's GIL burst; it re-queues for the GIL behind the waiters
             holder.gen += 1
@@ -653,7 +663,7 @@ class Machine:
 
     # -- end of run ------------------------------------------------------------------------------
     def finish(self) -> None:
-        now = self.env.now
+        now = self.env._now
         for core in self.cores:
             th = core.thread
             if th is not None:

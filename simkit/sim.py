@@ -244,7 +244,7 @@ def _run(scenario: Scenario, profile: CostProfile, seed: int, loadgen_on_server_
         clients.start()
     sampled = [0, 0, 0]
 
-    def sample(ev) -> None:
+    def sample(_value) -> None:
         led = machine.ledger
         sampled[0] = max(sampled[0], led.threads)
         sampled[1] = max(sampled[1], led.rss)

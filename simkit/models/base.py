@@ -64,7 +64,7 @@ class ModelBase:
     def syn(self, conn) -> bool:
         if self.pick_listener(conn).syn(conn):
             return True
-        if self.machine.w0 <= self.env.now < self.machine.w1:
+        if self.machine.w0 <= self.env._now < self.machine.w1:
             self.window_drops += 1
         return False
 

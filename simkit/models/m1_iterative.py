@@ -75,8 +75,8 @@ class Model(ModelBase):
         self.accept_blocked = False
         self.notify()
 
-    def _keepalive(self, ev) -> None:
-        conn, token = ev._value
+    def _keepalive(self, value) -> None:
+        conn, token = value
         if conn is self.cur and token == self.wait_token and conn.req is None and not conn.busy and not conn.closed:
             self.close_conn(conn)  # idle too long: the server closes it and moves on
             self.cur = None

@@ -10,27 +10,26 @@ def test_events_fire_in_time_order_and_ties_in_scheduling_order_like_timeouts():
     env = simpy.Environment()
     seen = []
     for delay, tag in [(2.0, "c"), (1.0, "a"), (1.0, "b"), (0.0, "z")]:
-        at(env, delay, lambda ev: seen.append((env.now, ev._value)), tag)
-    t = simpy.events.Timeout(env, 1.0, "timeout")  # a plain Timeout interleaves by the same rule
-    t.callbacks.append(lambda ev: seen.append((env.now, ev._value)))
+        at(env, delay, lambda tag: seen.append((env.now, tag)), tag)
     run(env, 5.0)
-    assert seen == [(0.0, "z"), (1.0, "a"), (1.0, "b"), (1.0, "timeout"), (2.0, "c")]
+    assert seen == [(0.0, "z"), (1.0, "a"), (1.0, "b"), (2.0, "c")]
     assert env.now == 5.0
-
-
-def _until_one(runner) -> list[str]:
-    env = simpy.Environment()
-    seen = []
-    at(env, 1.0, lambda ev: seen.append("due at until"))
-    at(env, 0.5, lambda ev: at(env, 0.25, lambda ev2: seen.append("scheduled from a callback")))
-    runner(env)
-    assert env.now == 1.0
-    return seen
+    # the same entries as simpy's Timeouts get: time, priority, then the environment's own counter
+    t = simpy.events.Timeout(env, 1.0, "timeout")
+    at(env, 1.0, seen.append, "after")
+    (t1, p1, id1, ev), (t2, p2, id2, *_rest) = sorted(env._queue)
+    assert ev is t and (t1, p1) == (t2, p2) and id2 == id1 + 1
 
 
 def test_run_stops_before_an_event_due_at_until_as_simpy_does():
-    assert _until_one(lambda env: run(env, 1.0)) == _until_one(lambda env: env.run(until=1.0)) == [
-        "scheduled from a callback"]
+    env = simpy.Environment()
+    seen = []
+    at(env, 1.0, lambda _v: seen.append("due at until"))
+    at(env, 0.5, lambda _v: at(env, 0.25, lambda _v2: seen.append("scheduled from a callback")))
+    run(env, 1.0)
+    assert env.now == 1.0 and seen == ["scheduled from a callback"]
+    run(env, 2.0)
+    assert seen == ["scheduled from a callback", "due at until"]
 
 
 def test_a_negative_delay_is_refused():
