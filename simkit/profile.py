@@ -30,6 +30,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from simkit import registry
+
 PARAM_SOURCES = ("default", "probe", "fit")
 PROFILE_ENV = "SERVERLAB_PROFILE"  # a profile JSON to use instead of this host's
 PROFILE_DIR_ENV = "SERVERLAB_PROFILE_DIR"  # where calibrated profiles live (one <host>.json each)
@@ -54,14 +56,6 @@ PARAM_DOCS: dict[str, tuple[float, str]] = {
     "epoll_wait_base_s": (4e-6, "epoll_wait / selector.select fixed cost, from Python"),
     "epoll_per_event_s": (1.5e-6, "per ready event returned, incl. Python dispatch"),
     "epoll_ctl_s": (2e-6, "epoll_ctl register/modify/unregister"),
-    # m8_proactor's ring, as realkit's ctypes layer drives it (calibration.probes.probe_uring)
-    "uring_enter_s": (3e-6, "one io_uring_enter from Python that submits and reaps, beyond its operations"),
-    "uring_op_s": (1.5e-6, "Python's share of one ring operation (GIL held): prepare its SQE, reap its CQE, dispatch"),
-    "uring_send_s": (6e-6, "one send through the ring: its SQE, the kernel's send, its completion"),
-    "uring_recv_s": (4e-6, "one recv through the ring: its SQE, the kernel's recv, its completion, the bytes"),
-    # 0 until measured: calibration.fit.uring_from_server, as parse_s is for the reactor
-    "uring_request_s": (0.0, "m8's Python per request beyond parse_s and its ring operations (GIL held): the "
-                             "Reactor's parked-answer path over RingSockets, measured on a real m8 server"),
     "queue_handoff_s": (15e-6, "CPU of a hand-off between Python threads through a queue (its wake-up and switch are the machine's)"),
     "parse_s": (20e-6, "parse one request and build its response in Python (holds the GIL)"),
     "gil_switch_interval_s": (5e-3, "sys.getswitchinterval(): a waiter forces the holder to drop the GIL"),
@@ -95,6 +89,10 @@ PARAM_DOCS: dict[str, tuple[float, str]] = {
     "rss_conn_bytes": (3 * 2**10, "user-space RSS per open connection (socket object, buffers)"),
     "kernel_bytes_per_socket": (4 * 2**10, "kernel memory per open TCP socket, idle"),
 }
+# ... and the primitive costs only one architecture has, from its registry entry (m8's ring).
+ARCHITECTURE_PARAMS: dict[str, tuple[float, str]] = {
+    name: (default, doc) for arch in registry.BUILTIN for name, default, doc in arch.params}
+PARAM_DOCS.update(ARCHITECTURE_PARAMS)
 PARAM_NAMES: tuple[str, ...] = tuple(PARAM_DOCS)
 # Parameters added after profiles were first written: a profile without them still loads, with the
 # default value (source "default"), so a team's saved calibration survives an upgrade. Any other
@@ -102,8 +100,7 @@ PARAM_NAMES: tuple[str, ...] = tuple(PARAM_DOCS)
 ADDED_LATER: tuple[str, ...] = ("cpu_work_cv", "gil_work_cv", "idle_wakeup_s", "idle_wakeup_tau_s",
                                 "close_s", "idle_wakeup_slow_p", "idle_wakeup_slow_s",
                                 "rss_worker_bytes", "client_cpu_per_wake_s", "client_cpu_per_conn_s",
-                                "core_pauses_per_s", "core_pause_mean_s", "uring_enter_s", "uring_op_s",
-                                "uring_send_s", "uring_recv_s", "uring_request_s")
+                                "core_pauses_per_s", "core_pause_mean_s", *ARCHITECTURE_PARAMS)
 
 
 @dataclass(frozen=True)

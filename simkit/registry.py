@@ -108,6 +108,10 @@ class Architecture:
     one_connection_at_a_time: bool = False  # serves a connection until it closes, nothing else meanwhile
     ctx_switches_per_request: float = 2.0  # analytic estimate of the context switches a request costs
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+    # The primitive costs only this architecture has, as the profile declares its own (name, default,
+    # what it is): simkit.profile adds a built-in architecture's to its parameters; a profile written
+    # without them loads with the defaults.
+    params: tuple[tuple[str, float, str], ...] = ()
     sim_module: str = ""  # default simkit.models.<name>
     real_module: str = ""  # default realkit.servers.<name>
 
@@ -425,6 +429,18 @@ BUILTIN: tuple[Architecture, ...] = (
         blocking_sockets=True,  # no readiness round trip: nothing like epoll_wait per request
         ctx_switches_per_request=0.0,
         calibration=CalibrationSpec(knobs={"threads": 2}, from_server="calibration.fit:uring_from_server"),
+        # its ring, as realkit's ctypes layer drives it (calibration.probes.probe_uring)
+        params=(
+            ("uring_enter_s", 3e-6, "one io_uring_enter from Python that submits and reaps, beyond its operations"),
+            ("uring_op_s", 1.5e-6, "Python's share of one ring operation (GIL held): prepare its SQE, reap its "
+                                   "CQE, dispatch"),
+            ("uring_send_s", 6e-6, "one send through the ring: its SQE, the kernel's send, its completion"),
+            ("uring_recv_s", 4e-6, "one recv through the ring: its SQE, the kernel's recv, its completion, the bytes"),
+            # 0 until measured: calibration.fit.uring_from_server, as parse_s is for the reactor
+            ("uring_request_s", 0.0, "m8's Python per request beyond parse_s and its ring operations (GIL held): "
+                                     "the Reactor's parked-answer path over RingSockets, measured on a real m8 "
+                                     "server"),
+        ),
     ),
 )
 

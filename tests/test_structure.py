@@ -117,3 +117,23 @@ def test_no_module_outside_the_registry_names_a_model():
             continue
         offenders += [f"{rel}: {s[:60]!r}" for s in _code_strings(path) if full.search(s) or short.match(s)]
     assert not offenders, "\n".join(offenders)
+
+
+def test_an_architectures_own_parameters_live_in_its_registry_entry_and_its_files():
+    """A parameter only one architecture has (m8's ring) is declared by its registry entry (the profile
+    takes it from there) and used only by its model files, its probes and the derivation its entry
+    names (CalibrationSpec.from_server): adding an architecture touches no shared module."""
+    from simkit.profile import ADDED_LATER, PARAM_DOCS
+
+    own = {name: arch for arch in registry.BUILTIN for name, _d, _doc in arch.params}
+    assert own, "no architecture declares a parameter of its own"
+    assert set(own) <= set(PARAM_DOCS) and set(own) <= set(ADDED_LATER)  # old profiles load without them
+    allowed = {"simkit/registry.py", "calibration/probes.py"}
+    for arch in {a.name: a for a in own.values()}.values():
+        allowed |= {f"simkit/models/{arch.name}.py", f"realkit/servers/{arch.name}.py",
+                    arch.calibration.from_server.partition(":")[0].replace(".", "/") + ".py"}
+    pattern = re.compile(r"\b(" + "|".join(own) + r")\b")
+    offenders = [f"{path.relative_to(ROOT).as_posix()}: {s[:60]!r}" for path in _modules().values()
+                 if path.relative_to(ROOT).as_posix() not in allowed
+                 for s in _code_strings(path) if pattern.search(s)]
+    assert not offenders, "\n".join(offenders)
