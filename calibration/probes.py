@@ -1282,6 +1282,16 @@ def lower_of(first: Sequence[ProbeResult], second: Sequence[ProbeResult]) -> lis
     return out
 
 
+def _interpreted_speed() -> float:
+    """realkit.work.interpreted_speed() just before a probe (the runs' Result.work_gil_scale is the same
+    figure over a run): which of the box's two speeds for Python a probe's figures were taken in."""
+    try:
+        from realkit import work
+    except Exception:  # noqa: BLE001 - without realkit nothing to compare with
+        return math.nan
+    return work.interpreted_speed()
+
+
 def run_probes(
     base: CostProfile | None = None,
     *,
@@ -1307,13 +1317,14 @@ def run_probes(
     for i, (label, fn) in enumerate(todo):
         if progress:
             progress(label, i, len(todo))
+        speed = _interpreted_speed()
         try:
             got = fn(scale)
         except Exception as exc:  # noqa: BLE001 - recorded, not hidden
             errors[label] = f"{type(exc).__name__}: {exc}"
             continue
         for r in got if isinstance(got, list) else [got]:
-            results.append(replace(r, detail={**r.detail, "probe": label}))
+            results.append(replace(r, detail={**r.detail, "probe": label, "interp_speed": speed}))
     if progress:
         progress("done", len(todo), len(todo))
     if earlier:

@@ -163,6 +163,21 @@ def pinned(calibration: Calibration) -> Iterator[str]:
         set_calibration(saved)
 
 
+def interpreted_speed(bursts: int = 7, burst_us: float = 300.0) -> float:
+    """This moment's speed for interpreted code: the thread CPU time of `bursts` short runs of gil work
+    over what the process's unit cost says they take (median; 1.0 at the speed the rate was pinned
+    at). This VM flips between two speeds ~1.9x apart for seconds at a time, so a probe that ran in
+    the other spell measured a cost the runs do not see; the probes record this beside each figure."""
+    cal = _calibration or calibrate()
+    n = cal.gil_iters(burst_us)
+    ratios = []
+    for _ in range(bursts):
+        t0 = time.thread_time_ns()
+        _spin(n)
+        ratios.append((time.thread_time_ns() - t0) / (n * cal.gil_ns_per_iter))
+    return statistics.median(ratios)
+
+
 def cpu_work(cpu_us: float, calibration: Calibration | None = None) -> None:
     if cpu_us > 0:
         _hash_chunks((calibration or _calibration or calibrate()).cpu_chunks(cpu_us))

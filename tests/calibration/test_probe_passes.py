@@ -62,6 +62,9 @@ def test_a_second_pass_runs_only_the_named_probes_and_keeps_the_first_pass_elsew
     assert second["thread_spawn_s"] == pytest.approx(200e-6)
     assert second.notes["probes"]["thread_spawn_s"]["passes"] == [800e-6, 200e-6]
     assert "thread_stack_bytes" in second.notes["probes"]
+    # each figure records the box's speed for Python just before its probe ran (the kept pass's)
+    speeds = [second.notes["probes"][n]["interp_speed"] for n in ("thread_spawn_s", "thread_stack_bytes")]
+    assert all(0.2 < s < 5 for s in speeds), speeds
     with pytest.raises(ValueError, match="only"):
         run_probes(first_profile, only=("no such probe",))
 
