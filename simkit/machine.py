@@ -235,6 +235,7 @@ class Machine:
         self.idle_tau_s = profile["idle_wakeup_tau_s"]
         self.slow_p = min(1.0, profile["idle_wakeup_slow_p"])
         self.slow_s = profile["idle_wakeup_slow_s"]
+        self.idle_model = self.idle_wake_s > 0.0 or self.slow_p > 0.0  # else _idle_wakeup is always 0
         # The slow wake-ups' own stream: a profile without them draws nothing, so its runs are unchanged.
         self.wake_rng = random.Random(seed + 0x5EED)
         self.pause_rate = profile["core_pauses_per_s"]
@@ -332,7 +333,7 @@ class Machine:
             ref = src if src is not None else last
             if woken and ref is not None and ref is not core:
                 th.pending += self.wake_s
-            delay = self._idle_wakeup(core, th) if woken else 0.0
+            delay = self._idle_wakeup(core, th) if woken and self.idle_model else 0.0
             if delay > 1e-6:  # below a microsecond it is noise, not worth an event
                 at(self.env, delay, self._assign_ev, (core, th))  # the core is taken, not yet running anything
                 return
@@ -353,8 +354,6 @@ class Machine:
         slept, calibration.probes). A share slow_p x f of wake-ups are slow as well (the host had
         descheduled the halted vCPU): the core is held, not running, for an exponential delay of mean
         idle_wakeup_slow_s, returned here; it is a lightly loaded server's latency tail."""
-        if self.idle_wake_s <= 0.0 and self.slow_p <= 0.0:
-            return 0.0
         idle = self.env._now - core.idle_from
         if idle <= 0.0:
             return 0.0
@@ -602,7 +601,13 @@ class Machine:
         th.has_gil = False
         th.vrel = False
         now = self.env._now
-        proc.gil_busy += overlap(proc.gil_since, now if when is None else when, self.w0, self.w1)
+        lo, hi = proc.gil_since, now if when is None else when  # overlap(), inlined (a release per GIL step)
+        if lo < self.w0:
+            lo = self.w0
+        if hi > self.w1:
+            hi = self.w1
+        if hi > lo:
+            proc.gil_busy += hi - lo
         if proc.gil_waiters:
             nxt = proc.gil_waiters.popleft()
             nxt.gil_wait = False
