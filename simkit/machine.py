@@ -480,10 +480,14 @@ class Machine:
                 if not th.has_gil:
                     if t > 0.0:
                         break
-                    if proc.gil_holder is not None and proc.gil_holder.vrel:
+                    holder = proc.gil_holder
+                    if holder is not None and holder.vrel:
                         self._settle(proc)
-                    if proc.gil_holder is None:
-                        self._gil_take(proc, th)
+                        holder = proc.gil_holder
+                    if holder is None:  # _gil_take, inlined
+                        proc.gil_holder = th
+                        proc.gil_since = now
+                        th.has_gil = True
                     else:
                         self._gil_wait(th)
                         return
