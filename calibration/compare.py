@@ -95,8 +95,10 @@ def as_realkit(sim: Result, stats: Any = None) -> Result:
     return replace(sim, throughput_rps=(sim.completed + sim.in_flight) / d)
 
 
-# The profile's parameter for each Result field a real run measures its work's actual duration in.
-RUN_SPEEDS: tuple[tuple[str, str], ...] = (("work_cpu_scale", "cpu_work_scale"), ("work_gil_scale", "gil_work_scale"))
+# What a real run measures of its work's actual duration: (the Result's field, the profile's parameter,
+# the Workload field that asks for that kind of work).
+RUN_SPEEDS: tuple[tuple[str, str, str], ...] = (("work_cpu_scale", "cpu_work_scale", "cpu_us"),
+                                                ("work_gil_scale", "gil_work_scale", "gil_us"))
 
 
 def at_run_speed(profile: CostProfile, real: Result) -> CostProfile:
@@ -106,7 +108,7 @@ def at_run_speed(profile: CostProfile, real: Result) -> CostProfile:
     (hashing does not move): a run's gil_us work took 1.1-1.6x what it asked in one campaign. A
     simulation of that run is a test of the server's mechanisms at that speed, so it runs at it;
     a prediction of an unmeasured case takes the runs' median and their spread (fit.apply_measured)."""
-    got = {param: v for field, param in RUN_SPEEDS if math.isfinite(v := getattr(real, field, math.nan)) and v > 0}
+    got = {param: v for field, param, _asked in RUN_SPEEDS if math.isfinite(v := getattr(real, field, math.nan)) and v > 0}
     return profile.with_params("fit", **got) if got else profile
 
 

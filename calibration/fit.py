@@ -138,7 +138,7 @@ def work_speeds_from_runs(results: Sequence[Result]) -> dict[str, tuple[float, f
     runs' own spread (IQR / 1.349), not the median's error: the box's speed moves from run to run, and
     a prediction of a run not yet made faces that whole spread."""
     out = {}
-    for field_name, param in RUN_SPEEDS:
+    for field_name, param, _asked in RUN_SPEEDS:
         got = [v for r in results if math.isfinite(v := getattr(r, field_name, math.nan)) and v > 0]
         if got:
             q1, q3 = np.percentile(got, [25, 75])
@@ -150,15 +150,12 @@ def unmeasured(names: Sequence[str], results: Sequence[Result]) -> tuple[str, ..
     """`names` less the work scales every run that asks for that work measured: a measured speed is
     used as measured (compare.at_run_speed), and fitting it would fit nothing. Runs from before the
     ledger (or an external server's) measure none, and their scales are fitted as before."""
-    asks = {"cpu_work_scale": lambda w: w.cpu_us > 0, "gil_work_scale": lambda w: w.gil_us > 0}
-    field_of = {param: field_name for field_name, param in RUN_SPEEDS}
-    out = []
-    for name in names:
-        runs = [r for r in results if name in asks and asks[name](r.scenario.workload)]
-        if name in field_of and runs and all(math.isfinite(getattr(r, field_of[name])) for r in runs):
-            continue
-        out.append(name)
-    return tuple(out)
+    measured = set()
+    for field_name, param, asked in RUN_SPEEDS:
+        runs = [r for r in results if getattr(r.scenario.workload, asked) > 0]
+        if runs and all(math.isfinite(getattr(r, field_name)) for r in runs):
+            measured.add(param)
+    return tuple(n for n in names if n not in measured)
 
 
 def apply_measured(profile: CostProfile, results: Sequence[Result]) -> CostProfile:

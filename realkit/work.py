@@ -169,13 +169,7 @@ def interpreted_speed(bursts: int = 7, burst_us: float = 300.0) -> float:
     at). This VM flips between two speeds ~1.9x apart for seconds at a time, so a probe that ran in
     the other spell measured a cost the runs do not see; the probes record this beside each figure."""
     cal = _calibration or calibrate()
-    n = cal.gil_iters(burst_us)
-    ratios = []
-    for _ in range(bursts):
-        t0 = time.thread_time_ns()
-        _spin(n)
-        ratios.append((time.thread_time_ns() - t0) / (n * cal.gil_ns_per_iter))
-    return statistics.median(ratios)
+    return _unit_cost_ns(_spin, cal.gil_iters(burst_us), bursts) / cal.gil_ns_per_iter
 
 
 def cpu_work(cpu_us: float, calibration: Calibration | None = None) -> None:
