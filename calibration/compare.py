@@ -101,14 +101,31 @@ RUN_SPEEDS: tuple[tuple[str, str, str], ...] = (("work_cpu_scale", "cpu_work_sca
                                                 ("work_gil_scale", "gil_work_scale", "gil_us"))
 
 
+# The server's per-operation CPU costs whose probes time the server's own path from Python: they run at
+# the box's speed for Python as the gil_us work does (a zero-work m3 on one CPU spent 12.7 us x the
+# run's gil speed a request, at speeds 1.10-1.65).
+PYTHON_COSTS: tuple[str, ...] = ("parse_s", "recv_base_s", "send_base_s", "epoll_wait_base_s", "epoll_per_event_s",
+                                 "epoll_ctl_s", "accept_s", "close_s", "queue_handoff_s", "thread_spawn_s",
+                                 "thread_boot_s", "uring_enter_s", "uring_op_s", "uring_send_s", "uring_recv_s")
+
+
 def at_run_speed(profile: CostProfile, real: Result) -> CostProfile:
-    """`profile` with the work scales the real run measured (realkit.work.WorkLedger), where it did.
+    """`profile` with the work scales the real run measured (realkit.work.WorkLedger), where it did,
+    and its Python costs (PYTHON_COSTS) at the run's speed for Python: each probed at the speed its
+    probe recorded (notes.probes.<name>.interp_speed), times run speed / probe speed.
 
     This box's speed for interpreted code flips between two rates ~1.9x apart for seconds at a time
     (hashing does not move): a run's gil_us work took 1.1-1.6x what it asked in one campaign. A
     simulation of that run is a test of the server's mechanisms at that speed, so it runs at it;
     a prediction of an unmeasured case takes the runs' median and their spread (fit.apply_measured)."""
     got = {param: v for field, param, _asked in RUN_SPEEDS if math.isfinite(v := getattr(real, field, math.nan)) and v > 0}
+    speed = got.get("gil_work_scale")
+    if speed is not None:
+        probes = profile.notes.get("probes") or {}
+        for name in PYTHON_COSTS:
+            at = (probes.get(name) or {}).get("interp_speed")
+            if isinstance(at, (int, float)) and math.isfinite(at) and at > 0 and name in profile.params:
+                got[name] = profile[name] * speed / at
     return profile.with_params("fit", **got) if got else profile
 
 

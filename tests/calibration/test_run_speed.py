@@ -69,3 +69,19 @@ def test_the_profile_takes_the_runs_median_speed_and_their_spread_as_its_sd():
     assert got["gil_work_scale"][1] == pytest.approx((1.6 - 1.1) / 1.349)
     prof = apply_measured(CostProfile.default(), reals)
     assert prof["gil_work_scale"] == pytest.approx(1.2) and prof.params["gil_work_scale"].source == "fit"
+
+
+def test_the_servers_python_costs_run_at_the_runs_speed_over_the_speed_they_were_probed_at():
+    """A zero-work m3 on one CPU spent 12.7 us x the run's speed for Python a request: its probed Python
+    costs are priced at run speed / probe speed; a figure whose probe recorded no speed stays."""
+    base = CostProfile.default()
+    notes = {"probes": {"parse_s": {"interp_speed": 1.0}, "recv_base_s": {"interp_speed": 2.0}}}
+    prof = replace(base, notes=notes)
+    real = _runs([1.6], min_gil_us=200)[0]
+    got = at_run_speed(prof, real)
+    assert got["parse_s"] == pytest.approx(base["parse_s"] * 1.6)
+    assert got["recv_base_s"] == pytest.approx(base["recv_base_s"] * 0.8)
+    assert got["send_base_s"] == base["send_base_s"]  # no probe speed recorded: as probed
+    assert got["gil_work_scale"] == 1.6
+    no_gil = replace(real, work_gil_scale=math.nan)  # no speed for Python measured: nothing to scale by
+    assert at_run_speed(prof, no_gil)["parse_s"] == base["parse_s"]
