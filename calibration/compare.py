@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from simkit.profile import CostProfile
+from simkit.profile import ARCHITECTURE_PARAMS, CostProfile
 from simkit.result import Result
 from simkit.scenario import Scenario, available_cores
 
@@ -103,10 +103,11 @@ RUN_SPEEDS: tuple[tuple[str, str, str], ...] = (("work_cpu_scale", "cpu_work_sca
 
 # The server's per-operation CPU costs whose probes time the server's own path from Python: they run at
 # the box's speed for Python as the gil_us work does (a zero-work m3 on one CPU spent 12.7 us x the
-# run's gil speed a request, at speeds 1.10-1.65).
+# run's gil speed a request, at speeds 1.10-1.65). An architecture's own primitives (its registry
+# entry's params, m8's ring) are probed from Python the same way.
 PYTHON_COSTS: tuple[str, ...] = ("parse_s", "recv_base_s", "send_base_s", "epoll_wait_base_s", "epoll_per_event_s",
                                  "epoll_ctl_s", "accept_s", "close_s", "queue_handoff_s", "thread_spawn_s",
-                                 "thread_boot_s", "uring_enter_s", "uring_op_s", "uring_send_s", "uring_recv_s")
+                                 "thread_boot_s", *ARCHITECTURE_PARAMS)
 
 
 def at_run_speed(profile: CostProfile, real: Result) -> CostProfile:
