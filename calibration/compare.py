@@ -102,9 +102,9 @@ RUN_SPEEDS: tuple[tuple[str, str, str], ...] = (("work_cpu_scale", "cpu_work_sca
 
 
 # The server's per-operation CPU costs whose probes time the server's own path from Python: they run at
-# the box's speed for Python as the gil_us work does (a zero-work m3 on one CPU spent 12.7 us x the
-# run's gil speed a request, at speeds 1.10-1.65). An architecture's own primitives (its registry
-# entry's params, m8's ring) are probed from Python the same way.
+# the box's speed for Python as the gil_us work does (measured on a zero-work reactor: docs/DESIGN.md
+# §7.3). An architecture's own primitives (its registry entry's params, m8's ring) are probed from
+# Python the same way.
 PYTHON_COSTS: tuple[str, ...] = ("parse_s", "recv_base_s", "send_base_s", "epoll_wait_base_s", "epoll_per_event_s",
                                  "epoll_ctl_s", "accept_s", "close_s", "queue_handoff_s", "thread_spawn_s",
                                  "thread_boot_s", *ARCHITECTURE_PARAMS)
@@ -115,9 +115,8 @@ def at_run_speed(profile: CostProfile, real: Result) -> CostProfile:
     and its Python costs (PYTHON_COSTS) at the run's speed for Python: each probed at the speed its
     probe recorded (notes.probes.<name>.interp_speed), times run speed / probe speed.
 
-    This box's speed for interpreted code flips between two rates ~1.9x apart for seconds at a time
-    (hashing does not move): a run's gil_us work took 1.1-1.6x what it asked in one campaign. A
-    simulation of that run is a test of the server's mechanisms at that speed, so it runs at it;
+    A shared VM's speed for interpreted code moves for seconds at a time (hashing does not): a
+    simulation of a run is a test of the server's mechanisms at that run's speed, so it runs at it;
     a prediction of an unmeasured case takes the runs' median and their spread (fit.apply_measured)."""
     got = {param: v for field, param, _asked in RUN_SPEEDS if math.isfinite(v := getattr(real, field, math.nan)) and v > 0}
     speed = got.get("gil_work_scale")

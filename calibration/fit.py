@@ -44,9 +44,8 @@ from simkit.scenario import Scenario
 # What the fit may move (the probes start them): the box's speed for each kind of work, and only where
 # the runs did not measure it (unmeasured()): realkit's runs carry their own (Result.work_*_scale),
 # which compare.at_run_speed uses as measured, so a campaign of realkit's servers fits nothing. The
-# probes take these speeds in a moment, and this VM's speed for interpreted code flips between two
-# rates ~1.9x apart: fitted, one scale averaged the spells (1.0-2.3 across campaigns against a probe
-# of ~1.06) and traded them against the mechanisms. parse_s is measured on a real
+# probes take these speeds in a moment while the box's speed for interpreted code moves: fitted, one
+# scale averaged its spells and traded them against the mechanisms. parse_s is measured on a real
 # reactor (parse_from_server): fitted, it stood in for the wake-up from idle that the grid's sleeping
 # requests pay (225 us against a real 20-30 us per request) and traded with the work scales. accept_s
 # and loopback_rtt_s stay at their probes: fitted, accept_s became the knob for the start-up
