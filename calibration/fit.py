@@ -266,23 +266,29 @@ def loadgen_from_probe(profile: CostProfile, simulate: SimulateFn | None = None)
     clients a wake-up serves several requests, and the split of x_one whose simulated run spends the
     probe's x_many per request is the one kept (bisection: the simulated figure falls as the wake-up's
     share grows; a request keeps at least a send and a recv); with one request per connection, what
-    the simulated run lacks per request is the connection's cost. A profile without the probe's runs
-    is returned unchanged."""
-    from calibration.probes import LOADGEN_RUNS, loadgen_scenario
+    the simulated run lacks per request is the connection's cost; with thousands of connections, what
+    it lacks per request is that share of client_cache_miss_s (simkit.costs.cache_share, at the probed
+    knee). A profile without the probe's runs is returned unchanged; an older one, without the wide
+    run, gets no cache-miss cost."""
+    from calibration.probes import loadgen_scenario
+    from simkit.costs import cache_share
 
     probe = ((profile.notes.get("probes") or {}).get("client_cpu_per_request_s") or {})
-    per = probe.get("cpu_per_request_s")
-    if not per or len(per) != len(LOADGEN_RUNS):
+    per, labels = probe.get("cpu_per_request_s"), probe.get("runs")
+    if not per or not labels or len(per) != len(labels):
+        return profile
+    x = {label: v for (label, _c, _k), v in zip(labels, per, strict=True)}
+    if not {"one", "many", "conn"} <= set(x):
         return profile
     if simulate is None:
         from simkit.sim import simulate
-    x = dict(zip((label for label, _c, _k in LOADGEN_RUNS), per, strict=True))
-    runs = {label: loadgen_scenario(c, k, 0.4).replace(duration_s=0.3, warmup_s=0.1) for label, c, k in LOADGEN_RUNS}
+    runs = {label: loadgen_scenario(c, k, 0.4).replace(duration_s=0.3, warmup_s=0.1) for label, c, k in labels}
     many, conn = runs["many"], runs["conn"]  # "one" needs no simulation: it is wake-up + request
 
-    def split(f: float, c_conn: float = 0.0) -> CostProfile:
+    def split(f: float, c_conn: float = 0.0, c_cache: float = 0.0) -> CostProfile:
         return profile.with_params("probe", client_cpu_per_wake_s=f * x["one"],
-                                   client_cpu_per_request_s=(1 - f) * x["one"], client_cpu_per_conn_s=c_conn)
+                                   client_cpu_per_request_s=(1 - f) * x["one"], client_cpu_per_conn_s=c_conn,
+                                   client_cache_miss_s=c_cache)
 
     # A request costs the generator at least a send and a recv of its own, whatever its wake-ups
     # batch: the per-wake-up share stops there (unbounded, the split ran to all per wake-up and a
@@ -304,7 +310,14 @@ def loadgen_from_probe(profile: CostProfile, simulate: SimulateFn | None = None)
     f = 0.5 * (lo + hi)
     base = _loadgen_cpu(split(f), conn, simulate)
     c_conn = max(0.0, x["conn"] - base) if math.isfinite(base) else 0.0
-    return split(f, c_conn)
+    c_cache = 0.0
+    if "wide" in x:
+        wide = runs["wide"]
+        share = cache_share(profile, wide.workload.connections)
+        base = _loadgen_cpu(split(f, c_conn), wide.replace(warmup_s=0.3), simulate)
+        if share > 0 and math.isfinite(base):
+            c_cache = max(0.0, x["wide"] - base) / share
+    return split(f, c_conn, c_cache)
 
 
 def probe_floors(profile: CostProfile) -> dict[str, float]:

@@ -870,18 +870,30 @@ def probe_loopback_rtt(scale: float = 1.0) -> ProbeResult:
 IDLE_GAPS_S = (0.0, 0.0005, 0.002, 0.005, 0.02, 0.05)
 
 
-def fit_idle_wakeup(gaps_s: Sequence[float], extra_s: Sequence[float]) -> tuple[float, float]:
-    """(ceiling, tau) of extra = ceiling x (1 - exp(-gap / tau)), least squares over a log grid of tau
-    (the ceiling is linear: closed form for each tau); the ceiling is never negative."""
-    best = (math.inf, 0.0, 1e-3)
-    for tau in np.geomspace(1e-4, 0.1, 61):
-        f = -np.expm1(-np.asarray(gaps_s, float) / tau)
-        e = np.asarray(extra_s, float)
-        ceiling = max(0.0, float(f @ e / (f @ f))) if f @ f > 0 else 0.0
-        err = float(np.sum((e - ceiling * f) ** 2))
+def fit_saturating(xs: Sequence[float], ys: Sequence[float], taus: Sequence[float],
+                   offset: bool = False) -> tuple[float, float, float]:
+    """(base, ceiling, tau) of y = base + ceiling x (1 - exp(-x / tau)), least squares over the grid
+    `taus` (base and ceiling are linear: closed form for each tau); the ceiling is never negative, and
+    base is 0 unless `offset`."""
+    x, y = np.asarray(xs, float), np.asarray(ys, float)
+    best = (math.inf, 0.0, 0.0, float(taus[0]))
+    for tau in taus:
+        f = -np.expm1(-x / tau)
+        cols = np.column_stack([np.ones_like(f), f]) if offset else f[:, None]
+        coef = np.linalg.lstsq(cols, y, rcond=None)[0]
+        base, ceiling = (float(coef[0]), float(coef[1])) if offset else (0.0, float(coef[0]))
+        if ceiling < 0.0:
+            base, ceiling = (float(y.mean()) if offset else 0.0), 0.0
+        err = float(np.sum((y - base - ceiling * f) ** 2))
         if err < best[0]:
-            best = (err, ceiling, float(tau))
-    return best[1], best[2]
+            best = (err, base, ceiling, float(tau))
+    return best[1], best[2], best[3]
+
+
+def fit_idle_wakeup(gaps_s: Sequence[float], extra_s: Sequence[float]) -> tuple[float, float]:
+    """(ceiling, tau) of extra = ceiling x (1 - exp(-gap / tau)) (fit_saturating, tau 0.1 ms-0.1 s)."""
+    _base, ceiling, tau = fit_saturating(gaps_s, extra_s, np.geomspace(1e-4, 0.1, 61))
+    return ceiling, tau
 
 
 def fit_slow_wakeups(gaps_s: Sequence[float], extras_s: Sequence[Sequence[float]], ceiling_s: float,
@@ -1180,16 +1192,101 @@ def probe_core_pauses(scale: float = 1.0) -> list[ProbeResult]:
             ProbeResult("core_pause_mean_s", mean, 0.0, len(per_cpu))]
 
 
+# -- the live connections' cache footprint --------------------------------------------------------
+CACHE_PROBE_CONNS = (30, 300, 1000, 3000, 8000)
+
+
+def _round_trip_cpu(pairs: Sequence[tuple[socket.socket, socket.socket]], trips: int) -> float:
+    """CPU seconds (this thread's clock, the kernel's part included) of one round trip, a 64-byte send
+    and recv each way, over `pairs` taken in turn."""
+    msg = b"x" * 64
+    done = 0
+    t0 = time.thread_time()
+    while done < trips:
+        for a, b in pairs:
+            a.send(msg)
+            b.recv(4096)
+            b.send(msg)
+            a.recv(4096)
+        done += len(pairs)
+    return (time.thread_time() - t0) / done
+
+
+def fit_conn_cache(conns: Sequence[int], trip_s: Sequence[float]) -> tuple[float, float, float]:
+    """(base, ceiling, knee) of trip = base + ceiling x (1 - exp(-connections / knee)) (fit_saturating,
+    knee 30-30,000 connections)."""
+    return fit_saturating(conns, trip_s, np.geomspace(30.0, 30_000.0, 61), offset=True)
+
+
+def probe_conn_cache(scale: float = 1.0) -> list[ProbeResult]:
+    """Round trips over N loopback TCP connections in turn (both ends here, on one CPU), N from
+    CACHE_PROBE_CONNS: with few connections each one's socket state stays in the core's caches, with
+    thousands it does not. The fit's ceiling is four syscalls' (a send and a recv at each end):
+    syscall_cache_miss_s is a quarter of it, cache_knee_conns its knee (simkit.costs.cache_share)."""
+    import random
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * max(CACHE_PROBE_CONNS) + 64
+    if soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    room = (resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 64) // 2
+    sizes = [n for n in CACHE_PROBE_CONNS if n <= room]
+    if len(sizes) < 3:
+        raise RuntimeError(f"RLIMIT_NOFILE allows {room} connection pairs: too few for the cache probe")
+    mine = os.sched_getaffinity(0)
+    lst = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    pairs: list[tuple[socket.socket, socket.socket]] = []
+    got: dict[int, list[float]] = {n: [] for n in sizes}
+    try:
+        os.sched_setaffinity(0, {min(mine)})
+        port = lst.getsockname()[1]
+        while len(pairs) < max(sizes):
+            a = socket.create_connection(("127.0.0.1", port))
+            b, _addr = lst.accept()
+            for sk in (a, b):
+                sk.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pairs.append((a, b))
+        orders = {}
+        for n in sizes:
+            orders[n] = pairs[:n]
+            random.Random(n).shuffle(orders[n])  # served in arrival order, not in the order they were made
+        # Rounds over every size, so that the box's speed for Python, which flips for seconds at a
+        # time on a VM (realkit.work), moves every size's figures alike.
+        for _round in range(max(3, round(7 * scale))):
+            for n in sizes:
+                got[n].append(_round_trip_cpu(orders[n], max(2000, n)))
+    finally:
+        os.sched_setaffinity(0, mine)
+        lst.close()
+        for a, b in pairs:
+            a.close()
+            b.close()
+    med = {n: statistics.median(v) for n, v in got.items()}
+    spread = max((np.quantile(v, 0.75) - np.quantile(v, 0.25)) / med[n] for n, v in got.items())
+    base, ceiling, knee = fit_conn_cache(sizes, [med[n] for n in sizes])
+    detail = {"connections": sizes, "round_trip_cpu_s": [med[n] for n in sizes], "base_s": base,
+              "ceiling_s": ceiling}
+    rounds = len(got[sizes[0]])
+    return [ProbeResult("syscall_cache_miss_s", ceiling / 4.0, float(spread), rounds, detail),
+            ProbeResult("cache_knee_conns", knee, 0.0, rounds)]
+
+
 # -- the load generator's own CPU -------------------------------------------------------------------
 # (label, connections, requests_per_conn): one client (a loop wake-up per request), many (wake-ups
-# shared by many requests), and one request per connection (a connect and a close each).
-LOADGEN_RUNS: tuple[tuple[str, int, int | None], ...] = (("one", 1, None), ("many", 50, None), ("conn", 100, 1))
+# shared by many requests), one request per connection (a connect and a close each), and thousands of
+# connections (its per-request state past the caches: client_cache_miss_s).
+LOADGEN_RUNS: tuple[tuple[str, int, int | None], ...] = (("one", 1, None), ("many", 50, None), ("conn", 100, 1),
+                                                         ("wide", 3000, None))
 
 
 def loadgen_scenario(connections: int, requests_per_conn: int | None, scale: float = 1.0):
     """A realkit reactor on one core, no work, driven closed-loop without think time by realkit's load
-    generator on a CPU of its own: what the generator spends per request shows in its own CPU."""
-    return sleep_sweep_scenario(0.0, scale).replace(connections=connections, requests_per_conn=requests_per_conn)
+    generator on a CPU of its own: what the generator spends per request shows in its own CPU. Thousands
+    of connections take a second to open before the window."""
+    s = sleep_sweep_scenario(0.0, scale).replace(connections=connections, requests_per_conn=requests_per_conn)
+    return s.replace(warmup_s=1.0) if connections >= 1000 else s
 
 
 def probe_loadgen(scale: float = 1.0) -> ProbeResult:
@@ -1237,6 +1334,7 @@ PROBES: tuple[tuple[str, Callable[[float], Any]], ...] = (
     ("server memory", probe_server_memory),
     ("loopback RTT", probe_loopback_rtt),
     ("wake-up from idle", probe_idle_wakeup),
+    ("connection cache", probe_conn_cache),
     ("load generator", probe_loadgen),
     ("core pauses", probe_core_pauses),
     ("work rates", probe_work),
@@ -1251,7 +1349,7 @@ PROBES: tuple[tuple[str, Callable[[float], Any]], ...] = (
 # campaign) and the core pauses (what a busy neighbour does to the runs themselves) are measured once.
 REPEATED = ("context switches", "thread spawn", "fork", "accept", "send/recv vs bytes", "epoll", "io_uring",
             "queue hand-off", "GIL hand-off", "request parse", "loopback RTT", "wake-up from idle",
-            "load generator")
+            "connection cache", "load generator")
 
 
 def lower_of(first: Sequence[ProbeResult], second: Sequence[ProbeResult]) -> list[ProbeResult]:

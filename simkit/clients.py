@@ -117,7 +117,8 @@ class Clients:
         self.k_gil = 1.0 / cv_gil**2 if cv_gil > 0 else 0.0
         self.open = wl.mode == "open"
         self.fast_closed = not self.open and not loadgen_machine
-        self.client_cpu = profile["client_cpu_per_request_s"]
+        self.client_cpu = (profile["client_cpu_per_request_s"]
+                           + profile["client_cache_miss_s"] * costs.cache_share(profile, wl.connections))
         self.client_wake = profile["client_cpu_per_wake_s"]
         if loadgen_machine is not None and loadgen_shared:
             # The probed wake-up (calibration.probes.probe_loadgen: the generator on a CPU of its own,

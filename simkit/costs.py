@@ -5,16 +5,19 @@ with these functions, from a CostProfile (or any mapping of its parameter names 
 Workload. No SimPy here.
 
 A request served inline costs, in order (docs/DESIGN.md §4, §6):
-    recv        recv_base_s + recv_per_byte_s x request_bytes            GIL released (syscall)
+    recv        recv_base_s + recv_per_byte_s x request_bytes + miss     GIL released (syscall)
     parse       parse_s + gil_us work                                     GIL held
     cpu work    cpu_us x cpu_work_scale                                   GIL released
     io          time.sleep(io_us) + io_overshoot_s                        off-core, GIL released
     send        send_base_s + send_per_byte_s x (resp_bytes + headers)    GIL released
-(+ epoll_ctl_s to unregister when the server closes the connection.)
+                + miss
+(+ epoll_ctl_s to unregister when the server closes the connection.) miss is syscall_cache_miss_s x
+cache_share: the live connections' socket state outgrows a core's caches (cache_share).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,14 +31,28 @@ RESP_HEADER_BYTES = 65
 Costs = Mapping[str, float]  # a CostProfile, or any mapping of its parameter names to values
 
 
+def cache_share(p: Costs, connections: int) -> float:
+    """How much of the cache-miss ceiling a request pays with `connections` live (load-carrying)
+    connections: 1 - exp(-connections / cache_knee_conns). Each request touches its connection's
+    socket and protocol state; with few connections that stays in a core's caches, with thousands it
+    is fetched from memory every time. Measured alone (calibration.probes.probe_conn_cache: round
+    trips over N loopback connections in turn, and the load generator against a fast server at 50 and
+    thousands of connections), the extra CPU per operation rises over a few hundred to a thousand
+    connections, then levels off. Idle connections are not touched per request and do not count."""
+    knee = p["cache_knee_conns"]
+    return -math.expm1(-connections / knee) if knee > 0 and connections > 0 else 0.0
+
+
 def recv_s(p: Costs, wl: Any) -> float:
-    """One request's recv(): the syscall plus its bytes."""
-    return p["recv_base_s"] + p["recv_per_byte_s"] * wl.request_bytes
+    """One request's recv(): the syscall plus its bytes, and its share of the cache misses."""
+    return (p["recv_base_s"] + p["recv_per_byte_s"] * wl.request_bytes
+            + p["syscall_cache_miss_s"] * cache_share(p, wl.connections))
 
 
 def send_s(p: Costs, wl: Any) -> float:
-    """One response's send(): headers included, as the real servers send."""
-    return p["send_base_s"] + p["send_per_byte_s"] * (wl.resp_bytes + RESP_HEADER_BYTES)
+    """One response's send(): headers included, as the real servers send, and its cache misses."""
+    return (p["send_base_s"] + p["send_per_byte_s"] * (wl.resp_bytes + RESP_HEADER_BYTES)
+            + p["syscall_cache_miss_s"] * cache_share(p, wl.connections))
 
 
 def ctl_s(p: Costs) -> float:

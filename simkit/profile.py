@@ -70,6 +70,13 @@ PARAM_DOCS: dict[str, tuple[float, str]] = {
     "client_cpu_per_wake_s": (0.0, "load generator CPU per wake-up of its event loop that sends something"),
     "client_cpu_per_conn_s": (0.0, "load generator CPU per connection: connect, and the close of the last"),
     "loopback_rtt_s": (25e-6, "TCP round trip on loopback, no work"),
+    # 0 until probed: what a recv() / send() and the generator's request cost more once the live
+    # connections' state no longer fits a core's caches (simkit.costs.cache_share).
+    "syscall_cache_miss_s": (0.0, "extra CPU of one recv() or send() with many live connections: the ceiling "
+                                  "of syscall_cache_miss_s x (1 - exp(-connections / cache_knee_conns))"),
+    "client_cache_miss_s": (0.0, "the load generator's extra CPU per request with many live connections "
+                                 "(the same share of its ceiling)"),
+    "cache_knee_conns": (1000.0, "live connections at which that share reaches 1 - 1/e"),
     # 0 until probed: the delay depends on the box (idle states, hypervisor) more than any other cost.
     "idle_wakeup_s": (0.0, "extra delay to run a thread woken on a core that has long been idle (idle "
                            "states, a VM's halted vCPU, cold caches): the ceiling of idle_wakeup_s x "
@@ -100,7 +107,8 @@ PARAM_NAMES: tuple[str, ...] = tuple(PARAM_DOCS)
 ADDED_LATER: tuple[str, ...] = ("cpu_work_cv", "gil_work_cv", "idle_wakeup_s", "idle_wakeup_tau_s",
                                 "close_s", "idle_wakeup_slow_p", "idle_wakeup_slow_s",
                                 "rss_worker_bytes", "client_cpu_per_wake_s", "client_cpu_per_conn_s",
-                                "core_pauses_per_s", "core_pause_mean_s", *ARCHITECTURE_PARAMS)
+                                "core_pauses_per_s", "core_pause_mean_s", "syscall_cache_miss_s",
+                                "client_cache_miss_s", "cache_knee_conns", *ARCHITECTURE_PARAMS)
 
 
 @dataclass(frozen=True)

@@ -45,3 +45,24 @@ def test_probe_runs_on_loopback_and_gives_its_parameters():
     assert {"idle_wakeup_s", "idle_wakeup_tau_s", "idle_wakeup_slow_p"} <= set(got)
     assert got["idle_wakeup_s"].value >= 0 and got["idle_wakeup_tau_s"].value > 0
     assert 0.0 <= got["idle_wakeup_slow_p"].value <= 1.0
+
+
+def test_the_connection_cache_fit_recovers_base_ceiling_and_knee():
+    from calibration.probes import CACHE_PROBE_CONNS, fit_conn_cache
+
+    trips = [12e-6 + 6e-6 * -math.expm1(-n / 700.0) for n in CACHE_PROBE_CONNS]
+    base, ceiling, knee = fit_conn_cache(CACHE_PROBE_CONNS, trips)
+    assert base == pytest.approx(12e-6, rel=0.02) and ceiling == pytest.approx(6e-6, rel=0.05)
+    assert knee == pytest.approx(700.0, rel=0.1)
+    # no growth with connections: no ceiling
+    _base, ceiling, _knee = fit_conn_cache(CACHE_PROBE_CONNS, [12e-6, 11.9e-6, 12e-6, 11.8e-6, 11.9e-6])
+    assert ceiling == pytest.approx(0.0, abs=2e-7)
+
+
+def test_the_connection_cache_probe_runs_on_loopback_and_gives_its_parameters():
+    from calibration.probes import probe_conn_cache
+
+    miss, knee = probe_conn_cache(0.05)
+    assert miss.name == "syscall_cache_miss_s" and 0.0 <= miss.value < 50e-6
+    assert knee.name == "cache_knee_conns" and knee.value > 0
+    assert len(miss.detail["round_trip_cpu_s"]) == len(miss.detail["connections"]) >= 3

@@ -115,3 +115,34 @@ def test_costs_from_the_probes_server_runs_come_from_the_registry_in_order(monke
     assert registry.get("m3").calibration.from_server == "calibration.fit:parse_from_server"
     with pytest.raises(ValueError, match="from_server"):
         CalibrationSpec(from_server="calibration.fit.parse_from_server")
+
+
+def test_the_generators_cache_miss_is_what_its_wide_run_costs_beyond_the_simulated_one():
+    import dataclasses
+    import math
+    from types import SimpleNamespace
+
+    from calibration.fit import loadgen_from_probe
+    from simkit.costs import cache_share
+
+    def sim(scenario, profile, loadgen_cores=1):  # a generator whose wake-ups batch conns / 10 requests
+        w = scenario.workload
+        per = (profile["client_cpu_per_request_s"] + profile["client_cpu_per_wake_s"] / max(1, w.connections / 10)
+               + (profile["client_cpu_per_conn_s"] if w.requests_per_conn == 1 else 0.0)
+               + profile["client_cache_miss_s"] * cache_share(profile, w.connections))
+        return SimpleNamespace(throughput_rps=1000.0, loadgen_cpu_util=1000.0 * per)
+
+    base = CostProfile.default().with_params("probe", cache_knee_conns=800.0, send_base_s=1e-6, recv_base_s=1e-6)
+    share = cache_share(base, 3000)
+    runs = [["one", 1, None], ["many", 50, None], ["conn", 100, 1], ["wide", 3000, None]]
+    per = [40e-6, 8e-6 + 32e-6 / 5, 8e-6 + 32e-6 / 10 + 50e-6, 8e-6 + 32e-6 / 300 + 12e-6 * share]
+    with_probe = dataclasses.replace(base, notes={"probes": {"client_cpu_per_request_s": {
+        "runs": runs, "cpu_per_request_s": per}}})
+    got = loadgen_from_probe(with_probe, simulate=sim)
+    assert got["client_cache_miss_s"] == pytest.approx(12e-6, rel=0.05)
+    assert got["client_cpu_per_conn_s"] == pytest.approx(50e-6, rel=0.05)
+    # an older profile's probe (no wide run) gets no cache-miss cost; the rest as before
+    older = dataclasses.replace(base, notes={"probes": {"client_cpu_per_request_s": {
+        "runs": runs[:3], "cpu_per_request_s": per[:3]}}})
+    old = loadgen_from_probe(older, simulate=sim)
+    assert old["client_cache_miss_s"] == 0.0 and math.isclose(old["client_cpu_per_conn_s"], got["client_cpu_per_conn_s"])
