@@ -55,7 +55,7 @@ SYSCALL_PARAMS: tuple[str, ...] = ("recv_base_s", "send_base_s", "epoll_wait_bas
                                    "epoll_ctl_s")
 # Placeholder -> the knobs it fills (realkit.target.PLACEHOLDERS' sizing entries).
 _KNOB_PLACEHOLDERS: dict[str, tuple[str, ...]] = {"workers": ("processes",), "threads": ("threads", "pool")}
-SYSCALL_SCALES: tuple[float, ...] = (1.0, 0.7, 0.5, 0.35, 0.25)  # the candidates derive_costs tries
+SYSCALL_SCALES: tuple[float, ...] = (1.0, 0.85, 0.7, 0.6, 0.5, 0.35, 0.25)  # the candidates derive_costs tries
 TRAIN_CONNECTIONS = (10, 100, 1000)
 TARGET_MIX = "target"  # GridPoint.mix of every target point: the server's own work
 
@@ -191,7 +191,8 @@ def derive_costs(train: Sequence[Result], base: CostProfile, batch: SimBatch, *,
     left over becomes parse_s, then up to `refine` corrections: re-simulate and move the value by the
     remaining median difference (the costs interact: batching, epoll per event). A server cheaper than
     that simulated floor gets parse_s = 0 and SYSCALL_PARAMS scaled by the one of SYSCALL_SCALES whose
-    simulation reproduces the training runs best (throughput, p50, p99: calibration's robust cost).
+    simulation reproduces the training runs best (throughput, p50, p99 and the CPU per request:
+    calibration's robust cost).
     Memory (memory=True): the RSS difference real - simulated as a line over connections moves the
     process base and rss_conn_bytes; a multi-process model's base is split evenly over its processes.
     model: simulate the runs as this registered model instead of their own (rank_models)."""
@@ -234,21 +235,57 @@ def derive_costs(train: Sequence[Result], base: CostProfile, batch: SimBatch, *,
     else:
         # Cheaper than the simulator's floor (a C server against the probed Python path): the floor is not
         # all syscalls (wake-ups, switches), and a faster loop idles and wakes more, so CPU alone cannot
-        # pick the scale. The candidate that best reproduces the training runs does (calibration's cost).
+        # pick the scale. The candidate that best reproduces the training runs does (calibration's cost),
+        # their CPU per request counted beside throughput and latency: where the load generator on its
+        # own CPU bounds the 1-core runs, throughput alone cannot tell the candidates apart, and the
+        # server's CPU is what it will share the cores with the generator by at 2 cores.
         best = None
         for scale in SYSCALL_SCALES:
             candidate = zero.with_params("fit", **{n: base[n] * scale for n in SYSCALL_PARAMS})
             got = sims_at(candidate)
-            cost = robust_cost(residuals(got, runs))
+            cpu = [log_ratio(_cpu_per_request(g), rc) for g, rc in zip(got, real_cpr, strict=True)]
+            cost = robust_cost(np.concatenate([residuals(got, runs), np.asarray(cpu, float)]))
             if best is None or cost < best[0]:
                 best = (cost, scale, candidate, got)
         _cost, info["syscall_scale"], profile, sims = best
         info["note"] = ("cheaper per request than the simulator's floor on this host: parse_s = 0 and the "
                         "syscall costs scaled by the candidate that best reproduces the training runs")
     info["sim_cpu_per_request_s"] = _median([_cpu_per_request(s) for s in sims])
+    profile, sims, info["loadgen"] = _derive_loadgen(runs, profile, sims, sims_at)
     if memory:
         profile, info["memory"] = _derive_memory(runs, sims, profile)
     return profile, info
+
+
+def _loadgen_per_request(r: Result | str) -> float:
+    if not isinstance(r, Result) or r.throughput_rps <= 0 or not r.loadgen_cpu_util > 0:
+        return math.nan
+    return r.loadgen_cpu_util / r.throughput_rps
+
+
+def _derive_loadgen(runs: Sequence[Result], profile: CostProfile, sims: Sequence[Result | str],
+                    sims_at: Callable[[CostProfile], list[Result | str]]
+                    ) -> tuple[CostProfile, Sequence[Result | str], dict[str, Any]]:
+    """The load generator's CPU per request against this server, as its training runs measured it (the
+    generator on a CPU of its own there): client_cpu_per_request_s moves by the median gap between the
+    real and the simulated generator's CPU per request, then once more after a re-simulation. The
+    host's probe priced the generator against realkit's Python reactor; a server that answers many
+    times faster (nginx) lets it batch more answers a wake-up, and where it then shares the cores (2
+    cores) or bounds the rate, that cost decides. Runs without the generator's CPU leave it."""
+    real = [_loadgen_per_request(r) for r in runs]
+    if not any(math.isfinite(v) for v in real):
+        return profile, sims, {"note": "no load generator CPU in the runs: the host's kept"}
+    start = per = profile["client_cpu_per_request_s"]
+    for _ in range(2):
+        gap = _median([rv - _loadgen_per_request(sv) for rv, sv in zip(real, sims, strict=True)])
+        if not math.isfinite(gap) or abs(gap) <= 0.03 * _median(real):
+            break
+        per = max(0.0, per + gap)
+        profile = profile.with_params("fit", client_cpu_per_request_s=per, sds={"client_cpu_per_request_s": 0.1 * per})
+        sims = sims_at(profile)
+    return profile, sims, {"real_cpu_per_request_s": _median(real), "host_client_cpu_per_request_s": start,
+                           "client_cpu_per_request_s": per,
+                           "sim_cpu_per_request_s": _median([_loadgen_per_request(s) for s in sims])}
 
 
 def _derive_memory(runs: Sequence[Result], sims: Sequence[Result | str], profile: CostProfile

@@ -75,7 +75,7 @@ PARAM_DOCS: dict[str, tuple[float, str]] = {
     "syscall_cache_miss_s": (0.0, "extra CPU of one recv() or send() with many live connections: the ceiling "
                                   "of syscall_cache_miss_s x (1 - exp(-connections / cache_knee_conns))"),
     "client_cache_miss_s": (0.0, "the load generator's extra CPU per request with many live connections "
-                                 "(the same share of its ceiling)"),
+                                 "beyond its recv() and send()'s (the same share of its ceiling)"),
     "cache_knee_conns": (1000.0, "live connections at which that share reaches 1 - 1/e"),
     # 0 until probed: the delay depends on the box (idle states, hypervisor) more than any other cost.
     "idle_wakeup_s": (0.0, "extra delay to run a thread woken on a core that has long been idle (idle "

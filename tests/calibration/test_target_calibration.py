@@ -36,12 +36,15 @@ def fake_simulate(scenario: Scenario, profile: CostProfile | None = None, *, see
     per = p["parse_s"] + p["recv_base_s"] + p["send_base_s"] + p["epoll_wait_base_s"]
     par = 1 if arch.single_thread(spec) else min(cores, arch.executors(spec) or cores)
     x = min(n / (per + p["loopback_rtt_s"]), par / per)
+    if cores == 1:  # the load generator on a CPU of its own, one request at its cost each
+        x = min(x, 1.0 / p["client_cpu_per_request_s"])
     lat = n / x
     procs = arch.processes(spec)
     rss = p["rss_process_bytes"] + (procs - 1) * p["rss_worker_bytes"] + n * p["rss_conn_bytes"]
     return Result(scenario=scenario, source=source, throughput_rps=x, latency_mean_s=lat, latency_p50_s=lat,
                   latency_p90_s=1.2 * lat, latency_p99_s=1.5 * lat, latency_p999_s=2 * lat,
                   completed=max(1, int(x * scenario.workload.duration_s)), cpu_util=x * per,
+                  loadgen_cpu_util=x * p["client_cpu_per_request_s"],
                   threads_peak=arch.threads_peak(spec, n), processes_peak=procs, rss_peak_bytes=int(rss),
                   fds_peak=n + 5)
 
@@ -115,6 +118,17 @@ def test_a_server_cheaper_than_the_probed_path_scales_the_syscall_costs_down(tmp
     assert cal.profile["recv_base_s"] == pytest.approx(0.5 * BASE["recv_base_s"], rel=0.05)
     # the master and the worker weigh the same: the base is split between them
     assert cal.profile["rss_worker_bytes"] == pytest.approx(cal.profile["rss_process_bytes"])
+
+
+def test_a_server_faster_than_the_generator_gets_its_syscall_scale_from_its_cpu_and_the_generators_cost(tmp_path):
+    # the 1-core runs are bound by the load generator on its own CPU: throughput cannot tell the syscall
+    # scales apart, the server's CPU per request can; the generator's own cost comes from the same runs
+    truth = BASE.with_params("fit", parse_s=0.0, client_cpu_per_request_s=40e-6,
+                             **{n: 0.35 * BASE[n] for n in ("recv_base_s", "send_base_s", "epoll_wait_base_s")})
+    cal = _calibrate(tmp_path, Target(NGINX, as_model="m6", gil=False), truth)
+    assert cal.derived["syscall_scale"] == pytest.approx(0.35, rel=0.05)
+    assert cal.profile["client_cpu_per_request_s"] == pytest.approx(40e-6, rel=0.03)
+    assert cal.derived["loadgen"]["host_client_cpu_per_request_s"] == BASE["client_cpu_per_request_s"]
 
 
 def test_a_server_that_is_not_its_model_gets_the_warning_and_a_better_model(tmp_path):
