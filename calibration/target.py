@@ -136,6 +136,19 @@ def size_window(scenario: Scenario, throughput_rps: float, quick: bool) -> Scena
                             timeout_s=max(wl.timeout_s, round(4.0 * lat, 2)))
 
 
+RAMP_RETRIES = 2  # re-runs of a point whose window opened with clients still connecting
+
+
+def longer_warmup(scenario: Scenario, quick: bool) -> Scenario:
+    """`scenario` with its warm-up tripled, within twice WINDOW_CAPS_S's cap: for a run whose clients
+    were still connecting when its window opened (Result.failure "ramp"), a load generator that opens
+    connections while it is busy serving (a server faster than it) or a server that accepts a few a
+    turn (nginx)."""
+    wl = scenario.workload
+    cap = 2.0 * WINDOW_CAPS_S[bool(quick)][0]
+    return scenario.replace(warmup_s=round(max(wl.warmup_s, min(cap, 3.0 * wl.warmup_s)), 2))
+
+
 def run_sized(points: Sequence[GridPoint], measure: MeasureFn, *, quick: bool,
               progress: Callable[[str, int, int], None] | None = None) -> list[Run]:
     """Measure every point (calibration.runs.measure_with_retry: one retry, failures kept), the training
@@ -151,6 +164,13 @@ def run_sized(points: Sequence[GridPoint], measure: MeasureFn, *, quick: bool,
         if x_seen > 0:
             point = replace(point, scenario=size_window(point.scenario, x_seen, quick))
         run = measure_with_retry(point, measure)
+        for _ in range(RAMP_RETRIES):
+            if not (run.ok and "ramp" in run.result.failure.split(",")):
+                break
+            # the window opened with clients still connecting: once more, the warm-up long enough for
+            # the connect rate this run reached (its in-window connects are not counted; its warm-up is)
+            point = replace(point, scenario=longer_warmup(point.scenario, quick))
+            run = measure_with_retry(point, measure)
         runs[i] = run
         if run.ok and point.role == "train":
             x_seen = run.result.throughput_rps

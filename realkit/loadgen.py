@@ -226,6 +226,9 @@ class LoadReport:
     # Status code -> answers in the window (2xx ones are `completed`; the others are in errors_http, which
     # also counts answers that could not be framed and so have no code).
     status_codes: dict[int, int] = field(default_factory=dict)
+    # Closed loop: load connections not yet established when the window opened (a client waiting for a
+    # connect place, or its connect in flight): the window then measured fewer connections than asked.
+    unconnected_at_window: int = 0
 
     @property
     def duration_s(self) -> float:
@@ -300,6 +303,7 @@ _COUNTERS = (
     "connects",
     "idle_open",
     "idle_failed",
+    "unconnected_at_window",
 )
 
 
@@ -815,6 +819,9 @@ class _Generator:
         self.hist = LatencyHistogram()
         cpu0 = _cpu_s(self.spec.processes == 0)
         ws = time.monotonic()
+        if w.mode == "closed":
+            self.c["unconnected_at_window"] = (self.ramp_left + self.unstarted + self.connecting
+                                               + sum(1 for p in self.pending if isinstance(p, _Conn)))
         self.recording = True
         await asyncio.sleep(max(0.0, t_end - time.monotonic()))
         self.recording = False

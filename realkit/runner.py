@@ -19,7 +19,9 @@ the load could reach it.
 
 `failure` names what went wrong without making the run useless: "server_died" (it exited during the
 run), "loadgen" (the generator failed on its side, e.g. out of fds), "idle_connections" (not all idle
-connections could be held), "fd_limit" (the server reached its fd limit). A server that does not start
+connections could be held), "fd_limit" (the server reached its fd limit), "ramp" (closed loop: more
+than 2% of the clients were still connecting when the window opened, so it measured fewer connections
+than asked: a longer warm-up, or a server that accepts slowly). A server that does not start
 raises ServerStartError; a load generator that crashes raises LoadGenError (calibration retries once).
 """
 
@@ -382,6 +384,8 @@ def build_result(
         failures.append("loadgen")
     if report.idle_open < scenario.workload.idle_connections:
         failures.append("idle_connections")
+    if report.unconnected_at_window > max(2, 0.02 * scenario.workload.connections):
+        failures.append("ramp")
     if report.errors_http:
         failures.append("http_errors")
     # Within a few fds of its limit a server is refusing (EMFILE) what it cannot accept.

@@ -88,6 +88,23 @@ def test_a_window_grows_with_the_latency_a_nearby_run_measured():
     assert size_window(grid[1].scenario, 1e6, quick=True).workload == grid[1].scenario.workload  # the floors hold
 
 
+def test_a_run_whose_clients_were_still_connecting_is_run_again_with_a_longer_warm_up(tmp_path):
+    truth = BASE.with_params("fit", parse_s=100e-6)
+    warmups: list[float] = []
+
+    def measure(scenario: Scenario) -> Result:
+        r = fake_measure(truth)(scenario)
+        warmups.append(scenario.workload.warmup_s)
+        short = scenario.workload.connections >= 5000 and scenario.workload.warmup_s < 2.0
+        return replace(r, failure="ramp" if short else "")
+
+    cal = _calibrate(tmp_path, Target(THREADING, as_model="m2"), truth, measure=measure)
+    runs = pd.read_csv(cal.path.with_suffix(".runs.csv"))
+    wide = runs[runs.connections >= 5000]
+    assert len(wide) == 1 and str(wide.failure.iloc[0]) in ("", "nan") and wide.warmup_s.iloc[0] >= 2.0
+    assert len(warmups) == len(runs) + 1  # that point ran twice, the others once
+
+
 def test_the_derived_parse_cost_and_memory_recover_the_true_ones(tmp_path):
     truth = BASE.with_params("fit", parse_s=180e-6, rss_conn_bytes=40_000.0, rss_process_bytes=30 * 2**20)
     target = Target(THREADING, as_model="m2", gil=True)

@@ -97,3 +97,14 @@ def test_a_real_run_records_the_fd_limit_the_server_had():
     big = s.replace(connections=30_000)
     with pytest.warns(RuntimeWarning, match="fd_limit"):
         assert ran_as(big, 20_000).hardware.fd_limit == 20_000
+
+
+def test_the_report_counts_the_clients_still_connecting_when_the_window_opened():
+    with _AcceptClock() as srv:
+        slow = run_load(LoadSpec(url=f"http://127.0.0.1:{srv.port}/", processes=1, workload=Workload(
+            connections=40, connect_rate_cps=40.0, duration_s=0.2, warmup_s=0.2, timeout_s=5.0)))
+    with _AcceptClock() as srv:
+        fast = run_load(LoadSpec(url=f"http://127.0.0.1:{srv.port}/", processes=1, workload=Workload(
+            connections=40, duration_s=0.2, warmup_s=0.3, timeout_s=5.0)))
+    assert 20 <= slow.unconnected_at_window <= 40  # ~8 of 40 had arrived 0.2 s into a 1 s ramp
+    assert fast.unconnected_at_window == 0

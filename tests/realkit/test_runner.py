@@ -185,6 +185,10 @@ def test_build_result_maps_every_observation():
                        _stats(fds_max_process_peak=998, cpu_util=1.02), died=True)
     assert set(bad.failure.split(",")) >= {"server_died", "loadgen", "fd_limit"}
     assert bad.cpu_util == 1.0  # pinned to one core: the excess is sampling jitter
+    # clients still connecting when the window opened: named, over 2% of the connections only
+    many = scenario.replace(connections=1000)
+    assert build_result(many, _report(unconnected_at_window=700), _stats()).failure == "ramp"
+    assert build_result(many, _report(unconnected_at_window=15), _stats()).failure == ""
 
 
 @pytest.mark.timeout(120)
