@@ -167,8 +167,7 @@ def run_sized(points: Sequence[GridPoint], measure: MeasureFn, *, quick: bool,
         for _ in range(RAMP_RETRIES):
             if not (run.ok and "ramp" in run.result.failure.split(",")):
                 break
-            # the window opened with clients still connecting: once more, the warm-up long enough for
-            # the connect rate this run reached (its in-window connects are not counted; its warm-up is)
+            # the window opened with clients still connecting: once more, with a longer warm-up
             point = replace(point, scenario=longer_warmup(point.scenario, quick))
             run = measure_with_retry(point, measure)
         runs[i] = run
