@@ -119,9 +119,8 @@ class Clients:
         self.fast_closed = not self.open and not loadgen_machine
         # with many live connections, its recv() and send() miss the caches as the server's do, and its
         # own per-connection state beyond them (client_cache_miss_s; simkit.costs.cache_share)
-        self.client_cpu = (profile["client_cpu_per_request_s"]
-                           + (2.0 * profile["syscall_cache_miss_s"] + profile["client_cache_miss_s"])
-                           * costs.cache_share(profile, wl.connections))
+        self.client_cpu = (profile["client_cpu_per_request_s"] + 2.0 * costs.syscall_miss_s(profile, wl.connections)
+                           + profile["client_cache_miss_s"] * costs.cache_share(profile, wl.connections))
         self.client_wake = profile["client_cpu_per_wake_s"]
         if loadgen_machine is not None and loadgen_shared:
             # The probed wake-up (calibration.probes.probe_loadgen: the generator on a CPU of its own,

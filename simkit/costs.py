@@ -43,16 +43,20 @@ def cache_share(p: Costs, connections: int) -> float:
     return -math.expm1(-connections / knee) if knee > 0 and connections > 0 else 0.0
 
 
+def syscall_miss_s(p: Costs, connections: int) -> float:
+    """What one recv() or send() costs more with `connections` live: its share of syscall_cache_miss_s."""
+    return p["syscall_cache_miss_s"] * cache_share(p, connections)
+
+
 def recv_s(p: Costs, wl: Any) -> float:
     """One request's recv(): the syscall plus its bytes, and its share of the cache misses."""
-    return (p["recv_base_s"] + p["recv_per_byte_s"] * wl.request_bytes
-            + p["syscall_cache_miss_s"] * cache_share(p, wl.connections))
+    return p["recv_base_s"] + p["recv_per_byte_s"] * wl.request_bytes + syscall_miss_s(p, wl.connections)
 
 
 def send_s(p: Costs, wl: Any) -> float:
     """One response's send(): headers included, as the real servers send, and its cache misses."""
     return (p["send_base_s"] + p["send_per_byte_s"] * (wl.resp_bytes + RESP_HEADER_BYTES)
-            + p["syscall_cache_miss_s"] * cache_share(p, wl.connections))
+            + syscall_miss_s(p, wl.connections))
 
 
 def ctl_s(p: Costs) -> float:
